@@ -1,0 +1,29 @@
+//! sea-orm entities for sagaflow's tables, one module per table.
+//!
+//! The schema itself is owned by the `sagaflow-migration` crate; these types
+//! describe it for queries. Every state column has a Rust enum here and a
+//! `CHECK` constraint there, and `tests/schema.rs` checks that the two lists
+//! agree.
+
+pub mod account;
+pub mod inbox;
+pub mod ledger_entry;
+pub mod order;
+pub mod outbox;
+pub mod saga_event;
+pub mod saga_instance;
+
+pub use ledger_entry::LedgerKind;
+pub use order::OrderStatus;
+pub use saga_instance::SagaState;
+
+/// Lists every value of a string-backed state enum, in declaration order.
+///
+/// Used by the schema test to compare the Rust enums with the `CHECK`
+/// constraints in the database.
+pub trait StateValues: Sized + 'static {
+    /// Every variant, in declaration order.
+    const ALL: &'static [Self];
+    /// The value stored in the database.
+    fn as_str(&self) -> &'static str;
+}

@@ -1,0 +1,112 @@
+//! `saga_instances`: one row per saga, the state machine's only home.
+
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::StateValues;
+
+/// A saga instance's state. The transition function in `sagaflow-workflows`
+/// is the only code that decides a new state; the worker and the reply
+/// consumer write what it decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaState {
+    /// A forward step is due at `next_run_at`. Entered on insert (API), on a
+    /// step's success, and when a retry is scheduled; a worker claims it.
+    #[sea_orm(string_value = "RUNNING")]
+    Running,
+    /// A forward command is out; `deadline` is set and `next_run_at` equals
+    /// it. Left by the reply consumer, or by a worker when the deadline passes.
+    #[sea_orm(string_value = "WAITING")]
+    Waiting,
+    /// Undoing completed steps in reverse order. With `deadline` set a
+    /// compensation command is out; without, the next compensation is due at
+    /// `next_run_at`.
+    #[sea_orm(string_value = "COMPENSATING")]
+    Compensating,
+    /// Every step succeeded. Terminal.
+    #[sea_orm(string_value = "COMPLETED")]
+    Completed,
+    /// A step failed and every completed step was compensated. Terminal.
+    #[sea_orm(string_value = "COMPENSATED")]
+    Compensated,
+    /// Compensation itself gave up after its retries. Waits for an operator;
+    /// terminal until a manual retry.
+    #[sea_orm(string_value = "FAILED")]
+    Failed,
+    /// An operator cancelled the saga and its compensation finished. Terminal.
+    #[sea_orm(string_value = "CANCELLED")]
+    Cancelled,
+}
+
+impl SagaState {
+    /// States a worker may claim: the partial index on `next_run_at` covers
+    /// exactly these.
+    pub const ACTIVE: [SagaState; 3] = [Self::Running, Self::Waiting, Self::Compensating];
+
+    /// Whether the saga is still being driven by the engine.
+    pub fn is_active(self) -> bool {
+        Self::ACTIVE.contains(&self)
+    }
+}
+
+impl StateValues for SagaState {
+    const ALL: &'static [Self] = &[
+        Self::Running,
+        Self::Waiting,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Waiting => "WAITING",
+            Self::Compensating => "COMPENSATING",
+            Self::Completed => "COMPLETED",
+            Self::Compensated => "COMPENSATED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "saga_instances")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub saga_type: String,
+    pub definition_version: i32,
+    pub state: SagaState,
+    pub current_step: i32,
+    pub attempt: i32,
+    pub cancel_requested: bool,
+    pub next_run_at: Option<DateTimeWithTimeZone>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTimeWithTimeZone>,
+    pub deadline: Option<DateTimeWithTimeZone>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub data: Json,
+    pub last_error: Option<String>,
+    pub version: i64,
+    pub created_at: DateTimeWithTimeZone,
+    pub updated_at: DateTimeWithTimeZone,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::saga_event::Entity")]
+    SagaEvent,
+}
+
+impl Related<super::saga_event::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::SagaEvent.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,183 @@
+//! Starts sagaflow's roles in this process and stops them together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use sagaflow_api::{ApiConfig, ReadinessProbe};
+use sagaflow_worker::{claim, participant, relay, replies, wake, KafkaProbe};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Which roles a process runs. `serve` runs them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP API.
+    pub api: bool,
+    /// Claim loops.
+    pub worker: bool,
+    /// The outbox relay.
+    pub relay: bool,
+    /// The funds participant.
+    pub funds: bool,
+    /// The reply consumer.
+    pub replies: bool,
+}
+
+impl Roles {
+    /// Every role, as `sagaflow serve` runs them.
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        relay: true,
+        funds: true,
+        replies: true,
+    };
+}
+
+/// A running sagaflow process.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the API listens, if it runs.
+    pub http_addr: Option<SocketAddr>,
+    /// The process's database pool.
+    pub db: DatabaseConnection,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// A token that, once cancelled, stops every role.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every role and waits (up to `grace`) for them to finish.
+    pub async fn stop(mut self, grace: Duration) {
+        self.shutdown.cancel();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("roles did not stop within {grace:?}; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Waits until a role ends on its own (it should not) or shutdown.
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+struct Probe(KafkaProbe);
+
+impl ReadinessProbe for Probe {
+    fn kafka_ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.0.ready())
+    }
+}
+
+/// Connects to Postgres with the configured pool size.
+pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(cfg.database_url.clone());
+    opts.max_connections(cfg.db_pool_size)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(opts).await.context("connecting to Postgres (DATABASE_URL)")
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    sagaflow_migration::Migrator::up(db, None).await.context("running migrations")
+}
+
+/// Migrates, creates missing topics, and starts `roles`.
+pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    let db = connect(cfg).await?;
+    migrate(&db).await?;
+    let kafka = cfg.kafka();
+    let topics = cfg.topics();
+    kafka.ensure_topics(&topics).await.context("creating Kafka topics")?;
+    let producer = kafka.producer()?;
+    let worker_cfg = cfg.worker();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let (wakeups, listener) = wake::listen(cfg.database_url.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        listener.await.ok();
+    });
+    if roles.worker {
+        tasks.spawn(claim::run(db.clone(), worker_cfg.clone(), wakeups.clone(), shutdown.clone()));
+    }
+    if roles.relay {
+        tasks.spawn(relay::run(
+            db.clone(),
+            producer.clone(),
+            worker_cfg.clone(),
+            wakeups.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if roles.funds {
+        let fut = participant::run(db.clone(), kafka.clone(), producer.clone(), topics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "funds participant stopped");
+            }
+        });
+    }
+    if roles.replies {
+        let fut = replies::run(db.clone(), kafka.clone(), producer.clone(), topics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "reply consumer stopped");
+            }
+        });
+    }
+    let mut http_addr = None;
+    if roles.api {
+        let probe: Arc<dyn ReadinessProbe> = Arc::new(Probe(KafkaProbe::new(producer.clone())));
+        let api_cfg = ApiConfig {
+            body_limit_bytes: cfg.body_limit_bytes,
+            admin_token: cfg.admin_token.as_ref().map(|s| s.expose().to_owned()),
+        };
+        let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
+        let stop = shutdown.clone();
+        let (addr, server) = sagaflow_api::serve(&cfg.listen, endpoint, async move { stop.cancelled().await })
+            .await
+            .with_context(|| format!("listening on {} (SAGAFLOW_LISTEN)", cfg.listen))?;
+        http_addr = Some(addr);
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    // Flush what the producer still holds when the process stops.
+    let flush_producer = producer.clone();
+    let flush_on = shutdown.clone();
+    tasks.spawn(async move {
+        flush_on.cancelled().await;
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            flush_producer.flush(Duration::from_secs(5)).ok();
+        })
+        .await
+        .ok();
+    });
+    Ok(Running {
+        http_addr,
+        db,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,180 @@
+//! One typed configuration, read from flags and `SAGAFLOW_*` environment
+//! variables (flags win), validated at start-up. Defaults work with the
+//! services `scripts/services.sh` starts.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use sagaflow_worker::{KafkaConfig, Topics, WorkerConfig};
+
+/// A secret that never shows up in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything a sagaflow process can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow")]
+    pub database_url: String,
+
+    /// Most connections in this process's Postgres pool.
+    #[arg(long, env = "SAGAFLOW_DB_POOL_SIZE", default_value_t = 32)]
+    pub db_pool_size: u32,
+
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap_servers: String,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Bearer token for operator calls. Never logged.
+    #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Concurrent claim loops (saga workers) in this process.
+    #[arg(long, env = "SAGAFLOW_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+
+    /// Most sagas one claim takes.
+    #[arg(long, env = "SAGAFLOW_CLAIM_BATCH", default_value_t = 32)]
+    pub claim_batch: u32,
+
+    /// How long a claimed saga belongs to its worker, in milliseconds; a
+    /// dead worker's sagas are taken over after that.
+    #[arg(long, env = "SAGAFLOW_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+
+    /// Longest wait between polls when no notification arrives, in
+    /// milliseconds; bounds how late a retry or timeout fires.
+    #[arg(long, env = "SAGAFLOW_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub poll_interval_ms: u64,
+
+    /// Most outbox rows one relay pass publishes.
+    #[arg(long, env = "SAGAFLOW_RELAY_BATCH", default_value_t = 256)]
+    pub relay_batch: u32,
+
+    /// Prefix of every topic name (e.g. `staging.`).
+    #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Prefix of every consumer group id.
+    #[arg(long, env = "SAGAFLOW_GROUP_PREFIX", default_value = "")]
+    pub group_prefix: String,
+
+    /// Partitions of each topic sagaflow creates at start-up.
+    #[arg(long, env = "SAGAFLOW_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of each topic sagaflow creates.
+    #[arg(long, env = "SAGAFLOW_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// Kafka consumer session timeout, in milliseconds.
+    #[arg(long, env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u64,
+
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "SAGAFLOW_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// Log format.
+    #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Rejects values that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: &str| Err(ConfigError(s.to_owned()));
+        if self.workers == 0 {
+            return bad("SAGAFLOW_WORKERS must be at least 1");
+        }
+        if self.claim_batch == 0 || self.claim_batch > 10_000 {
+            return bad("SAGAFLOW_CLAIM_BATCH must be between 1 and 10000");
+        }
+        if self.lease_ms < 1_000 {
+            return bad("SAGAFLOW_LEASE_MS must be at least 1000");
+        }
+        if self.poll_interval_ms == 0 {
+            return bad("SAGAFLOW_POLL_INTERVAL_MS must be at least 1");
+        }
+        if self.relay_batch == 0 {
+            return bad("SAGAFLOW_RELAY_BATCH must be at least 1");
+        }
+        if self.topic_partitions < 1 || self.topic_replication < 1 {
+            return bad("SAGAFLOW_TOPIC_PARTITIONS and SAGAFLOW_TOPIC_REPLICATION must be at least 1");
+        }
+        if self.db_pool_size < 2 {
+            return bad("SAGAFLOW_DB_POOL_SIZE must be at least 2");
+        }
+        Ok(())
+    }
+
+    /// Topic names under the configured prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+
+    /// The worker roles' settings.
+    pub fn worker(&self) -> WorkerConfig {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+        WorkerConfig {
+            worker_id: format!("{host}:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            workers: self.workers,
+            claim_batch: self.claim_batch,
+            lease: Duration::from_millis(self.lease_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            relay_batch: self.relay_batch,
+            topics: self.topics(),
+        }
+    }
+
+    /// The Kafka clients' settings.
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
+            group_prefix: self.group_prefix.clone(),
+            partitions: self.topic_partitions,
+            replication: self.topic_replication,
+            session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The worker pool: claim due sagas, run their due step, repeat.
+//!
+//! A claim is one statement that locks due rows with `FOR UPDATE SKIP
+//! LOCKED` and marks them leased in the same statement (River's
+//! `JobGetAvailable` pattern), so the claim commits before any step runs and
+//! no row lock is held across work. The lease moves `next_run_at` to the
+//! lease's expiry: if this worker dies, the saga simply becomes due again
+//! and another worker claims it, with no separate reaper.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sagaflow_entity::saga_instance;
+use sagaflow_workflows::machine::Event;
+use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+
+use crate::sql::stmt;
+use crate::wake::{self, Wakeups};
+use crate::{executor, WorkerConfig, WorkerError};
+
+/// The claim statement. The inner `SELECT` walks the partial index
+/// `saga_instances_due` in `next_run_at` order, so it needs no sort and
+/// never looks at finished sagas.
+pub const CLAIM_SQL: &str = "\
+UPDATE saga_instances SET lease_owner = $1, lease_expires_at = $2, next_run_at = $2, \
+       version = version + 1, updated_at = $3 \
+WHERE id IN ( \
+    SELECT id FROM saga_instances \
+    WHERE state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND next_run_at <= $3 \
+    ORDER BY next_run_at \
+    LIMIT $4 \
+    FOR UPDATE SKIP LOCKED) \
+RETURNING *";
+
+/// What one pass of the loop did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimPass {
+    /// Sagas claimed.
+    pub claimed: usize,
+    /// Sagas advanced and written.
+    pub advanced: usize,
+    /// Sagas another writer changed first (their work was dropped; the
+    /// other writer's state stands).
+    pub stale: usize,
+    /// Sagas whose step failed; they become due again when the lease
+    /// expires.
+    pub failed: usize,
+}
+
+/// Claims up to `batch` due sagas for `owner`, leasing them for `lease`.
+pub async fn claim(
+    db: &DatabaseConnection,
+    owner: &str,
+    batch: u32,
+    lease: Duration,
+) -> Result<Vec<saga_instance::Model>, WorkerError> {
+    let now = Utc::now();
+    let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+    let rows = saga_instance::Entity::find()
+        .from_raw_sql(stmt(
+            CLAIM_SQL,
+            [owner.into(), expires.into(), now.into(), i64::from(batch).into()],
+        ))
+        .all(db)
+        .await?;
+    Ok(rows)
+}
+
+/// One iteration of the claim loop: claim a batch, run each saga's due
+/// step in its own transaction.
+pub async fn run_once(db: &DatabaseConnection, cfg: &WorkerConfig) -> Result<ClaimPass, WorkerError> {
+    let rows = claim(db, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
+    let mut pass = ClaimPass {
+        claimed: rows.len(),
+        ..ClaimPass::default()
+    };
+    for row in rows {
+        match step(db, cfg, &row).await {
+            Ok(()) => pass.advanced += 1,
+            Err(WorkerError::StaleSaga { saga_id, .. }) => {
+                tracing::debug!(%saga_id, "saga changed while claimed; dropping this worker's attempt");
+                pass.stale += 1;
+            }
+            Err(e) => {
+                tracing::warn!(saga_id = %row.id, error = %e, "step failed; the saga is retried when its lease expires");
+                pass.failed += 1;
+            }
+        }
+    }
+    Ok(pass)
+}
+
+async fn step(db: &DatabaseConnection, cfg: &WorkerConfig, row: &saga_instance::Model) -> Result<(), WorkerError> {
+    let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
+    let _enter = span.enter();
+    let tx = db.begin().await?;
+    executor::advance(&tx, &cfg.topics, row, Event::Due, &cfg.worker_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Runs `cfg.workers` claim loops until `shutdown`. A loop that found a
+/// full batch claims again at once; otherwise it waits for a new-saga
+/// notification or the poll interval.
+pub async fn run(db: DatabaseConnection, cfg: WorkerConfig, wakeups: Wakeups, shutdown: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..cfg.workers.max(1) {
+        let db = db.clone();
+        let cfg = cfg.clone();
+        let mut rx = wakeups.saga.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            while !shutdown.is_cancelled() {
+                rx.borrow_and_update();
+                match run_once(&db, &cfg).await {
+                    Ok(pass) if pass.claimed >= usize::try_from(cfg.claim_batch).unwrap_or(usize::MAX) => continue,
+                    Ok(_) => wake::wait(&mut rx, cfg.poll_interval, &shutdown).await,
+                    Err(e) => {
+                        tracing::warn!(worker = n, error = %e, "claim failed");
+                        wake::wait(&mut rx, cfg.poll_interval.max(Duration::from_millis(500)), &shutdown).await;
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}

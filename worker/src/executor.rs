@@ -1,0 +1,217 @@
+//! Carries out the state machine's decisions: reads nothing, writes the new
+//! state, the history and the effects (outbox rows, local actions) through
+//! the caller's transaction, so that all of it commits or none of it does.
+
+use chrono::{DateTime, Utc};
+use sagaflow_entity::saga_instance;
+use sagaflow_entity::{SagaState, StateValues};
+use sagaflow_workflows::machine::{Clock, Effect, Event, Instance};
+use sagaflow_workflows::messages::{CommandEnvelope, Topics};
+use sagaflow_workflows::order_payment::PaymentData;
+use sagaflow_workflows::policy::Jitter;
+use sagaflow_workflows::transition;
+use sea_orm::ConnectionTrait;
+
+use crate::sql::{exec, outbox_insert, traceparent};
+use crate::{local, WorkerError};
+
+/// How an advance ended, for the caller's logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Advanced {
+    pub state: SagaState,
+    pub changed: bool,
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn instance_of(row: &saga_instance::Model) -> Instance {
+    Instance {
+        state: row.state,
+        step: u32::try_from(row.current_step).unwrap_or(0),
+        attempt: u32::try_from(row.attempt).unwrap_or(0),
+        cancel_requested: row.cancel_requested,
+        next_run_at: row.next_run_at.map(|t| t.with_timezone(&Utc)),
+        deadline: row.deadline.map(|t| t.with_timezone(&Utc)),
+        last_error: row.last_error.clone(),
+    }
+}
+
+fn clock(now: DateTime<Utc>) -> Clock {
+    Clock {
+        now,
+        jitter: Jitter::from_ppm(rand::random::<u32>() % (Jitter::SCALE + 1)),
+    }
+}
+
+/// Whether the saga has something to do right now, which this transaction
+/// may as well do instead of leaving it to the next claim.
+fn due_now(i: &Instance, now: DateTime<Utc>) -> bool {
+    let runnable = i.state == SagaState::Running || (i.state == SagaState::Compensating && i.deadline.is_none());
+    runnable && i.next_run_at.is_some_and(|t| t <= now)
+}
+
+/// Applies `event` to the saga `row` (which the caller has locked or
+/// leased at `row.version`), then keeps going while the saga has work due
+/// now (local actions, the next step's command), and writes everything
+/// through `db`. Fails with [`WorkerError::StaleSaga`] if someone else
+/// changed the row since it was read.
+pub(crate) async fn advance<C: ConnectionTrait>(
+    db: &C,
+    topics: &Topics,
+    row: &saga_instance::Model,
+    event: Event,
+    actor: &str,
+) -> Result<Advanced, WorkerError> {
+    let def = sagaflow_workflows::definition(&row.saga_type, row.definition_version).ok_or_else(|| {
+        WorkerError::Corrupt {
+            saga_id: row.id,
+            reason: format!("no definition {} v{}", row.saga_type, row.definition_version),
+        }
+    })?;
+    let data: PaymentData = serde_json::from_value(row.data.clone()).map_err(|e| WorkerError::Corrupt {
+        saga_id: row.id,
+        reason: format!("saga data: {e}"),
+    })?;
+    let now = Utc::now();
+    let before = instance_of(row);
+    let mut cur = before.clone();
+    let mut event = event;
+    // Each round either waits (remote command out), finishes, or moves one
+    // step; twice the steps plus slack bounds a definition's whole run.
+    for _ in 0..(def.steps.len() * 2 + 4) {
+        let t = transition(def, &cur, &event, clock(now));
+        let mut next_event = None;
+        for rec in &t.history {
+            exec(
+                db,
+                "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [
+                    row.id.into(),
+                    rec.kind.as_str().into(),
+                    to_i32(rec.step).into(),
+                    to_i32(rec.attempt).into(),
+                    cur.state.as_str().into(),
+                    t.next.state.as_str().into(),
+                    rec.detail.clone().into(),
+                    actor.into(),
+                ],
+            )
+            .await?;
+        }
+        for effect in &t.effects {
+            match effect {
+                Effect::SendCommand {
+                    step,
+                    attempt,
+                    compensation,
+                    command,
+                } => {
+                    let env = CommandEnvelope {
+                        message_id: CommandEnvelope::message_id_for(row.id, *step, *compensation),
+                        kind: *command,
+                        saga_id: row.id,
+                        step: *step,
+                        attempt: *attempt,
+                        compensation: *compensation,
+                        user_id: data.user_id,
+                        amount: data.amount,
+                    };
+                    send_command(db, topics, &env).await?;
+                }
+                Effect::RunLocal {
+                    step,
+                    attempt,
+                    compensation,
+                    action,
+                } => {
+                    let outcome = local::run_step(db, def, action, row, &data).await?;
+                    next_event = Some(Event::Local {
+                        step: *step,
+                        attempt: *attempt,
+                        compensation: *compensation,
+                        outcome,
+                    });
+                }
+                Effect::RunHook { action, .. } => {
+                    local::run_hook(db, topics, action, row.id, &data, t.next.last_error.as_deref()).await?;
+                }
+            }
+        }
+        cur = t.next;
+        event = match next_event {
+            Some(e) => e,
+            None if due_now(&cur, now) => Event::Due,
+            None => break,
+        };
+    }
+    let changed = cur != before;
+    if changed || row.lease_owner.is_some() {
+        store(db, row, &cur).await?;
+    }
+    Ok(Advanced {
+        state: cur.state,
+        changed,
+    })
+}
+
+async fn send_command<C: ConnectionTrait>(db: &C, topics: &Topics, env: &CommandEnvelope) -> Result<(), WorkerError> {
+    let payload = serde_json::to_value(env).map_err(|e| WorkerError::Corrupt {
+        saga_id: env.saga_id,
+        reason: format!("encode command: {e}"),
+    })?;
+    let headers = serde_json::json!({
+        "message_id": env.message_id.to_string(),
+        "saga_id": env.saga_id.to_string(),
+        "type": env.kind.as_str(),
+        "step": env.step.to_string(),
+        "attempt": env.attempt.to_string(),
+        "traceparent": traceparent(env.saga_id),
+    });
+    // A retry reuses the command's message id; the previous attempt's row
+    // may still be unpublished, so give each attempt its own outbox id.
+    let outbox_id = uuid::Uuid::new_v5(&env.message_id, env.attempt.to_string().as_bytes());
+    outbox_insert(
+        db,
+        outbox_id,
+        &topics.funds_commands,
+        &env.user_id.to_string(),
+        payload,
+        headers,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the new state, releasing any lease, if the row is still at the
+/// version the caller read.
+async fn store<C: ConnectionTrait>(db: &C, row: &saga_instance::Model, i: &Instance) -> Result<(), WorkerError> {
+    let res = exec(
+        db,
+        "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \
+             next_run_at = $5, deadline = $6, last_error = $7, lease_owner = NULL, lease_expires_at = NULL, \
+             version = version + 1, updated_at = now() \
+         WHERE id = $8 AND version = $9",
+        [
+            i.state.as_str().into(),
+            to_i32(i.step).into(),
+            to_i32(i.attempt).into(),
+            i.cancel_requested.into(),
+            i.next_run_at.into(),
+            i.deadline.into(),
+            i.last_error.clone().into(),
+            row.id.into(),
+            row.version.into(),
+        ],
+    )
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(WorkerError::StaleSaga {
+            saga_id: row.id,
+            version: row.version,
+        });
+    }
+    Ok(())
+}

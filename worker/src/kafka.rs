@@ -1,0 +1,134 @@
+//! Kafka clients as sagaflow configures them: an idempotent producer with
+//! `acks=all`, consumers with manual offset commits, topic creation at
+//! start-up, and a readiness probe.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{Topics, WorkerError};
+
+/// How to reach and use the Kafka cluster.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Prefix of every consumer group id (lets tests and tenants share a
+    /// cluster).
+    pub group_prefix: String,
+    /// Partitions of each topic sagaflow creates.
+    pub partitions: i32,
+    /// Replication factor of each topic sagaflow creates.
+    pub replication: i32,
+    /// Consumer `session.timeout.ms`: how fast a dead consumer's partitions
+    /// move to a live one.
+    pub session_timeout: Duration,
+}
+
+impl KafkaConfig {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", "sagaflow")
+            // librdkafka's own logs go through the `log` crate; keep them quiet
+            // unless something is wrong.
+            .set("log_level", "4");
+        c
+    }
+
+    /// The producer every role shares: idempotent, `acks=all`, a short
+    /// linger so that a busy relay batches without delaying a quiet one.
+    pub fn producer(&self) -> Result<FutureProducer, WorkerError> {
+        self.base()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "15000")
+            .create()
+            .map_err(|e| WorkerError::kafka("create producer", e))
+    }
+
+    /// A consumer in group `<prefix><group>` that commits offsets only when
+    /// told to.
+    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, WorkerError> {
+        self.base()
+            .set("group.id", format!("{}{group}", self.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 4).max(100).to_string())
+            .set("fetch.wait.max.ms", "20")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| WorkerError::kafka(format!("create consumer {group}"), e))
+    }
+
+    /// Creates sagaflow's topics where they are missing; existing ones are
+    /// left as they are.
+    pub async fn ensure_topics(&self, topics: &Topics) -> Result<(), WorkerError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.base().create().map_err(|e| WorkerError::kafka("create admin client", e))?;
+        let new: Vec<NewTopic<'_>> = topics
+            .all()
+            .into_iter()
+            .map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(self.replication)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| WorkerError::kafka("create topics", e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(WorkerError::kafka(
+                        format!("create topic {name}"),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answers "is Kafka reachable?" for `/readyz`.
+#[derive(Clone)]
+pub struct KafkaProbe {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaProbe")
+    }
+}
+
+impl KafkaProbe {
+    /// A probe that asks the cluster's metadata through `producer`.
+    pub fn new(producer: FutureProducer) -> Self {
+        KafkaProbe { producer }
+    }
+
+    /// Whether a broker answers a metadata request within two seconds.
+    pub async fn ready(&self) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| !m.brokers().is_empty())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

@@ -1,0 +1,102 @@
+//! sagaflow's runtime: everything that moves sagas along.
+//!
+//! - [`claim`]: the worker pool. Claims due sagas in batches with one
+//!   `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`,
+//!   taking a lease, then runs each saga's due step in its own transaction.
+//! - [`relay`]: the outbox relay, publishing outbox rows to Kafka with an
+//!   idempotent producer and deleting them once acknowledged.
+//! - [`participant`]: the funds participant, applying debit and refund
+//!   commands exactly once (inbox + ledger uniqueness) and replying through
+//!   the outbox.
+//! - [`replies`]: the reply consumer, correlating replies to sagas and
+//!   advancing them.
+//!
+//! Guarantees: a state change and the messages it causes commit in one
+//! Postgres transaction; every consumer records the message id in its inbox
+//! in the transaction of the effect; Kafka offsets are committed only after
+//! that transaction committed. Nothing is held only in memory: a process
+//! can die at any instruction and another one picks up from the tables.
+
+pub mod claim;
+pub mod consumer;
+mod executor;
+pub mod kafka;
+mod local;
+pub mod participant;
+pub mod relay;
+pub mod replies;
+mod sql;
+pub mod wake;
+
+use std::time::Duration;
+
+pub use kafka::{KafkaConfig, KafkaProbe};
+pub use sagaflow_workflows::messages::Topics;
+
+/// Settings of the worker-side roles.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This process's identity, written as the lease owner.
+    pub worker_id: String,
+    /// Concurrent claim loops in this process.
+    pub workers: usize,
+    /// Most sagas one claim takes.
+    pub claim_batch: u32,
+    /// How long a claim is exclusively this worker's; after that another
+    /// worker may take the saga over.
+    pub lease: Duration,
+    /// Longest wait between two claims (or relay passes) when no
+    /// notification arrives; bounds the delay of timers (retries,
+    /// deadlines).
+    pub poll_interval: Duration,
+    /// Most outbox rows one relay pass publishes.
+    pub relay_batch: u32,
+    /// Topic names.
+    pub topics: Topics,
+}
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Postgres refused or failed a statement.
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    /// Kafka refused or failed an operation.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Another writer changed the saga since it was read (a stale lease, or
+    /// a reply that got there first). Nothing was written.
+    #[error("saga {saga_id} changed under us (expected version {version})")]
+    StaleSaga {
+        /// The saga.
+        saga_id: uuid::Uuid,
+        /// The version this writer expected.
+        version: i64,
+    },
+    /// A row holds something the code cannot interpret.
+    #[error("saga {saga_id}: {reason}")]
+    Corrupt {
+        /// The saga.
+        saga_id: uuid::Uuid,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Listening for Postgres notifications failed.
+    #[error("listen: {0}")]
+    Listen(#[from] sqlx::Error),
+}
+
+impl WorkerError {
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        WorkerError::Kafka {
+            context: context.into(),
+            source,
+        }
+    }
+}

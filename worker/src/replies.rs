@@ -1,0 +1,84 @@
+//! The reply consumer: applies participants' replies to their sagas.
+//!
+//! In one transaction: the reply's id goes into the inbox (a duplicate
+//! stops here), the saga row is locked, and the state machine decides; a
+//! reply for an older attempt or a finished step is recorded as ignored and
+//! changes nothing.
+
+use rdkafka::producer::FutureProducer;
+use sagaflow_entity::saga_instance;
+use sagaflow_workflows::machine::Event;
+use sagaflow_workflows::messages::{ReplyEnvelope, Topics};
+use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{self, Handled};
+use crate::kafka::KafkaConfig;
+use crate::sql::{one, stmt};
+use crate::{executor, WorkerError};
+
+/// Inbox name of the reply consumer.
+pub const CONSUMER: &str = "saga-replies";
+/// Consumer group (after the configured prefix).
+pub const GROUP: &str = "sagaflow-replies";
+
+/// Applies one `saga.replies` message.
+pub async fn handle(db: &DatabaseConnection, topics: &Topics, payload: &[u8]) -> Result<Handled, WorkerError> {
+    let reply: ReplyEnvelope = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return Ok(Handled::DeadLetter(format!("not a saga reply: {e}"))),
+    };
+    let tx = db.begin().await?;
+    let inserted = one(
+        &tx,
+        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING message_id",
+        [CONSUMER.into(), reply.message_id.into()],
+    )
+    .await?
+    .is_some();
+    if !inserted {
+        tx.commit().await?;
+        return Ok(Handled::Duplicate);
+    }
+    let row = saga_instance::Entity::find()
+        .from_raw_sql(stmt(
+            "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE",
+            [reply.saga_id.into()],
+        ))
+        .one(&tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(Handled::DeadLetter(format!("reply for unknown saga {}", reply.saga_id)));
+    };
+    let span = tracing::info_span!("saga_reply", saga_id = %row.id, step = reply.step, attempt = reply.attempt);
+    let _enter = span.enter();
+    let event = Event::Reply {
+        step: reply.step,
+        attempt: reply.attempt,
+        compensation: reply.compensation,
+        outcome: reply.outcome.into(),
+    };
+    executor::advance(&tx, topics, &row, event, CONSUMER).await?;
+    tx.commit().await?;
+    Ok(Handled::Applied)
+}
+
+/// Consumes `saga.replies` until `shutdown`.
+pub async fn run(
+    db: DatabaseConnection,
+    kafka: KafkaConfig,
+    producer: FutureProducer,
+    topics: Topics,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let consumer = kafka.consumer(GROUP)?;
+    let topic = topics.saga_replies.clone();
+    let dlq = topics.dead_letter.clone();
+    consumer::run(consumer, topic, dlq, producer, shutdown, |payload| {
+        let db = db.clone();
+        let topics = topics.clone();
+        async move { handle(&db, &topics, &payload).await }
+    })
+    .await
+}

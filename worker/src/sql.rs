@@ -1,0 +1,65 @@
+//! Small helpers over sea-orm's raw statements: every query is
+//! parameterised, none is built by string concatenation of values.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, Statement, Value};
+
+pub(crate) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+pub(crate) async fn exec<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<ExecResult, DbErr> {
+    db.execute(stmt(sql, values)).await
+}
+
+pub(crate) async fn one<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Option<QueryResult>, DbErr> {
+    db.query_one(stmt(sql, values)).await
+}
+
+pub(crate) async fn all<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    db.query_all(stmt(sql, values)).await
+}
+
+/// Writes a message to the outbox. A message id already there is left
+/// alone: the same message written twice is published once.
+pub(crate) async fn outbox_insert<C: ConnectionTrait>(
+    db: &C,
+    message_id: uuid::Uuid,
+    topic: &str,
+    key: &str,
+    payload: serde_json::Value,
+    headers: serde_json::Value,
+) -> Result<(), DbErr> {
+    exec(
+        db,
+        "INSERT INTO outbox (message_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (message_id) DO NOTHING",
+        [
+            message_id.into(),
+            topic.into(),
+            key.into(),
+            payload.into(),
+            headers.into(),
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A W3C `traceparent` whose trace id is the saga id, so that every message
+/// of one saga lands in one trace.
+pub(crate) fn traceparent(saga_id: uuid::Uuid) -> String {
+    let span: u64 = rand::random::<u64>() | 1;
+    format!("00-{}-{span:016x}-01", saga_id.simple())
+}

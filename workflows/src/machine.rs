@@ -1,0 +1,645 @@
+//! The state machine: `(instance, event, now) -> (next instance, effects,
+//! history)`. Pure: no clock, no randomness, no I/O of its own.
+
+use chrono::{DateTime, Utc};
+use sagaflow_entity::SagaState;
+use serde::Serialize;
+
+use crate::definition::{Action, SagaDefinition};
+use crate::policy::{Jitter, RetryPolicy};
+
+/// The part of a saga instance the state machine reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Where the saga stands.
+    pub state: SagaState,
+    /// Forward: the step being run. Compensating: the step being undone.
+    pub step: u32,
+    /// Attempts made at `step` in the current direction (0 before the first).
+    pub attempt: u32,
+    /// Set by an operator's cancel: compensation then ends in CANCELLED.
+    pub cancel_requested: bool,
+    /// When a worker should look at the saga again; `None` when terminal.
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Set while a remote command is out: when it counts as timed out.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Why the last attempt or the saga failed.
+    pub last_error: Option<String>,
+}
+
+impl Instance {
+    /// A new saga, its first step due at `now`.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Instance {
+            state: SagaState::Running,
+            step: 0,
+            attempt: 0,
+            cancel_requested: false,
+            next_run_at: Some(now),
+            deadline: None,
+            last_error: None,
+        }
+    }
+
+    fn waiting_for_compensation(&self) -> bool {
+        self.state == SagaState::Compensating && self.deadline.is_some()
+    }
+}
+
+/// How a participant answered a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// The command took effect (or had already taken effect).
+    Ok,
+    /// A business refusal (e.g. insufficient funds): retrying cannot help,
+    /// so the saga compensates at once.
+    Rejected {
+        /// The participant's reason.
+        reason: String,
+    },
+    /// A transient failure: the attempt counts as failed and is retried.
+    Failed {
+        /// The participant's reason.
+        reason: String,
+    },
+}
+
+/// Something that happened to a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A worker claimed the saga because `next_run_at` passed: run the due
+    /// step, or, if a command is out, treat its deadline as passed.
+    Due,
+    /// A local action finished inside the engine's transaction.
+    Local {
+        /// Step of the action.
+        step: u32,
+        /// Attempt of the action.
+        attempt: u32,
+        /// Whether it was the step's compensation.
+        compensation: bool,
+        /// How it went.
+        outcome: Outcome,
+    },
+    /// A participant's reply arrived.
+    Reply {
+        /// Step the command was for.
+        step: u32,
+        /// Attempt the command was for.
+        attempt: u32,
+        /// Whether the command was a compensation.
+        compensation: bool,
+        /// The participant's answer.
+        outcome: Outcome,
+    },
+    /// An operator asked to cancel: compensate, then end CANCELLED.
+    Cancel {
+        /// The operator's reason.
+        reason: String,
+    },
+    /// An operator asked to run the current step (or compensation) again
+    /// now, with its attempts reset.
+    Retry {
+        /// The operator's reason.
+        reason: String,
+    },
+}
+
+/// What the caller must do to make the transition real, in the same
+/// transaction that stores the new state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write this command to the outbox.
+    SendCommand {
+        /// Step the command belongs to.
+        step: u32,
+        /// Attempt number carried in the message.
+        attempt: u32,
+        /// Whether it undoes the step.
+        compensation: bool,
+        /// Which command.
+        command: crate::messages::CommandKind,
+    },
+    /// Run this local action now, then feed its outcome back as
+    /// [`Event::Local`].
+    RunLocal {
+        /// Step the action belongs to.
+        step: u32,
+        /// Attempt number.
+        attempt: u32,
+        /// Whether it undoes the step.
+        compensation: bool,
+        /// Name of the action.
+        action: &'static str,
+    },
+    /// Run a terminal hook (see [`crate::Hooks`]).
+    RunHook {
+        /// Name of the hook's action.
+        action: &'static str,
+        /// The terminal state it belongs to.
+        state: SagaState,
+    },
+}
+
+/// What goes into the saga's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RecordKind {
+    /// A local step or compensation started.
+    StepStarted,
+    /// A command was written to the outbox.
+    CommandSent,
+    /// A reply or a local outcome was applied.
+    ReplyReceived,
+    /// A reply did not match what the saga waits for (stale attempt,
+    /// duplicate, finished step) and changed nothing.
+    ReplyIgnored,
+    /// A command's deadline passed without an answer.
+    TimedOut,
+    /// Another attempt was scheduled after a backoff.
+    RetryScheduled,
+    /// A step failed for good; compensation begins.
+    CompensationStarted,
+    /// Every step succeeded.
+    Completed,
+    /// Compensation finished.
+    Compensated,
+    /// Compensation finished after a cancel.
+    Cancelled,
+    /// Compensation gave up.
+    Failed,
+    /// An operator asked to cancel.
+    CancelRequested,
+    /// An operator asked for a retry.
+    ManualRetry,
+    /// An event that does not apply in the current state was ignored.
+    EventIgnored,
+}
+
+impl RecordKind {
+    /// The value stored in `saga_events.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::StepStarted => "STEP_STARTED",
+            RecordKind::CommandSent => "COMMAND_SENT",
+            RecordKind::ReplyReceived => "REPLY_RECEIVED",
+            RecordKind::ReplyIgnored => "REPLY_IGNORED",
+            RecordKind::TimedOut => "TIMED_OUT",
+            RecordKind::RetryScheduled => "RETRY_SCHEDULED",
+            RecordKind::CompensationStarted => "COMPENSATION_STARTED",
+            RecordKind::Completed => "COMPLETED",
+            RecordKind::Compensated => "COMPENSATED",
+            RecordKind::Cancelled => "CANCELLED",
+            RecordKind::Failed => "FAILED",
+            RecordKind::CancelRequested => "CANCEL_REQUESTED",
+            RecordKind::ManualRetry => "MANUAL_RETRY",
+            RecordKind::EventIgnored => "EVENT_IGNORED",
+        }
+    }
+}
+
+/// One history row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// What happened.
+    pub kind: RecordKind,
+    /// The step concerned.
+    pub step: u32,
+    /// The attempt concerned.
+    pub attempt: u32,
+    /// Free-form detail (reason, due time, ...).
+    pub detail: serde_json::Value,
+}
+
+/// The result of [`transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The instance after the event.
+    pub next: Instance,
+    /// What to do, in order.
+    pub effects: Vec<Effect>,
+    /// What to record, in order.
+    pub history: Vec<Record>,
+}
+
+impl Transition {
+    /// Whether the event changed nothing at all (a duplicate or stale one).
+    pub fn is_noop(&self, before: &Instance) -> bool {
+        self.effects.is_empty() && self.next == *before
+    }
+}
+
+/// The current time and a random draw, passed in so that the machine stays
+/// deterministic.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// The draw used for the next backoff's jitter.
+    pub jitter: Jitter,
+}
+
+/// Applies `event` to `instance` under `def`.
+///
+/// Guarantees (checked by the property tests): an instance only moves
+/// forward through the steps or backward through compensations; a step is
+/// compensated only if it completed or may have (a timed-out or failed
+/// remote attempt); compensations run in reverse step order, each at most
+/// once to success; a reply that does not match the step, attempt and
+/// direction the saga waits for changes nothing; attempts never exceed the
+/// policy; terminal states are never left except FAILED by an operator's
+/// retry.
+pub fn transition(def: &SagaDefinition, instance: &Instance, event: &Event, clock: Clock) -> Transition {
+    let mut m = Machine {
+        def,
+        clock,
+        cur: instance.clone(),
+        effects: Vec::new(),
+        history: Vec::new(),
+    };
+    m.apply(event);
+    Transition {
+        next: m.cur,
+        effects: m.effects,
+        history: m.history,
+    }
+}
+
+struct Machine<'a> {
+    def: &'a SagaDefinition,
+    clock: Clock,
+    cur: Instance,
+    effects: Vec<Effect>,
+    history: Vec<Record>,
+}
+
+impl Machine<'_> {
+    fn record(&mut self, kind: RecordKind, detail: serde_json::Value) {
+        self.history.push(Record {
+            kind,
+            step: self.cur.step,
+            attempt: self.cur.attempt,
+            detail,
+        });
+    }
+
+    fn ignore(&mut self, kind: RecordKind, why: &str) {
+        self.record(kind, serde_json::json!({ "ignored": why }));
+    }
+
+    fn apply(&mut self, event: &Event) {
+        use SagaState::*;
+        match (self.cur.state, event) {
+            (Completed | Compensated | Cancelled, Event::Reply { .. }) => {
+                self.ignore(RecordKind::ReplyIgnored, "saga already finished")
+            }
+            (Completed | Compensated | Cancelled, _) => self.ignore(RecordKind::EventIgnored, "saga already finished"),
+
+            (Failed, Event::Retry { reason }) => {
+                self.record(RecordKind::ManualRetry, serde_json::json!({ "reason": reason }));
+                self.cur.state = Compensating;
+                self.schedule_now();
+            }
+            (Failed, Event::Reply { .. }) => self.ignore(RecordKind::ReplyIgnored, "saga failed; waits for an operator"),
+            (Failed, _) => self.ignore(RecordKind::EventIgnored, "saga failed; waits for an operator"),
+
+            (_, Event::Retry { reason }) => {
+                self.record(RecordKind::ManualRetry, serde_json::json!({ "reason": reason }));
+                if self.cur.state == Waiting {
+                    self.cur.state = Running;
+                }
+                self.schedule_now();
+            }
+            (_, Event::Cancel { reason }) => self.cancel(reason),
+
+            (Running, Event::Due) => self.start_forward(),
+            (Waiting, Event::Due) => {
+                if self.is_before_deadline() {
+                    self.ignore(RecordKind::EventIgnored, "deadline not reached");
+                } else {
+                    self.record(RecordKind::TimedOut, serde_json::Value::Null);
+                    self.forward_attempt_failed("timed out".to_owned());
+                }
+            }
+            (Compensating, Event::Due) => {
+                if self.cur.deadline.is_none() {
+                    self.start_compensation_step();
+                } else if self.is_before_deadline() {
+                    self.ignore(RecordKind::EventIgnored, "deadline not reached");
+                } else {
+                    self.record(RecordKind::TimedOut, serde_json::Value::Null);
+                    self.compensation_attempt_failed("compensation timed out".to_owned());
+                }
+            }
+
+            (
+                _,
+                Event::Reply {
+                    step,
+                    attempt,
+                    compensation,
+                    outcome,
+                },
+            ) => self.on_outcome(*step, *attempt, *compensation, outcome, true),
+            (
+                _,
+                Event::Local {
+                    step,
+                    attempt,
+                    compensation,
+                    outcome,
+                },
+            ) => self.on_outcome(*step, *attempt, *compensation, outcome, false),
+        }
+    }
+
+    fn is_before_deadline(&self) -> bool {
+        self.cur.deadline.is_some_and(|d| self.clock.now < d)
+    }
+
+    fn schedule_now(&mut self) {
+        self.cur.attempt = 0;
+        self.cur.deadline = None;
+        self.cur.next_run_at = Some(self.clock.now);
+    }
+
+    fn deadline_after(&self, timeout: std::time::Duration) -> DateTime<Utc> {
+        self.clock.now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
+    }
+
+    fn backoff_until(&self, policy: &RetryPolicy) -> DateTime<Utc> {
+        let delay = policy.backoff(self.cur.attempt, self.clock.jitter);
+        self.clock.now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Runs the forward step that is due: a remote command goes out and the
+    /// saga waits; a local action is handed to the caller.
+    fn start_forward(&mut self) {
+        let Some(step) = self.def.step(self.cur.step).copied() else {
+            // A saga past its last step has nothing left to do.
+            return self.complete();
+        };
+        if !step.retry.allows_another(self.cur.attempt) {
+            return self.forward_attempt_failed("no attempts left".to_owned());
+        }
+        self.cur.attempt += 1;
+        match step.action {
+            Action::Remote(command) => {
+                let deadline = self.deadline_after(step.timeout);
+                self.cur.state = SagaState::Waiting;
+                self.cur.deadline = Some(deadline);
+                self.cur.next_run_at = Some(deadline);
+                self.effects.push(Effect::SendCommand {
+                    step: self.cur.step,
+                    attempt: self.cur.attempt,
+                    compensation: false,
+                    command,
+                });
+                self.record(
+                    RecordKind::CommandSent,
+                    serde_json::json!({ "command": command.as_str(), "deadline": deadline }),
+                );
+            }
+            Action::Local(action) => {
+                self.cur.deadline = None;
+                self.effects.push(Effect::RunLocal {
+                    step: self.cur.step,
+                    attempt: self.cur.attempt,
+                    compensation: false,
+                    action,
+                });
+                self.record(RecordKind::StepStarted, serde_json::json!({ "action": action }));
+            }
+        }
+    }
+
+    fn start_compensation_step(&mut self) {
+        let Some(comp) = self.def.step(self.cur.step).and_then(|s| s.compensation) else {
+            return self.next_compensation_below(self.cur.step);
+        };
+        self.cur.attempt += 1;
+        match comp.action {
+            Action::Remote(command) => {
+                let deadline = self.deadline_after(comp.timeout);
+                self.cur.deadline = Some(deadline);
+                self.cur.next_run_at = Some(deadline);
+                self.effects.push(Effect::SendCommand {
+                    step: self.cur.step,
+                    attempt: self.cur.attempt,
+                    compensation: true,
+                    command,
+                });
+                self.record(
+                    RecordKind::CommandSent,
+                    serde_json::json!({ "command": command.as_str(), "compensation": true, "deadline": deadline }),
+                );
+            }
+            Action::Local(action) => {
+                self.effects.push(Effect::RunLocal {
+                    step: self.cur.step,
+                    attempt: self.cur.attempt,
+                    compensation: true,
+                    action,
+                });
+                self.record(
+                    RecordKind::StepStarted,
+                    serde_json::json!({ "action": action, "compensation": true }),
+                );
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, step: u32, attempt: u32, compensation: bool, outcome: &Outcome, remote: bool) {
+        let expected = if compensation {
+            self.cur.state == SagaState::Compensating && (!remote || self.cur.waiting_for_compensation())
+        } else if remote {
+            self.cur.state == SagaState::Waiting
+        } else {
+            self.cur.state == SagaState::Running
+        };
+        if !expected || step != self.cur.step || attempt != self.cur.attempt || attempt == 0 {
+            let kind = if remote {
+                RecordKind::ReplyIgnored
+            } else {
+                RecordKind::EventIgnored
+            };
+            self.history.push(Record {
+                kind,
+                step,
+                attempt,
+                detail: serde_json::json!({
+                    "ignored": "does not match the step, attempt and direction the saga waits for",
+                    "compensation": compensation,
+                }),
+            });
+            return;
+        }
+        self.record(
+            RecordKind::ReplyReceived,
+            serde_json::json!({ "compensation": compensation, "outcome": outcome }),
+        );
+        self.cur.deadline = None;
+        match (compensation, outcome) {
+            (false, Outcome::Ok) => self.forward_step_succeeded(),
+            (false, Outcome::Rejected { reason }) => {
+                self.cur.last_error = Some(reason.clone());
+                // Refused outright: this step had no effect, undo the ones before it.
+                match self.cur.step.checked_sub(1) {
+                    Some(below) => self.begin_compensation(below, reason.clone()),
+                    None => self.finish_compensation(reason.clone()),
+                }
+            }
+            (false, Outcome::Failed { reason }) => self.forward_attempt_failed(reason.clone()),
+            (true, Outcome::Ok) => self.next_compensation_below(self.cur.step),
+            (true, Outcome::Rejected { reason } | Outcome::Failed { reason }) => {
+                self.compensation_attempt_failed(reason.clone())
+            }
+        }
+    }
+
+    fn forward_step_succeeded(&mut self) {
+        self.cur.step += 1;
+        self.cur.attempt = 0;
+        self.cur.last_error = None;
+        if self.cur.step >= self.def.len() {
+            self.complete();
+        } else {
+            self.cur.state = SagaState::Running;
+            self.cur.next_run_at = Some(self.clock.now);
+        }
+    }
+
+    fn complete(&mut self) {
+        self.cur.state = SagaState::Completed;
+        self.cur.next_run_at = None;
+        self.cur.deadline = None;
+        self.record(RecordKind::Completed, serde_json::Value::Null);
+        if let Some(action) = self.def.hooks.on_completed {
+            self.effects.push(Effect::RunHook {
+                action,
+                state: SagaState::Completed,
+            });
+        }
+    }
+
+    /// A forward attempt timed out or failed transiently: retry after a
+    /// backoff, or compensate once the attempts run out. The step itself is
+    /// compensated too, since its effect may have happened.
+    fn forward_attempt_failed(&mut self, reason: String) {
+        self.cur.deadline = None;
+        self.cur.last_error = Some(reason.clone());
+        let retry = self.def.step(self.cur.step).map(|s| s.retry).unwrap_or(RetryPolicy::once());
+        if retry.allows_another(self.cur.attempt) {
+            let at = self.backoff_until(&retry);
+            self.cur.state = SagaState::Running;
+            self.cur.next_run_at = Some(at);
+            self.record(
+                RecordKind::RetryScheduled,
+                serde_json::json!({ "reason": reason, "due": at }),
+            );
+        } else {
+            self.begin_compensation(self.cur.step, reason);
+        }
+    }
+
+    fn compensation_attempt_failed(&mut self, reason: String) {
+        self.cur.deadline = None;
+        self.cur.last_error = Some(reason.clone());
+        let retry = self
+            .def
+            .step(self.cur.step)
+            .and_then(|s| s.compensation)
+            .map(|c| c.retry)
+            .unwrap_or(RetryPolicy::once());
+        if retry.allows_another(self.cur.attempt) {
+            let at = self.backoff_until(&retry);
+            self.cur.next_run_at = Some(at);
+            self.record(
+                RecordKind::RetryScheduled,
+                serde_json::json!({ "reason": reason, "due": at, "compensation": true }),
+            );
+        } else {
+            self.cur.state = SagaState::Failed;
+            self.cur.next_run_at = None;
+            self.record(RecordKind::Failed, serde_json::json!({ "reason": reason }));
+            if let Some(action) = self.def.hooks.on_failed {
+                self.effects.push(Effect::RunHook {
+                    action,
+                    state: SagaState::Failed,
+                });
+            }
+        }
+    }
+
+    /// Starts compensating from step `from` downwards (the highest step with
+    /// a compensation at or below it).
+    fn begin_compensation(&mut self, from: u32, reason: String) {
+        self.record(
+            RecordKind::CompensationStarted,
+            serde_json::json!({ "reason": reason, "from_step": from }),
+        );
+        match self.highest_compensable(Some(from)) {
+            Some(step) => self.compensate_step(step),
+            None => self.finish_compensation(reason),
+        }
+    }
+
+    fn next_compensation_below(&mut self, step: u32) {
+        match self.highest_compensable(step.checked_sub(1)) {
+            Some(next) => self.compensate_step(next),
+            None => {
+                let reason = self.cur.last_error.clone().unwrap_or_default();
+                self.finish_compensation(reason)
+            }
+        }
+    }
+
+    fn highest_compensable(&self, from: Option<u32>) -> Option<u32> {
+        let from = from?;
+        (0..=from)
+            .rev()
+            .find(|i| self.def.step(*i).is_some_and(|s| s.compensation.is_some()))
+    }
+
+    fn compensate_step(&mut self, step: u32) {
+        self.cur.state = SagaState::Compensating;
+        self.cur.step = step;
+        self.schedule_now();
+    }
+
+    fn finish_compensation(&mut self, reason: String) {
+        self.cur.next_run_at = None;
+        self.cur.deadline = None;
+        let (state, kind, hook) = if self.cur.cancel_requested {
+            (SagaState::Cancelled, RecordKind::Cancelled, self.def.hooks.on_cancelled)
+        } else {
+            (SagaState::Compensated, RecordKind::Compensated, self.def.hooks.on_compensated)
+        };
+        self.cur.state = state;
+        self.record(kind, serde_json::json!({ "reason": reason }));
+        if let Some(action) = hook {
+            self.effects.push(Effect::RunHook { action, state });
+        }
+    }
+
+    fn cancel(&mut self, reason: &str) {
+        self.record(RecordKind::CancelRequested, serde_json::json!({ "reason": reason }));
+        let already = self.cur.cancel_requested;
+        self.cur.cancel_requested = true;
+        self.cur.last_error = Some(format!("cancelled: {reason}"));
+        match self.cur.state {
+            // Compensation is already under way; it now ends CANCELLED.
+            SagaState::Compensating => {}
+            // A command is out or was attempted: its effect may exist, undo it too.
+            SagaState::Waiting => self.begin_compensation(self.cur.step, reason.to_owned()),
+            SagaState::Running if self.cur.attempt > 0 => self.begin_compensation(self.cur.step, reason.to_owned()),
+            SagaState::Running => match self.cur.step.checked_sub(1) {
+                Some(below) => self.begin_compensation(below, reason.to_owned()),
+                None => self.finish_compensation(reason.to_owned()),
+            },
+            _ if already => {}
+            _ => {}
+        }
+    }
+}
