@@ -115,6 +115,27 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Parses a [`Config`] alone, for callers that build one from arguments
+/// (the binary flattens it into its own command line instead).
+#[derive(Debug, clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Reads the configuration from `args` (the first is the program name)
+    /// and the environment, as the binary would.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        Standalone::try_parse_from(args).map(|s| s.config)
+    }
+}
+
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]

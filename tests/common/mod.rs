@@ -61,3 +61,206 @@ pub fn with_database(url: &str, db: &str) -> String {
 pub fn topic_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// A whole sagaflow process (API, workers, relay, participant, reply
+/// consumer) on its own database, topics and consumer groups, the API on
+/// an ephemeral port.
+pub struct TestApp {
+    /// The database.
+    pub db: TestDb,
+    /// Topic and group prefix.
+    pub prefix: String,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// The configuration it runs with.
+    pub config: sagaflow::config::Config,
+    running: Option<sagaflow::app::Running>,
+}
+
+impl TestApp {
+    /// Starts every role.
+    pub async fn start() -> TestApp {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts every role with extra command-line settings.
+    pub async fn start_with(extra: &[&str]) -> TestApp {
+        let db = fresh_database().await;
+        let prefix = topic_prefix();
+        let mut args = vec![
+            "sagaflow".to_owned(),
+            "--database-url".into(),
+            db.url.clone(),
+            "--kafka-bootstrap-servers".into(),
+            kafka_bootstrap(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--topic-prefix".into(),
+            prefix.clone(),
+            "--group-prefix".into(),
+            prefix.clone(),
+            "--kafka-session-timeout-ms".into(),
+            "6000".into(),
+            "--db-pool-size".into(),
+            "16".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = sagaflow::config::Config::parse_from(args).expect("test config");
+        let running = sagaflow::app::start(&config, sagaflow::app::Roles::ALL)
+            .await
+            .expect("start sagaflow");
+        let addr = running.http_addr.expect("API runs");
+        TestApp {
+            db,
+            prefix,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            config,
+            running: Some(running),
+        }
+    }
+
+    /// Stops every role.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop(std::time::Duration::from_secs(15)).await;
+        }
+    }
+
+    /// The full name of topic `name` (e.g. `funds.commands`).
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// `POST /accounts` and a deposit of `amount` (if not "0").
+    pub async fn funded_account(&self, user_id: i64, amount: &str) {
+        let r = self
+            .http
+            .post(format!("{}/accounts", self.base))
+            .json(&serde_json::json!({ "user_id": user_id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "create account: {}", r.text().await.unwrap_or_default());
+        if amount != "0" {
+            let r = self
+                .http
+                .post(format!("{}/accounts/{user_id}/deposits", self.base))
+                .json(&serde_json::json!({ "amount": amount }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "deposit: {}", r.text().await.unwrap_or_default());
+        }
+    }
+
+    /// `POST /orders`; returns the status code and the body.
+    pub async fn place_order(&self, user_id: i64, amount: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .json(&serde_json::json!({ "user_id": user_id, "amount": amount }));
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `GET /orders/{order_no}`.
+    pub async fn order(&self, order_no: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/orders/{order_no}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /accounts/{user_id}`.
+    pub async fn account(&self, user_id: i64) -> serde_json::Value {
+        self.http
+            .get(format!("{}/accounts/{user_id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (up to `within`) until the order leaves PENDING; returns it.
+    pub async fn settled_order(&self, order_no: &str, within: std::time::Duration) -> serde_json::Value {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let o = self.order(order_no).await;
+            if o["status"] != "PENDING" {
+                return o;
+            }
+            assert!(tokio::time::Instant::now() < until, "order {order_no} still PENDING after {within:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A scalar from SQL.
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        scalar_i64(&self.db.conn, sql).await
+    }
+}
+
+/// A single `bigint` from `sql` (cast your count or sum to bigint).
+pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .await
+        .expect(sql)
+        .expect("one row");
+    row.try_get_by_index::<i64>(0).expect("bigint column")
+}
+
+/// Checks ARCHITECTURE.md's money invariants on `db` and returns every
+/// violation found (empty when the books balance).
+pub async fn money_anomalies(db: &DatabaseConnection) -> Vec<String> {
+    let checks = [
+        (
+            "balance differs from deposits - debits + refunds",
+            "SELECT a.user_id::text FROM accounts a LEFT JOIN ledger_entries l ON l.user_id = a.user_id \
+             GROUP BY a.user_id, a.balance \
+             HAVING a.balance <> COALESCE(SUM(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0)",
+        ),
+        (
+            "PAID order without exactly one debit, or with a refund",
+            "SELECT o.order_no FROM orders o WHERE o.status = 'PAID' AND ( \
+               (SELECT count(*) FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'DEBIT') <> 1 OR \
+               EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'REFUND'))",
+        ),
+        (
+            "FAILED/CANCELLED order that does not net to zero",
+            "SELECT o.order_no FROM orders o WHERE o.status IN ('FAILED', 'CANCELLED') AND \
+               COALESCE((SELECT SUM(CASE l.kind WHEN 'DEBIT' THEN l.amount ELSE -l.amount END) \
+                         FROM ledger_entries l WHERE l.saga_id = o.saga_id), 0) <> 0",
+        ),
+        (
+            "debit amount differs from the order amount",
+            "SELECT o.order_no FROM orders o JOIN ledger_entries l ON l.saga_id = o.saga_id \
+             WHERE l.kind = 'DEBIT' AND l.amount <> o.amount",
+        ),
+    ];
+    let mut found = Vec::new();
+    for (what, sql) in checks {
+        let rows = db
+            .query_all(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+            .await
+            .expect(sql);
+        for r in rows {
+            let id: String = r.try_get_by_index(0).unwrap_or_default();
+            found.push(format!("{what}: {id}"));
+        }
+    }
+    found
+}

@@ -21,16 +21,19 @@ use crate::{executor, WorkerConfig, WorkerError};
 
 /// The claim statement. The inner `SELECT` walks the partial index
 /// `saga_instances_due` in `next_run_at` order, so it needs no sort and
-/// never looks at finished sagas.
+/// never looks at finished sagas. `id = ANY(ARRAY(…))` rather than
+/// `id IN (…)`: the planner turns `IN` into a semi-join that sorts and
+/// de-duplicates the claimed ids; the array form is an init-plan followed
+/// by primary-key lookups.
 pub const CLAIM_SQL: &str = "\
 UPDATE saga_instances SET lease_owner = $1, lease_expires_at = $2, next_run_at = $2, \
        version = version + 1, updated_at = $3 \
-WHERE id IN ( \
+WHERE id = ANY(ARRAY( \
     SELECT id FROM saga_instances \
     WHERE state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND next_run_at <= $3 \
     ORDER BY next_run_at \
     LIMIT $4 \
-    FOR UPDATE SKIP LOCKED) \
+    FOR UPDATE SKIP LOCKED)) \
 RETURNING *";
 
 /// What one pass of the loop did.
@@ -76,7 +79,7 @@ pub async fn run_once(db: &DatabaseConnection, cfg: &WorkerConfig) -> Result<Cla
         ..ClaimPass::default()
     };
     for row in rows {
-        match step(db, cfg, &row).await {
+        match process(db, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
             Err(WorkerError::StaleSaga { saga_id, .. }) => {
                 tracing::debug!(%saga_id, "saga changed while claimed; dropping this worker's attempt");
@@ -91,7 +94,10 @@ pub async fn run_once(db: &DatabaseConnection, cfg: &WorkerConfig) -> Result<Cla
     Ok(pass)
 }
 
-async fn step(db: &DatabaseConnection, cfg: &WorkerConfig, row: &saga_instance::Model) -> Result<(), WorkerError> {
+/// Runs the due work of one claimed saga in its own transaction. Fails with
+/// [`WorkerError::StaleSaga`], writing nothing, if the saga changed since
+/// `row` was claimed (another worker took it over, or a reply advanced it).
+pub async fn process(db: &DatabaseConnection, cfg: &WorkerConfig, row: &saga_instance::Model) -> Result<(), WorkerError> {
     let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
     let _enter = span.enter();
     let tx = db.begin().await?;

@@ -1,0 +1,280 @@
+//! The order-payment saga end to end, on the real PostgreSQL and Kafka that
+//! `scripts/services.sh` starts: HTTP in, Kafka between the saga and the
+//! funds participant, Postgres as the record.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{money_anomalies, TestApp};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn consumer_for(app: &TestApp, group: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .set("group.id", format!("{}{group}", app.prefix))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("test consumer")
+}
+
+/// Reads `topic` from the start until `want` messages matched `keep`.
+async fn read_topic(
+    app: &TestApp,
+    topic: &str,
+    want: usize,
+    keep: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer = consumer_for(app, &format!("reader-{}", uuid::Uuid::new_v4()));
+    consumer.subscribe(&[topic]).unwrap();
+    let mut found = Vec::new();
+    let until = tokio::time::Instant::now() + SETTLE;
+    while found.len() < want {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "only {} of {want} messages on {topic}", found.len());
+        if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
+            if keep(&m) {
+                found.push(m.detach());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn happy_path_debits_once_and_publishes_order_paid() {
+    let app = TestApp::start().await;
+    app.funded_account(1, "100.00").await;
+
+    let (status, order) = app.place_order(1, "19.99", None).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["status"], "PENDING");
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    let saga_id = order["saga_id"].as_str().unwrap().to_owned();
+
+    let settled = app.settled_order(&order_no, SETTLE).await;
+    assert_eq!(settled["status"], "PAID", "{settled}");
+    assert_eq!(settled["amount"], "19.99");
+
+    let account = app.account(1).await;
+    assert_eq!(account["balance"], "80.01");
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        1
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga_id}' AND state = 'COMPLETED' AND next_run_at IS NULL AND lease_owner IS NULL"
+        ))
+        .await,
+        1
+    );
+    for kind in ["CREATED", "COMMAND_SENT", "REPLY_RECEIVED", "COMPLETED"] {
+        assert_eq!(
+            app.scalar_i64(&format!(
+                "SELECT count(*) FROM saga_events WHERE saga_id = '{saga_id}' AND kind = '{kind}'"
+            ))
+            .await,
+            1,
+            "history row {kind}"
+        );
+    }
+
+    let topic = app.topic("orders.events");
+    let events = read_topic(&app, &topic, 1, |m| m.key() == Some(order_no.as_bytes())).await;
+    let event: serde_json::Value = serde_json::from_slice(events[0].payload().unwrap()).unwrap();
+    assert_eq!(event["type"], "OrderPaid");
+    assert_eq!(event["order_no"], order_no.as_str());
+    assert_eq!(event["amount"], "19.99");
+    let headers = events[0].headers().expect("headers");
+    let traceparent = headers.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).expect("traceparent header");
+    assert!(std::str::from_utf8(traceparent).unwrap().starts_with("00-"));
+
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn insufficient_funds_fails_the_order_and_leaves_the_balance() {
+    let app = TestApp::start().await;
+    app.funded_account(2, "5.00").await;
+
+    let (status, order) = app.place_order(2, "10.00", None).await;
+    assert_eq!(status, 201, "{order}");
+    let order_no = order["order_no"].as_str().unwrap();
+    let settled = app.settled_order(order_no, SETTLE).await;
+    assert_eq!(settled["status"], "FAILED", "{settled}");
+    assert!(
+        settled["failure_reason"].as_str().unwrap_or("").contains("insufficient funds"),
+        "{settled}"
+    );
+    assert_eq!(app.account(2).await["balance"], "5.00");
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind <> 'DEPOSIT'").await,
+        0
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE state = 'COMPENSATED'").await,
+        1
+    );
+    let topic = app.topic("orders.events");
+    let events = read_topic(&app, &topic, 1, |m| m.key() == Some(order_no.as_bytes())).await;
+    let event: serde_json::Value = serde_json::from_slice(events[0].payload().unwrap()).unwrap();
+    assert_eq!(event["type"], "OrderFailed");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_makes_one_order_and_one_debit() {
+    let app = TestApp::start().await;
+    app.funded_account(3, "50.00").await;
+
+    let (s1, first) = app.place_order(3, "12.50", Some("checkout-42")).await;
+    let (s2, again) = app.place_order(3, "12.50", Some("checkout-42")).await;
+    assert_eq!(s1, 201);
+    assert!(s2 == 200 || s2 == 201, "{s2}");
+    assert_eq!(first["order_no"], again["order_no"]);
+    let (s3, other) = app.place_order(3, "99.00", Some("checkout-42")).await;
+    assert_eq!(s3, 409, "{other}");
+
+    let settled = app.settled_order(first["order_no"].as_str().unwrap(), SETTLE).await;
+    assert_eq!(settled["status"], "PAID");
+    // asked again after it settled: still the same order, not a new one
+    let (_, later) = app.place_order(3, "12.50", Some("checkout-42")).await;
+    assert_eq!(later["order_no"], first["order_no"]);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM saga_instances").await, 1);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        1
+    );
+    assert_eq!(app.account(3).await["balance"], "37.50");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_orders_on_fifty_pay_exactly_fifty() {
+    let app = TestApp::start().await;
+    app.funded_account(4, "50.00").await;
+
+    let mut placing = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let http = app.http.clone();
+        let url = format!("{}/orders", app.base);
+        placing.spawn(async move {
+            let r = http
+                .post(url)
+                .json(&serde_json::json!({ "user_id": 4, "amount": "1.00" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<serde_json::Value>().await.unwrap()["order_no"].as_str().unwrap().to_owned()
+        });
+    }
+    let mut order_nos = Vec::new();
+    while let Some(r) = placing.join_next().await {
+        order_nos.push(r.unwrap());
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let pending = app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PENDING'").await;
+        if pending == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "{pending} orders still PENDING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PAID'").await, 50);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'FAILED'").await, 150);
+    assert_eq!(app.account(4).await["balance"], "0.00");
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        50
+    );
+    // the ledger never shows a negative balance at any point
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE balance_after < 0").await,
+        0
+    );
+    assert_eq!(order_nos.iter().collect::<HashSet<_>>().len(), 200);
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+/// Waits until consumer group `group` has committed past `offset` on
+/// `topic`/`partition`, i.e. it has applied the message at `offset`.
+async fn await_committed(app: &TestApp, group: &str, topic: &str, partition: i32, offset: i64) {
+    let probe = consumer_for(app, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let until = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let committed = probe.committed_offsets(tpl.clone(), Duration::from_secs(5)).unwrap();
+        if let Some(Offset::Offset(o)) = committed.find_partition(topic, partition).map(|p| p.offset()) {
+            if o > offset {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < until, "group {group} never committed past {topic}/{partition}@{offset}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicated_command_and_reply_change_nothing() {
+    let app = TestApp::start().await;
+    app.funded_account(5, "30.00").await;
+    let (_, order) = app.place_order(5, "10.00", None).await;
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+
+    let commands = app.topic("funds.commands");
+    let replies = app.topic("saga.replies");
+    let command = read_topic(&app, &commands, 1, |_| true).await.remove(0);
+    let reply = read_topic(&app, &replies, 1, |_| true).await.remove(0);
+    let events_before = app.scalar_i64("SELECT count(*) FROM saga_events").await;
+    let ledger_before = app.scalar_i64("SELECT count(*) FROM ledger_entries").await;
+    let inbox_before = app.scalar_i64("SELECT count(*) FROM inbox").await;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .create()
+        .unwrap();
+    for m in [&command, &reply] {
+        let mut headers = OwnedHeaders::new();
+        for h in m.headers().unwrap().iter() {
+            headers = headers.insert(h);
+        }
+        let delivery = producer
+            .send(
+                FutureRecord::to(m.topic())
+                    .key(m.key().unwrap())
+                    .payload(m.payload().unwrap())
+                    .headers(headers)
+                    .partition(m.partition()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("republish");
+        let (partition, offset) = (delivery.partition, delivery.offset);
+        let group = if m.topic() == commands { "sagaflow-funds" } else { "sagaflow-replies" };
+        await_committed(&app, group, m.topic(), partition, offset).await;
+    }
+
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM ledger_entries").await, ledger_before);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM saga_events").await, events_before);
+    assert_eq!(app.account(5).await["balance"], "20.00");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM inbox").await, inbox_before);
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
