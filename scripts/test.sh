@@ -12,13 +12,33 @@ export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 
 scripts/services.sh start
 
+# Each integration test makes its own database (sft_*) and topics (t<12 hex>.*);
+# drop what earlier runs left behind so they don't pile up.
+stale_dbs=$(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'sft\_%'" 2>/dev/null || true)
+for db in $stale_dbs; do
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+done
+[ -z "$stale_dbs" ] || echo "[test] dropped $(echo "$stale_dbs" | wc -l) test database(s) of earlier runs"
+if [ -d .sagaflow/kafka/libs ] && [ "$KAFKA_BOOTSTRAP_SERVERS" = "127.0.0.1:9092" ]; then
+  java -cp '.sagaflow/kafka/libs/*' org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" \
+    --delete --if-exists --topic 't[0-9a-f]{12}\..*' >/dev/null 2>&1 || true
+fi
+
 locked=()
 [ -f Cargo.lock ] && locked=(--locked)
 
 echo "[test] cargo test --workspace ${locked[*]} -- --test-threads=4"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 rc=0
-cargo test --workspace "${locked[@]}" -- --test-threads=4 || rc=$?
+cargo test --workspace "${locked[@]}" -- --test-threads=4 2>&1 | tee "$log" || rc=$?
+rc=${PIPESTATUS[0]}
 
+# One closing line for the whole suite (cargo prints one per test binary,
+# the last of which is often a crate's empty doc-test run).
+passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$log")
+failed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/) n += $i } END { print n + 0 }' "$log")
 echo "[test] cargo exit status: $rc"
 echo "[test] services left running; stop them with: scripts/services.sh stop"
+echo "suite: ${passed:-0} passed, ${failed:-0} failed"
 exit "$rc"

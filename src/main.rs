@@ -11,8 +11,6 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "sagaflow", version, about = "Durable order-and-payment sagas on PostgreSQL and Apache Kafka")]
 struct Cli {
-    #[command(flatten)]
-    config: Config,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,9 +19,9 @@ struct Cli {
 enum Command {
     /// Run everything in one process: HTTP API, claim workers, outbox relay,
     /// funds participant and reply consumer. Migrates the schema first.
-    Serve,
+    Serve(Config),
     /// Apply pending schema migrations and exit.
-    Migrate,
+    Migrate(Config),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -55,15 +53,16 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.config.log_format);
     match cli.command {
-        Command::Migrate => {
-            let db = app::connect(&cli.config).await?;
+        Command::Migrate(config) => {
+            init_tracing(config.log_format);
+            let db = app::connect(&config).await?;
             app::migrate(&db).await?;
             tracing::info!("schema is up to date");
         }
-        Command::Serve => {
-            let mut running = app::start(&cli.config, Roles::ALL).await.context("starting sagaflow")?;
+        Command::Serve(config) => {
+            init_tracing(config.log_format);
+            let mut running = app::start(&config, Roles::ALL).await.context("starting sagaflow")?;
             if let Some(addr) = running.http_addr {
                 tracing::info!("sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)");
             }
