@@ -418,6 +418,10 @@ impl Machine<'_> {
         let Some(comp) = self.def.step(self.cur.step).and_then(|s| s.compensation) else {
             return self.next_compensation_below(self.cur.step);
         };
+        if !comp.retry.allows_another(self.cur.attempt) {
+            // A local compensation that never reported back used its attempts.
+            return self.compensation_attempt_failed("no attempts left".to_owned());
+        }
         self.cur.attempt += 1;
         match comp.action {
             Action::Remote(command) => {

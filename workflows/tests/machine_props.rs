@@ -1,0 +1,357 @@
+//! Property tests of the transition function over random event sequences:
+//! the machine's guarantees hold whatever order, duplication or staleness
+//! the events arrive with.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use sagaflow_entity::SagaState;
+use sagaflow_workflows::machine::{Clock, Outcome};
+use sagaflow_workflows::messages::CommandKind;
+use sagaflow_workflows::policy::Jitter;
+use sagaflow_workflows::{
+    order_payment, transition, Action, Compensation, Effect, Event, Hooks, Instance, RecordKind, RetryPolicy,
+    SagaDefinition, StepDef,
+};
+
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+    }
+}
+
+/// Three steps: remote with a compensation, local without, remote with a
+/// local compensation; small attempt budgets so that they run out.
+fn three_steps() -> SagaDefinition {
+    SagaDefinition {
+        name: "three",
+        version: 1,
+        steps: vec![
+            StepDef {
+                name: "reserve",
+                action: Action::Remote(CommandKind::FundsDebit),
+                compensation: Some(Compensation {
+                    action: Action::Remote(CommandKind::FundsRefund),
+                    retry: policy(3),
+                    timeout: Duration::from_secs(10),
+                }),
+                retry: policy(2),
+                timeout: Duration::from_secs(10),
+            },
+            StepDef {
+                name: "note",
+                action: Action::Local("note"),
+                compensation: None,
+                retry: policy(2),
+                timeout: Duration::from_secs(10),
+            },
+            StepDef {
+                name: "charge",
+                action: Action::Remote(CommandKind::FundsDebit),
+                compensation: Some(Compensation {
+                    action: Action::Local("uncharge"),
+                    retry: policy(2),
+                    timeout: Duration::from_secs(10),
+                }),
+                retry: policy(3),
+                timeout: Duration::from_secs(10),
+            },
+        ],
+        hooks: Hooks {
+            on_completed: Some("done"),
+            on_compensated: Some("undone"),
+            on_cancelled: Some("cancelled"),
+            on_failed: None,
+        },
+    }
+}
+
+fn is_terminal(s: SagaState) -> bool {
+    matches!(s, SagaState::Completed | SagaState::Compensated | SagaState::Cancelled | SagaState::Failed)
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Gen {
+    Due,
+    Reply { step: u32, attempt: u32, compensation: bool, outcome: u8 },
+    Local { step: u32, attempt: u32, compensation: bool, outcome: u8 },
+    /// A reply exactly for what the saga waits for.
+    Matching { outcome: u8 },
+    Cancel,
+    Retry,
+}
+
+fn gen_event() -> impl Strategy<Value = (Gen, u64, u32)> {
+    let ev = prop_oneof![
+        4 => Just(Gen::Due),
+        2 => (0u32..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(step, attempt, compensation, outcome)| Gen::Reply { step, attempt, compensation, outcome }),
+        1 => (0u32..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(step, attempt, compensation, outcome)| Gen::Local { step, attempt, compensation, outcome }),
+        4 => (0u8..3).prop_map(|outcome| Gen::Matching { outcome }),
+        1 => Just(Gen::Cancel),
+        1 => Just(Gen::Retry),
+    ];
+    (ev, 0u64..20_000, 0u32..=Jitter::SCALE)
+}
+
+fn outcome(n: u8) -> Outcome {
+    match n {
+        0 => Outcome::Ok,
+        1 => Outcome::Rejected { reason: "no".into() },
+        _ => Outcome::Failed { reason: "flaky".into() },
+    }
+}
+
+/// The event that answers exactly what `i` waits for, as the runtime would
+/// deliver it: a reply for a remote command, a local outcome for a local
+/// action that was just handed out.
+fn matching(def: &SagaDefinition, i: &Instance, o: Outcome) -> Event {
+    let compensation = i.state == SagaState::Compensating;
+    let step = def.step(i.step);
+    let local = match (compensation, step) {
+        (false, Some(s)) => matches!(s.action, Action::Local(_)),
+        (true, Some(s)) => matches!(s.compensation.map(|c| c.action), Some(Action::Local(_))),
+        _ => false,
+    };
+    if local {
+        Event::Local { step: i.step, attempt: i.attempt, compensation, outcome: o }
+    } else {
+        Event::Reply { step: i.step, attempt: i.attempt, compensation, outcome: o }
+    }
+}
+
+fn to_event(def: &SagaDefinition, i: &Instance, g: &Gen) -> Event {
+    match g {
+        Gen::Due => Event::Due,
+        Gen::Reply { step, attempt, compensation, outcome: o } => Event::Reply {
+            step: *step,
+            attempt: *attempt,
+            compensation: *compensation,
+            outcome: outcome(*o),
+        },
+        Gen::Local { step, attempt, compensation, outcome: o } => Event::Local {
+            step: *step,
+            attempt: *attempt,
+            compensation: *compensation,
+            outcome: outcome(*o),
+        },
+        Gen::Matching { outcome: o } => matching(def, i, outcome(*o)),
+        Gen::Cancel => Event::Cancel { reason: "operator".into() },
+        Gen::Retry => Event::Retry { reason: "operator".into() },
+    }
+}
+
+/// What the run did so far, to check the ordering properties.
+#[derive(Default, Debug)]
+struct Log {
+    /// Steps whose forward action was handed out at least once.
+    started: Vec<u32>,
+    /// Steps whose compensation was handed out, in order of first hand-out.
+    compensation_started: Vec<u32>,
+    /// Steps whose compensation succeeded, in order.
+    compensated: Vec<u32>,
+}
+
+struct Run<'a> {
+    def: &'a SagaDefinition,
+    cur: Instance,
+    now: DateTime<Utc>,
+    log: Log,
+    operator_retried_failed: bool,
+}
+
+impl Run<'_> {
+    fn apply(&mut self, event: Event, jitter: u32) -> Result<(), TestCaseError> {
+        let before = self.cur.clone();
+        let t = transition(self.def, &before, &event, Clock { now: self.now, jitter: Jitter::from_ppm(jitter) });
+
+        // Stale or mismatched replies change nothing.
+        if t.history.iter().any(|r| r.kind == RecordKind::ReplyIgnored) {
+            prop_assert_eq!(&t.next, &before);
+            prop_assert!(t.effects.is_empty());
+        }
+        // Terminal states are left only by an operator's retry of FAILED.
+        if is_terminal(before.state) && before.state != SagaState::Failed {
+            prop_assert_eq!(&t.next, &before, "left terminal {:?} on {:?}", before.state, event);
+        }
+        if before.state == SagaState::Failed && t.next.state != SagaState::Failed {
+            let by_operator = matches!(event, Event::Retry { .. });
+            prop_assert!(by_operator, "FAILED left without an operator retry");
+            self.operator_retried_failed = true;
+        }
+        for e in &t.effects {
+            match e {
+                Effect::SendCommand { step, compensation: false, .. } | Effect::RunLocal { step, compensation: false, .. } => {
+                    self.log.started.push(*step)
+                }
+                Effect::SendCommand { step, compensation: true, .. } | Effect::RunLocal { step, compensation: true, .. } => {
+                    // Only a step that was started can be compensated.
+                    prop_assert!(self.log.started.contains(step), "compensating step {} that never started", step);
+                    if !self.log.compensation_started.contains(step) {
+                        self.log.compensation_started.push(*step);
+                    }
+                }
+                Effect::RunHook { .. } => {}
+            }
+        }
+        let comp_ok = matches!(
+            &event,
+            Event::Reply { compensation: true, outcome: Outcome::Ok, .. } | Event::Local { compensation: true, outcome: Outcome::Ok, .. }
+        ) && t.history.iter().any(|r| r.kind == RecordKind::ReplyReceived);
+        if comp_ok {
+            prop_assert!(!self.log.compensated.contains(&before.step), "step {} compensated twice", before.step);
+            self.log.compensated.push(before.step);
+        }
+
+        // Structural invariants of every state.
+        let n = &t.next;
+        prop_assert_eq!(n.next_run_at.is_some(), n.state.is_active(), "due time vs state {:?}", n.state);
+        if n.state == SagaState::Waiting {
+            prop_assert!(n.deadline.is_some());
+        }
+        let forward = self.def.step(n.step).map(|s| s.retry.max_attempts);
+        let backward = self.def.step(n.step).and_then(|s| s.compensation).map(|c| c.retry.max_attempts);
+        let budget = match n.state {
+            SagaState::Running | SagaState::Waiting => forward,
+            SagaState::Compensating | SagaState::Failed => backward,
+            // A finished saga keeps the counter of whichever direction ran last.
+            _ => forward.max(backward),
+        };
+        if let Some(max) = budget {
+            prop_assert!(n.attempt <= max, "attempt {} over budget {} in {:?}", n.attempt, max, n.state);
+        }
+        self.cur = t.next;
+        Ok(())
+    }
+
+    /// Delivers well-behaved events (due steps run, commands answered OK)
+    /// and returns whether the saga reached a terminal state.
+    fn settle(&mut self) -> Result<bool, TestCaseError> {
+        for _ in 0..200 {
+            if is_terminal(self.cur.state) {
+                return Ok(true);
+            }
+            let waiting = self.cur.state == SagaState::Waiting || self.cur.deadline.is_some();
+            let local_pending = !waiting && self.cur.attempt > 0 && {
+                let e = matching(self.def, &self.cur, Outcome::Ok);
+                matches!(e, Event::Local { .. })
+            };
+            let event = if waiting || local_pending {
+                matching(self.def, &self.cur, Outcome::Ok)
+            } else {
+                if let Some(t) = self.cur.next_run_at {
+                    self.now = self.now.max(t);
+                }
+                Event::Due
+            };
+            self.apply(event, Jitter::SCALE / 2)?;
+        }
+        Ok(is_terminal(self.cur.state))
+    }
+}
+
+fn check(def: &SagaDefinition, events: &[(Gen, u64, u32)]) -> Result<(), TestCaseError> {
+    let mut run = Run { def, cur: Instance::new(t0()), now: t0(), log: Log::default(), operator_retried_failed: false };
+    for (g, advance_ms, jitter) in events {
+        run.now += chrono::Duration::milliseconds(i64::try_from(*advance_ms).unwrap());
+        let e = to_event(def, &run.cur, g);
+        run.apply(e, *jitter)?;
+    }
+    prop_assert!(run.settle()?, "not terminal after settling: {:?}", run.cur);
+    // Compensations ran in reverse step order (restarted from the top only
+    // after an operator's retry of a FAILED saga).
+    if !run.operator_retried_failed {
+        prop_assert!(run.log.compensated.windows(2).all(|w| w[0] > w[1]), "compensation order {:?}", run.log.compensated);
+        prop_assert!(
+            run.log.compensation_started.windows(2).all(|w| w[0] > w[1]),
+            "compensation start order {:?}",
+            run.log.compensation_started
+        );
+    }
+    if run.cur.state == SagaState::Completed {
+        prop_assert!(run.log.compensated.is_empty());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn three_step_saga_keeps_its_guarantees(events in prop::collection::vec(gen_event(), 0..40)) {
+        check(&three_steps(), &events)?;
+    }
+
+    #[test]
+    fn order_payment_keeps_its_guarantees(events in prop::collection::vec(gen_event(), 0..30)) {
+        check(order_payment::definition(), &events)?;
+    }
+}
+
+#[test]
+fn happy_path_sends_one_command_then_completes() {
+    let def = order_payment::definition();
+    let clock = Clock { now: t0(), jitter: Jitter::NONE };
+    let start = transition(def, &Instance::new(t0()), &Event::Due, clock);
+    assert_eq!(start.next.state, SagaState::Waiting);
+    assert!(matches!(start.effects[..], [Effect::SendCommand { step: 0, attempt: 1, compensation: false, .. }]));
+    let done = transition(
+        def,
+        &start.next,
+        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Ok },
+        clock,
+    );
+    assert_eq!(done.next.state, SagaState::Completed);
+    assert_eq!(done.next.next_run_at, None);
+    assert!(matches!(done.effects[..], [Effect::RunHook { action: order_payment::HOOK_MARK_PAID, .. }]));
+}
+
+#[test]
+fn rejection_compensates_without_refunding_the_rejected_step() {
+    let def = order_payment::definition();
+    let clock = Clock { now: t0(), jitter: Jitter::NONE };
+    let start = transition(def, &Instance::new(t0()), &Event::Due, clock);
+    let rejected = transition(
+        def,
+        &start.next,
+        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Rejected { reason: "insufficient funds".into() } },
+        clock,
+    );
+    assert_eq!(rejected.next.state, SagaState::Compensated);
+    assert_eq!(rejected.next.last_error.as_deref(), Some("insufficient funds"));
+    assert!(matches!(rejected.effects[..], [Effect::RunHook { action: order_payment::HOOK_MARK_FAILED, .. }]));
+}
+
+#[test]
+fn timeouts_retry_then_refund_the_uncertain_debit() {
+    let def = order_payment::definition();
+    let mut now = t0();
+    let mut i = Instance::new(now);
+    let max = def.steps[0].retry.max_attempts;
+    for attempt in 1..=max {
+        let sent = transition(def, &i, &Event::Due, Clock { now, jitter: Jitter::FULL });
+        assert!(matches!(sent.effects[..], [Effect::SendCommand { attempt: a, compensation: false, .. }] if a == attempt));
+        now = sent.next.deadline.unwrap();
+        let timed_out = transition(def, &sent.next, &Event::Due, Clock { now, jitter: Jitter::FULL });
+        i = timed_out.next;
+        now = i.next_run_at.unwrap();
+    }
+    // Attempts exhausted: the debit may have happened, so it is refunded.
+    assert_eq!(i.state, SagaState::Compensating);
+    let refund = transition(def, &i, &Event::Due, Clock { now, jitter: Jitter::FULL });
+    assert!(matches!(refund.effects[..], [Effect::SendCommand { compensation: true, command: CommandKind::FundsRefund, .. }]));
+    // A late OK for the first debit attempt is stale and changes nothing.
+    let late = transition(
+        def,
+        &refund.next,
+        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Ok },
+        Clock { now, jitter: Jitter::FULL },
+    );
+    assert!(late.is_noop(&refund.next));
+}
