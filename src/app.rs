@@ -90,12 +90,16 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    Database::connect(opts).await.context("connecting to Postgres (DATABASE_URL)")
+    Database::connect(opts)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")
 }
 
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
-    sagaflow_migration::Migrator::up(db, None).await.context("running migrations")
+    sagaflow_migration::Migrator::up(db, None)
+        .await
+        .context("running migrations")
 }
 
 /// Migrates, creates missing topics, and starts `roles`.
@@ -105,7 +109,10 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
     migrate(&db).await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();
-    kafka.ensure_topics(&topics).await.context("creating Kafka topics")?;
+    kafka
+        .ensure_topics(&topics)
+        .await
+        .context("creating Kafka topics")?;
     let producer = kafka.producer()?;
     let worker_cfg = cfg.worker();
     let shutdown = CancellationToken::new();
@@ -116,7 +123,12 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         listener.await.ok();
     });
     if roles.worker {
-        tasks.spawn(claim::run(db.clone(), worker_cfg.clone(), wakeups.clone(), shutdown.clone()));
+        tasks.spawn(claim::run(
+            db.clone(),
+            worker_cfg.clone(),
+            wakeups.clone(),
+            shutdown.clone(),
+        ));
     }
     if roles.relay {
         tasks.spawn(relay::run(
@@ -128,7 +140,13 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         ));
     }
     if roles.funds {
-        let fut = participant::run(db.clone(), kafka.clone(), producer.clone(), topics.clone(), shutdown.clone());
+        let fut = participant::run(
+            db.clone(),
+            kafka.clone(),
+            producer.clone(),
+            topics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "funds participant stopped");
@@ -136,7 +154,13 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         });
     }
     if roles.replies {
-        let fut = replies::run(db.clone(), kafka.clone(), producer.clone(), topics.clone(), shutdown.clone());
+        let fut = replies::run(
+            db.clone(),
+            kafka.clone(),
+            producer.clone(),
+            topics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "reply consumer stopped");
@@ -152,9 +176,10 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();
-        let (addr, server) = sagaflow_api::serve(&cfg.listen, endpoint, async move { stop.cancelled().await })
-            .await
-            .with_context(|| format!("listening on {} (SAGAFLOW_LISTEN)", cfg.listen))?;
+        let (addr, server) =
+            sagaflow_api::serve(&cfg.listen, endpoint, async move { stop.cancelled().await })
+                .await
+                .with_context(|| format!("listening on {} (SAGAFLOW_LISTEN)", cfg.listen))?;
         http_addr = Some(addr);
         tasks.spawn(async move {
             if let Err(e) = server.await {

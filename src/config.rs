@@ -45,7 +45,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow"
+    )]
     pub database_url: String,
 
     /// Most connections in this process's Postgres pool.
@@ -53,7 +57,11 @@ pub struct Config {
     pub db_pool_size: u32,
 
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_bootstrap_servers: String,
 
     /// Address the HTTP API listens on.
@@ -103,7 +111,11 @@ pub struct Config {
     pub topic_replication: i32,
 
     /// Kafka consumer session timeout, in milliseconds.
-    #[arg(long, env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SAGAFLOW_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub kafka_session_timeout_ms: u64,
 
     /// Largest accepted HTTP request body, in bytes.
@@ -161,7 +173,9 @@ impl Config {
             return bad("SAGAFLOW_RELAY_BATCH must be at least 1");
         }
         if self.topic_partitions < 1 || self.topic_replication < 1 {
-            return bad("SAGAFLOW_TOPIC_PARTITIONS and SAGAFLOW_TOPIC_REPLICATION must be at least 1");
+            return bad(
+                "SAGAFLOW_TOPIC_PARTITIONS and SAGAFLOW_TOPIC_REPLICATION must be at least 1",
+            );
         }
         if self.db_pool_size < 2 {
             return bad("SAGAFLOW_DB_POOL_SIZE must be at least 2");
@@ -178,7 +192,11 @@ impl Config {
     pub fn worker(&self) -> WorkerConfig {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
         WorkerConfig {
-            worker_id: format!("{host}:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            worker_id: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             workers: self.workers,
             claim_batch: self.claim_batch,
             lease: Duration::from_millis(self.lease_ms),

@@ -9,7 +9,11 @@ use sagaflow::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "sagaflow", version, about = "Durable order-and-payment sagas on PostgreSQL and Apache Kafka")]
+#[command(
+    name = "sagaflow",
+    version,
+    about = "Durable order-and-payment sagas on PostgreSQL and Apache Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,8 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -37,10 +42,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -62,9 +68,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(config) => {
             init_tracing(config.log_format);
-            let mut running = app::start(&config, Roles::ALL).await.context("starting sagaflow")?;
+            let mut running = app::start(&config, Roles::ALL)
+                .await
+                .context("starting sagaflow")?;
             if let Some(addr) = running.http_addr {
-                tracing::info!("sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)");
+                tracing::info!(
+                    "sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)"
+                );
             }
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -13,15 +13,22 @@ use sagaflow_worker::{Topics, WorkerConfig, WorkerError};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 async fn exec(db: &DatabaseConnection, sql: &str) {
-    db.execute(Statement::from_string(db.get_database_backend(), sql.to_owned()))
-        .await
-        .expect(sql);
+    db.execute(Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .expect(sql);
 }
 
 /// `due` sagas due now and `finished` completed ones, plus their orders'
 /// accounts, inserted directly.
 async fn seed(db: &DatabaseConnection, due: i64, finished: i64) {
-    exec(db, "INSERT INTO accounts (user_id, balance) VALUES (1, 1000000)").await;
+    exec(
+        db,
+        "INSERT INTO accounts (user_id, balance) VALUES (1, 1000000)",
+    )
+    .await;
     let data = r#"'{"order_no":"x","user_id":1,"amount":"1.00"}'::jsonb"#;
     exec(
         db,
@@ -54,13 +61,16 @@ async fn three_racing_claimers_never_share_a_saga() {
         claimers.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let rows = claim::claim(&conn, &format!("claimer-{n}"), 25, Duration::from_secs(300))
-                    .await
-                    .unwrap();
+                let rows =
+                    claim::claim(&conn, &format!("claimer-{n}"), 25, Duration::from_secs(300))
+                        .await
+                        .unwrap();
                 if rows.is_empty() {
                     return mine;
                 }
-                assert!(rows.iter().all(|r| r.lease_owner.as_deref() == Some(format!("claimer-{n}").as_str())));
+                assert!(rows
+                    .iter()
+                    .all(|r| r.lease_owner.as_deref() == Some(format!("claimer-{n}").as_str())));
                 mine.extend(rows.into_iter().map(|r| r.id));
             }
         });
@@ -76,7 +86,11 @@ async fn three_racing_claimers_never_share_a_saga() {
     assert_eq!(all.len(), 3_000, "claims per claimer: {per_claimer:?}");
     assert_eq!(unique.len(), 3_000, "a saga was claimed twice");
     assert_eq!(
-        scalar_i64(&db.conn, "SELECT count(*) FROM saga_instances WHERE lease_owner IS NULL").await,
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE lease_owner IS NULL"
+        )
+        .await,
         0
     );
 }
@@ -114,7 +128,10 @@ async fn claim_walks_the_partial_index_without_sorting() {
     let plan: serde_json::Value = row.try_get_by_index(0).unwrap();
     let mut nodes = Vec::new();
     plan_nodes(&plan[0]["Plan"], &mut nodes);
-    let types: Vec<&str> = nodes.iter().filter_map(|n| n["Node Type"].as_str()).collect();
+    let types: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n["Node Type"].as_str())
+        .collect();
     assert!(!types.contains(&"Sort"), "claim plan sorts: {types:?}");
     assert!(
         nodes
@@ -142,21 +159,36 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
     seed(&db.conn, 1, 0).await;
 
     // Worker A claims with a lease that has already run out when B looks.
-    let stale = claim::claim(&db.conn, "worker-a", 1, Duration::ZERO).await.unwrap();
+    let stale = claim::claim(&db.conn, "worker-a", 1, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(stale.len(), 1);
-    let fresh = claim::claim(&db.conn, "worker-b", 1, Duration::from_secs(30)).await.unwrap();
+    let fresh = claim::claim(&db.conn, "worker-b", 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(fresh.len(), 1, "the expired lease is claimable again");
     assert_eq!(stale[0].id, fresh[0].id);
 
-    let err = claim::process(&db.conn, &worker_config("worker-a"), &stale[0]).await.unwrap_err();
+    let err = claim::process(&db.conn, &worker_config("worker-a"), &stale[0])
+        .await
+        .unwrap_err();
     assert!(matches!(err, WorkerError::StaleSaga { .. }), "{err}");
     assert_eq!(scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await, 0);
-    assert_eq!(scalar_i64(&db.conn, "SELECT count(*) FROM saga_events").await, 0);
+    assert_eq!(
+        scalar_i64(&db.conn, "SELECT count(*) FROM saga_events").await,
+        0
+    );
 
-    claim::process(&db.conn, &worker_config("worker-b"), &fresh[0]).await.unwrap();
+    claim::process(&db.conn, &worker_config("worker-b"), &fresh[0])
+        .await
+        .unwrap();
     assert_eq!(scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await, 1);
     assert_eq!(
-        scalar_i64(&db.conn, "SELECT count(*) FROM saga_instances WHERE state = 'WAITING' AND lease_owner IS NULL").await,
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE state = 'WAITING' AND lease_owner IS NULL"
+        )
+        .await,
         1
     );
 }

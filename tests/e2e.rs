@@ -39,7 +39,11 @@ async fn read_topic(
     let until = tokio::time::Instant::now() + SETTLE;
     while found.len() < want {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
-        assert!(!left.is_zero(), "only {} of {want} messages on {topic}", found.len());
+        assert!(
+            !left.is_zero(),
+            "only {} of {want} messages on {topic}",
+            found.len()
+        );
         if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
             if keep(&m) {
                 found.push(m.detach());
@@ -67,7 +71,8 @@ async fn happy_path_debits_once_and_publishes_order_paid() {
     let account = app.account(1).await;
     assert_eq!(account["balance"], "80.01");
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'")
+            .await,
         1
     );
     assert_eq!(
@@ -95,7 +100,11 @@ async fn happy_path_debits_once_and_publishes_order_paid() {
     assert_eq!(event["order_no"], order_no.as_str());
     assert_eq!(event["amount"], "19.99");
     let headers = events[0].headers().expect("headers");
-    let traceparent = headers.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).expect("traceparent header");
+    let traceparent = headers
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .expect("traceparent header");
     assert!(std::str::from_utf8(traceparent).unwrap().starts_with("00-"));
 
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
@@ -113,16 +122,21 @@ async fn insufficient_funds_fails_the_order_and_leaves_the_balance() {
     let settled = app.settled_order(order_no, SETTLE).await;
     assert_eq!(settled["status"], "FAILED", "{settled}");
     assert!(
-        settled["failure_reason"].as_str().unwrap_or("").contains("insufficient funds"),
+        settled["failure_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("insufficient funds"),
         "{settled}"
     );
     assert_eq!(app.account(2).await["balance"], "5.00");
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind <> 'DEPOSIT'").await,
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind <> 'DEPOSIT'")
+            .await,
         0
     );
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE state = 'COMPENSATED'").await,
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE state = 'COMPENSATED'")
+            .await,
         1
     );
     let topic = app.topic("orders.events");
@@ -146,15 +160,21 @@ async fn idempotency_key_makes_one_order_and_one_debit() {
     let (s3, other) = app.place_order(3, "99.00", Some("checkout-42")).await;
     assert_eq!(s3, 409, "{other}");
 
-    let settled = app.settled_order(first["order_no"].as_str().unwrap(), SETTLE).await;
+    let settled = app
+        .settled_order(first["order_no"].as_str().unwrap(), SETTLE)
+        .await;
     assert_eq!(settled["status"], "PAID");
     // asked again after it settled: still the same order, not a new one
     let (_, later) = app.place_order(3, "12.50", Some("checkout-42")).await;
     assert_eq!(later["order_no"], first["order_no"]);
     assert_eq!(app.scalar_i64("SELECT count(*) FROM orders").await, 1);
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM saga_instances").await, 1);
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        app.scalar_i64("SELECT count(*) FROM saga_instances").await,
+        1
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'")
+            .await,
         1
     );
     assert_eq!(app.account(3).await["balance"], "37.50");
@@ -178,7 +198,10 @@ async fn two_hundred_concurrent_orders_on_fifty_pay_exactly_fifty() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 201);
-            r.json::<serde_json::Value>().await.unwrap()["order_no"].as_str().unwrap().to_owned()
+            r.json::<serde_json::Value>().await.unwrap()["order_no"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         });
     }
     let mut order_nos = Vec::new();
@@ -187,23 +210,38 @@ async fn two_hundred_concurrent_orders_on_fifty_pay_exactly_fifty() {
     }
     let until = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let pending = app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PENDING'").await;
+        let pending = app
+            .scalar_i64("SELECT count(*) FROM orders WHERE status = 'PENDING'")
+            .await;
         if pending == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < until, "{pending} orders still PENDING");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{pending} orders still PENDING"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PAID'").await, 50);
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'FAILED'").await, 150);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PAID'")
+            .await,
+        50
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'FAILED'")
+            .await,
+        150
+    );
     assert_eq!(app.account(4).await["balance"], "0.00");
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'").await,
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'DEBIT'")
+            .await,
         50
     );
     // the ledger never shows a negative balance at any point
     assert_eq!(
-        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE balance_after < 0").await,
+        app.scalar_i64("SELECT count(*) FROM ledger_entries WHERE balance_after < 0")
+            .await,
         0
     );
     assert_eq!(order_nos.iter().collect::<HashSet<_>>().len(), 200);
@@ -219,13 +257,21 @@ async fn await_committed(app: &TestApp, group: &str, topic: &str, partition: i32
     tpl.add_partition(topic, partition);
     let until = tokio::time::Instant::now() + SETTLE;
     loop {
-        let committed = probe.committed_offsets(tpl.clone(), Duration::from_secs(5)).unwrap();
-        if let Some(Offset::Offset(o)) = committed.find_partition(topic, partition).map(|p| p.offset()) {
+        let committed = probe
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .unwrap();
+        if let Some(Offset::Offset(o)) = committed
+            .find_partition(topic, partition)
+            .map(|p| p.offset())
+        {
             if o > offset {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < until, "group {group} never committed past {topic}/{partition}@{offset}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "group {group} never committed past {topic}/{partition}@{offset}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -267,14 +313,27 @@ async fn duplicated_command_and_reply_change_nothing() {
             .await
             .expect("republish");
         let (partition, offset) = (delivery.partition, delivery.offset);
-        let group = if m.topic() == commands { "sagaflow-funds" } else { "sagaflow-replies" };
+        let group = if m.topic() == commands {
+            "sagaflow-funds"
+        } else {
+            "sagaflow-replies"
+        };
         await_committed(&app, group, m.topic(), partition, offset).await;
     }
 
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM ledger_entries").await, ledger_before);
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM saga_events").await, events_before);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM ledger_entries").await,
+        ledger_before
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_events").await,
+        events_before
+    );
     assert_eq!(app.account(5).await["balance"], "20.00");
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM inbox").await, inbox_before);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM inbox").await,
+        inbox_before
+    );
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }

@@ -10,7 +10,11 @@ use sea_orm::{ConnectionTrait, Statement};
 
 /// The quoted values in the `CHECK (col IN (...))` constraint on
 /// `table`.`column`.
-async fn check_values(db: &sea_orm::DatabaseConnection, table: &str, column: &str) -> BTreeSet<String> {
+async fn check_values(
+    db: &sea_orm::DatabaseConnection,
+    table: &str,
+    column: &str,
+) -> BTreeSet<String> {
     let rows = db
         .query_all(Statement::from_sql_and_values(
             db.get_database_backend(),
@@ -21,7 +25,11 @@ async fn check_values(db: &sea_orm::DatabaseConnection, table: &str, column: &st
         ))
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1, "exactly one IN-list CHECK on {table}.{column}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "exactly one IN-list CHECK on {table}.{column}"
+    );
     let def: String = rows[0].try_get("", "def").unwrap();
     def.split('\'')
         .skip(1)
@@ -37,9 +45,18 @@ fn rust_values<T: StateValues>() -> BTreeSet<String> {
 #[tokio::test]
 async fn state_enums_match_the_check_constraints() {
     let db = common::fresh_database().await;
-    assert_eq!(check_values(&db.conn, "saga_instances", "state").await, rust_values::<SagaState>());
-    assert_eq!(check_values(&db.conn, "orders", "status").await, rust_values::<OrderStatus>());
-    assert_eq!(check_values(&db.conn, "ledger_entries", "kind").await, rust_values::<LedgerKind>());
+    assert_eq!(
+        check_values(&db.conn, "saga_instances", "state").await,
+        rust_values::<SagaState>()
+    );
+    assert_eq!(
+        check_values(&db.conn, "orders", "status").await,
+        rust_values::<OrderStatus>()
+    );
+    assert_eq!(
+        check_values(&db.conn, "ledger_entries", "kind").await,
+        rust_values::<LedgerKind>()
+    );
 }
 
 #[tokio::test]
@@ -49,7 +66,10 @@ async fn the_database_refuses_bad_states() {
         let conn = db.conn.clone();
         async move {
             let r = conn
-                .execute(Statement::from_string(conn.get_database_backend(), sql.to_owned()))
+                .execute(Statement::from_string(
+                    conn.get_database_backend(),
+                    sql.to_owned(),
+                ))
                 .await;
             assert!(r.is_err(), "the database accepted: {sql}");
         }
@@ -57,9 +77,12 @@ async fn the_database_refuses_bad_states() {
     let ok = |sql: &'static str| {
         let conn = db.conn.clone();
         async move {
-            conn.execute(Statement::from_string(conn.get_database_backend(), sql.to_owned()))
-                .await
-                .expect(sql);
+            conn.execute(Statement::from_string(
+                conn.get_database_backend(),
+                sql.to_owned(),
+            ))
+            .await
+            .expect(sql);
         }
     };
     ok("INSERT INTO accounts (user_id, balance) VALUES (1, 10)").await;

@@ -8,7 +8,9 @@ use crate::StateValues;
 /// A saga instance's state. The transition function in `sagaflow-workflows`
 /// is the only code that decides a new state; the worker and the reply
 /// consumer write what it decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SagaState {

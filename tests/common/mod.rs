@@ -12,7 +12,8 @@ use sea_orm_migration::MigratorTrait;
 
 /// The server every test database is created on.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow".to_owned())
 }
 
 /// Kafka's bootstrap servers.
@@ -35,15 +36,24 @@ pub struct TestDb {
 pub async fn fresh_database() -> TestDb {
     let server = server_url();
     let name = format!("sft_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(&server).await.expect("connect to the test Postgres server (run scripts/services.sh start)");
+    let admin = Database::connect(&server)
+        .await
+        .expect("connect to the test Postgres server (run scripts/services.sh start)");
     admin
-        .execute(Statement::from_string(admin.get_database_backend(), format!("CREATE DATABASE {name}")))
+        .execute(Statement::from_string(
+            admin.get_database_backend(),
+            format!("CREATE DATABASE {name}"),
+        ))
         .await
         .expect("create test database");
     admin.close().await.ok();
     let url = with_database(&server, &name);
-    let conn = Database::connect(&url).await.expect("connect to test database");
-    sagaflow_migration::Migrator::up(&conn, None).await.expect("migrate test database");
+    let conn = Database::connect(&url)
+        .await
+        .expect("connect to test database");
+    sagaflow_migration::Migrator::up(&conn, None)
+        .await
+        .expect("migrate test database");
     TestDb { name, url, conn }
 }
 
@@ -143,7 +153,12 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "create account: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "create account: {}",
+            r.text().await.unwrap_or_default()
+        );
         if amount != "0" {
             let r = self
                 .http
@@ -152,12 +167,22 @@ impl TestApp {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 201, "deposit: {}", r.text().await.unwrap_or_default());
+            assert_eq!(
+                r.status(),
+                201,
+                "deposit: {}",
+                r.text().await.unwrap_or_default()
+            );
         }
     }
 
     /// `POST /orders`; returns the status code and the body.
-    pub async fn place_order(&self, user_id: i64, amount: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    pub async fn place_order(
+        &self,
+        user_id: i64,
+        amount: &str,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let mut req = self
             .http
             .post(format!("{}/orders", self.base))
@@ -195,14 +220,21 @@ impl TestApp {
     }
 
     /// Waits (up to `within`) until the order leaves PENDING; returns it.
-    pub async fn settled_order(&self, order_no: &str, within: std::time::Duration) -> serde_json::Value {
+    pub async fn settled_order(
+        &self,
+        order_no: &str,
+        within: std::time::Duration,
+    ) -> serde_json::Value {
         let until = tokio::time::Instant::now() + within;
         loop {
             let o = self.order(order_no).await;
             if o["status"] != "PENDING" {
                 return o;
             }
-            assert!(tokio::time::Instant::now() < until, "order {order_no} still PENDING after {within:?}");
+            assert!(
+                tokio::time::Instant::now() < until,
+                "order {order_no} still PENDING after {within:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
@@ -216,7 +248,10 @@ impl TestApp {
 /// A single `bigint` from `sql` (cast your count or sum to bigint).
 pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db
-        .query_one(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
         .await
         .expect(sql)
         .expect("one row");
@@ -254,7 +289,10 @@ pub async fn money_anomalies(db: &DatabaseConnection) -> Vec<String> {
     let mut found = Vec::new();
     for (what, sql) in checks {
         let rows = db
-            .query_all(Statement::from_string(db.get_database_backend(), sql.to_owned()))
+            .query_all(Statement::from_string(
+                db.get_database_backend(),
+                sql.to_owned(),
+            ))
             .await
             .expect(sql);
         for r in rows {

@@ -63,7 +63,12 @@ pub async fn claim(
     let rows = saga_instance::Entity::find()
         .from_raw_sql(stmt(
             CLAIM_SQL,
-            [owner.into(), expires.into(), now.into(), i64::from(batch).into()],
+            [
+                owner.into(),
+                expires.into(),
+                now.into(),
+                i64::from(batch).into(),
+            ],
         ))
         .all(db)
         .await?;
@@ -72,7 +77,10 @@ pub async fn claim(
 
 /// One iteration of the claim loop: claim a batch, run each saga's due
 /// step in its own transaction.
-pub async fn run_once(db: &DatabaseConnection, cfg: &WorkerConfig) -> Result<ClaimPass, WorkerError> {
+pub async fn run_once(
+    db: &DatabaseConnection,
+    cfg: &WorkerConfig,
+) -> Result<ClaimPass, WorkerError> {
     let rows = claim(db, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
     let mut pass = ClaimPass {
         claimed: rows.len(),
@@ -97,7 +105,11 @@ pub async fn run_once(db: &DatabaseConnection, cfg: &WorkerConfig) -> Result<Cla
 /// Runs the due work of one claimed saga in its own transaction. Fails with
 /// [`WorkerError::StaleSaga`], writing nothing, if the saga changed since
 /// `row` was claimed (another worker took it over, or a reply advanced it).
-pub async fn process(db: &DatabaseConnection, cfg: &WorkerConfig, row: &saga_instance::Model) -> Result<(), WorkerError> {
+pub async fn process(
+    db: &DatabaseConnection,
+    cfg: &WorkerConfig,
+    row: &saga_instance::Model,
+) -> Result<(), WorkerError> {
     let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
     let _enter = span.enter();
     let tx = db.begin().await?;
@@ -109,7 +121,12 @@ pub async fn process(db: &DatabaseConnection, cfg: &WorkerConfig, row: &saga_ins
 /// Runs `cfg.workers` claim loops until `shutdown`. A loop that found a
 /// full batch claims again at once; otherwise it waits for a new-saga
 /// notification or the poll interval.
-pub async fn run(db: DatabaseConnection, cfg: WorkerConfig, wakeups: Wakeups, shutdown: CancellationToken) {
+pub async fn run(
+    db: DatabaseConnection,
+    cfg: WorkerConfig,
+    wakeups: Wakeups,
+    shutdown: CancellationToken,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..cfg.workers.max(1) {
         let db = db.clone();
@@ -120,11 +137,21 @@ pub async fn run(db: DatabaseConnection, cfg: WorkerConfig, wakeups: Wakeups, sh
             while !shutdown.is_cancelled() {
                 rx.borrow_and_update();
                 match run_once(&db, &cfg).await {
-                    Ok(pass) if pass.claimed >= usize::try_from(cfg.claim_batch).unwrap_or(usize::MAX) => continue,
+                    Ok(pass)
+                        if pass.claimed
+                            >= usize::try_from(cfg.claim_batch).unwrap_or(usize::MAX) =>
+                    {
+                        continue
+                    }
                     Ok(_) => wake::wait(&mut rx, cfg.poll_interval, &shutdown).await,
                     Err(e) => {
                         tracing::warn!(worker = n, error = %e, "claim failed");
-                        wake::wait(&mut rx, cfg.poll_interval.max(Duration::from_millis(500)), &shutdown).await;
+                        wake::wait(
+                            &mut rx,
+                            cfg.poll_interval.max(Duration::from_millis(500)),
+                            &shutdown,
+                        )
+                        .await;
                     }
                 }
             }

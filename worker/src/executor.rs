@@ -48,7 +48,8 @@ fn clock(now: DateTime<Utc>) -> Clock {
 /// Whether the saga has something to do right now, which this transaction
 /// may as well do instead of leaving it to the next claim.
 fn due_now(i: &Instance, now: DateTime<Utc>) -> bool {
-    let runnable = i.state == SagaState::Running || (i.state == SagaState::Compensating && i.deadline.is_none());
+    let runnable = i.state == SagaState::Running
+        || (i.state == SagaState::Compensating && i.deadline.is_none());
     runnable && i.next_run_at.is_some_and(|t| t <= now)
 }
 
@@ -64,16 +65,20 @@ pub(crate) async fn advance<C: ConnectionTrait>(
     event: Event,
     actor: &str,
 ) -> Result<Advanced, WorkerError> {
-    let def = sagaflow_workflows::definition(&row.saga_type, row.definition_version).ok_or_else(|| {
-        WorkerError::Corrupt {
+    let def = sagaflow_workflows::definition(&row.saga_type, row.definition_version).ok_or_else(
+        || WorkerError::Corrupt {
             saga_id: row.id,
-            reason: format!("no definition {} v{}", row.saga_type, row.definition_version),
-        }
-    })?;
-    let data: PaymentData = serde_json::from_value(row.data.clone()).map_err(|e| WorkerError::Corrupt {
-        saga_id: row.id,
-        reason: format!("saga data: {e}"),
-    })?;
+            reason: format!(
+                "no definition {} v{}",
+                row.saga_type, row.definition_version
+            ),
+        },
+    )?;
+    let data: PaymentData =
+        serde_json::from_value(row.data.clone()).map_err(|e| WorkerError::Corrupt {
+            saga_id: row.id,
+            reason: format!("saga data: {e}"),
+        })?;
     let now = Utc::now();
     let before = instance_of(row);
     let mut cur = before.clone();
@@ -136,7 +141,15 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                     });
                 }
                 Effect::RunHook { action, .. } => {
-                    local::run_hook(db, topics, action, row.id, &data, t.next.last_error.as_deref()).await?;
+                    local::run_hook(
+                        db,
+                        topics,
+                        action,
+                        row.id,
+                        &data,
+                        t.next.last_error.as_deref(),
+                    )
+                    .await?;
                 }
             }
         }
@@ -157,7 +170,11 @@ pub(crate) async fn advance<C: ConnectionTrait>(
     })
 }
 
-async fn send_command<C: ConnectionTrait>(db: &C, topics: &Topics, env: &CommandEnvelope) -> Result<(), WorkerError> {
+async fn send_command<C: ConnectionTrait>(
+    db: &C,
+    topics: &Topics,
+    env: &CommandEnvelope,
+) -> Result<(), WorkerError> {
     let payload = serde_json::to_value(env).map_err(|e| WorkerError::Corrupt {
         saga_id: env.saga_id,
         reason: format!("encode command: {e}"),
@@ -187,7 +204,11 @@ async fn send_command<C: ConnectionTrait>(db: &C, topics: &Topics, env: &Command
 
 /// Writes the new state, releasing any lease, if the row is still at the
 /// version the caller read.
-async fn store<C: ConnectionTrait>(db: &C, row: &saga_instance::Model, i: &Instance) -> Result<(), WorkerError> {
+async fn store<C: ConnectionTrait>(
+    db: &C,
+    row: &saga_instance::Model,
+    i: &Instance,
+) -> Result<(), WorkerError> {
     let res = exec(
         db,
         "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \

@@ -61,8 +61,14 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 4).max(100).to_string())
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout.as_millis() / 4).max(100).to_string(),
+            )
             .set("fetch.wait.max.ms", "20")
             .set("isolation.level", "read_committed")
             .create()
@@ -72,12 +78,20 @@ impl KafkaConfig {
     /// Creates sagaflow's topics where they are missing; existing ones are
     /// left as they are.
     pub async fn ensure_topics(&self, topics: &Topics) -> Result<(), WorkerError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.base().create().map_err(|e| WorkerError::kafka("create admin client", e))?;
+        let admin: AdminClient<DefaultClientContext> = self
+            .base()
+            .create()
+            .map_err(|e| WorkerError::kafka("create admin client", e))?;
         let new: Vec<NewTopic<'_>> = topics
             .all()
             .into_iter()
-            .map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(self.replication)))
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin

@@ -5,7 +5,9 @@
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Outcome;
 use sagaflow_workflows::messages::{OrderEvent, Topics};
-use sagaflow_workflows::order_payment::{PaymentData, HOOK_MARK_CANCELLED, HOOK_MARK_FAILED, HOOK_MARK_PAID};
+use sagaflow_workflows::order_payment::{
+    PaymentData, HOOK_MARK_CANCELLED, HOOK_MARK_FAILED, HOOK_MARK_PAID,
+};
 use sagaflow_workflows::SagaDefinition;
 use sea_orm::ConnectionTrait;
 use uuid::Uuid;
@@ -24,7 +26,10 @@ pub(crate) async fn run_step<C: ConnectionTrait>(
 ) -> Result<Outcome, WorkerError> {
     Err(WorkerError::Corrupt {
         saga_id: row.id,
-        reason: format!("{} v{} names unknown local step {action}", def.name, def.version),
+        reason: format!(
+            "{} v{} names unknown local step {action}",
+            def.name, def.version
+        ),
     })
 }
 
@@ -92,7 +97,10 @@ pub(crate) async fn run_hook<C: ConnectionTrait>(
     if res.rows_affected() != 1 {
         return Err(WorkerError::Corrupt {
             saga_id,
-            reason: format!("order {} is not PENDING; refusing to mark it {status}", data.order_no),
+            reason: format!(
+                "order {} is not PENDING; refusing to mark it {status}",
+                data.order_no
+            ),
         });
     }
     let payload = serde_json::to_value(&event).map_err(|e| WorkerError::Corrupt {

@@ -10,7 +10,9 @@
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
-use sagaflow_workflows::messages::{CommandEnvelope, CommandKind, ReplyEnvelope, ReplyOutcome, Topics};
+use sagaflow_workflows::messages::{
+    CommandEnvelope, CommandKind, ReplyEnvelope, ReplyOutcome, Topics,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,11 @@ struct Stored {
 }
 
 /// Applies one `funds.commands` message.
-pub async fn handle(db: &DatabaseConnection, topics: &Topics, payload: &[u8]) -> Result<Handled, WorkerError> {
+pub async fn handle(
+    db: &DatabaseConnection,
+    topics: &Topics,
+    payload: &[u8],
+) -> Result<Handled, WorkerError> {
     let cmd: CommandEnvelope = match serde_json::from_slice(payload) {
         Ok(c) => c,
         Err(e) => return Ok(Handled::DeadLetter(format!("not a funds command: {e}"))),
@@ -75,7 +81,11 @@ async fn answer_again<C: ConnectionTrait>(
     )
     .await?;
     let stored: Option<Stored> = row
-        .and_then(|r| r.try_get::<Option<serde_json::Value>>("", "result").ok().flatten())
+        .and_then(|r| {
+            r.try_get::<Option<serde_json::Value>>("", "result")
+                .ok()
+                .flatten()
+        })
         .and_then(|v| serde_json::from_value(v).ok());
     match stored {
         Some(s) if cmd.attempt > s.attempt => {
@@ -124,7 +134,10 @@ async fn store_and_reply<C: ConnectionTrait>(
     Ok(())
 }
 
-async fn debit<C: ConnectionTrait>(tx: &C, cmd: &CommandEnvelope) -> Result<ReplyOutcome, WorkerError> {
+async fn debit<C: ConnectionTrait>(
+    tx: &C,
+    cmd: &CommandEnvelope,
+) -> Result<ReplyOutcome, WorkerError> {
     if cmd.amount <= Decimal::ZERO {
         return Ok(ReplyOutcome::Rejected {
             reason: format!("amount {} is not positive", cmd.amount),
@@ -172,7 +185,10 @@ async fn debit<C: ConnectionTrait>(tx: &C, cmd: &CommandEnvelope) -> Result<Repl
         let reason = match exists {
             Some(r) => {
                 let balance: Decimal = r.try_get("", "balance")?;
-                format!("insufficient funds: balance {balance}, amount {}", cmd.amount)
+                format!(
+                    "insufficient funds: balance {balance}, amount {}",
+                    cmd.amount
+                )
             }
             None => format!("no funds account for user {}", cmd.user_id),
         };
@@ -188,7 +204,10 @@ async fn debit<C: ConnectionTrait>(tx: &C, cmd: &CommandEnvelope) -> Result<Repl
     Ok(ReplyOutcome::Ok)
 }
 
-async fn refund<C: ConnectionTrait>(tx: &C, cmd: &CommandEnvelope) -> Result<ReplyOutcome, WorkerError> {
+async fn refund<C: ConnectionTrait>(
+    tx: &C,
+    cmd: &CommandEnvelope,
+) -> Result<ReplyOutcome, WorkerError> {
     let refunded = one(
         tx,
         "SELECT 1 AS x FROM ledger_entries WHERE saga_id = $1 AND kind = 'REFUND'",

@@ -19,7 +19,11 @@ use crate::wake::{self, Wakeups};
 use crate::{WorkerConfig, WorkerError};
 
 /// Publishes one batch of up to `batch` rows; returns how many.
-pub async fn run_once(db: &DatabaseConnection, producer: &FutureProducer, batch: u32) -> Result<usize, WorkerError> {
+pub async fn run_once(
+    db: &DatabaseConnection,
+    producer: &FutureProducer,
+    batch: u32,
+) -> Result<usize, WorkerError> {
     let tx = db.begin().await?;
     let rows = all(
         &tx,
@@ -43,14 +47,20 @@ pub async fn run_once(db: &DatabaseConnection, producer: &FutureProducer, batch:
         let mut kafka_headers = OwnedHeaders::new();
         if let Some(map) = headers.as_object() {
             for (k, v) in map {
-                let value = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                let value = v
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string());
                 kafka_headers = kafka_headers.insert(Header {
                     key: k,
                     value: Some(value.as_bytes()),
                 });
             }
         }
-        let record = FutureRecord::to(&topic).key(&key).payload(&body).headers(kafka_headers);
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&body)
+            .headers(kafka_headers);
         let delivery = producer
             .send_result(record)
             .map_err(|(e, _)| WorkerError::kafka(format!("enqueue outbox row {id}"), e))?;
@@ -59,7 +69,9 @@ pub async fn run_once(db: &DatabaseConnection, producer: &FutureProducer, batch:
     for (id, d) in deliveries {
         match d.await {
             Ok(Ok(_)) => ids.push(id),
-            Ok(Err((e, _))) => return Err(WorkerError::kafka(format!("publish outbox row {id}"), e)),
+            Ok(Err((e, _))) => {
+                return Err(WorkerError::kafka(format!("publish outbox row {id}"), e))
+            }
             Err(_) => {
                 return Err(WorkerError::kafka(
                     format!("publish outbox row {id}"),
@@ -68,7 +80,12 @@ pub async fn run_once(db: &DatabaseConnection, producer: &FutureProducer, batch:
             }
         }
     }
-    exec(&tx, "DELETE FROM outbox WHERE id = ANY($1)", [ids.clone().into()]).await?;
+    exec(
+        &tx,
+        "DELETE FROM outbox WHERE id = ANY($1)",
+        [ids.clone().into()],
+    )
+    .await?;
     tx.commit().await?;
     Ok(ids.len())
 }
@@ -89,7 +106,12 @@ pub async fn run(
             Ok(_) => wake::wait(&mut wakeups.outbox, cfg.poll_interval, &shutdown).await,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay pass failed; retrying");
-                wake::wait(&mut wakeups.outbox, cfg.poll_interval.max(Duration::from_millis(500)), &shutdown).await;
+                wake::wait(
+                    &mut wakeups.outbox,
+                    cfg.poll_interval.max(Duration::from_millis(500)),
+                    &shutdown,
+                )
+                .await;
             }
         }
     }

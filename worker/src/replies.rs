@@ -23,7 +23,11 @@ pub const CONSUMER: &str = "saga-replies";
 pub const GROUP: &str = "sagaflow-replies";
 
 /// Applies one `saga.replies` message.
-pub async fn handle(db: &DatabaseConnection, topics: &Topics, payload: &[u8]) -> Result<Handled, WorkerError> {
+pub async fn handle(
+    db: &DatabaseConnection,
+    topics: &Topics,
+    payload: &[u8],
+) -> Result<Handled, WorkerError> {
     let reply: ReplyEnvelope = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return Ok(Handled::DeadLetter(format!("not a saga reply: {e}"))),
@@ -49,7 +53,10 @@ pub async fn handle(db: &DatabaseConnection, topics: &Topics, payload: &[u8]) ->
         .await?;
     let Some(row) = row else {
         tx.rollback().await?;
-        return Ok(Handled::DeadLetter(format!("reply for unknown saga {}", reply.saga_id)));
+        return Ok(Handled::DeadLetter(format!(
+            "reply for unknown saga {}",
+            reply.saga_id
+        )));
     };
     let span = tracing::info_span!("saga_reply", saga_id = %row.id, step = reply.step, attempt = reply.attempt);
     let _enter = span.enter();

@@ -25,7 +25,10 @@ pub struct Wakeups {
 }
 
 /// Listens on both channels until `shutdown`, reconnecting after errors.
-pub fn listen(database_url: String, shutdown: CancellationToken) -> (Wakeups, tokio::task::JoinHandle<()>) {
+pub fn listen(
+    database_url: String,
+    shutdown: CancellationToken,
+) -> (Wakeups, tokio::task::JoinHandle<()>) {
     let (saga_tx, saga) = watch::channel(0u64);
     let (outbox_tx, outbox) = watch::channel(0u64);
     let handle = tokio::spawn(async move {
@@ -71,7 +74,11 @@ async fn listen_once(
 }
 
 /// Waits until `rx` changes, `timeout` passes, or `shutdown` fires.
-pub(crate) async fn wait(rx: &mut watch::Receiver<u64>, timeout: Duration, shutdown: &CancellationToken) {
+pub(crate) async fn wait(
+    rx: &mut watch::Receiver<u64>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(timeout) => {}

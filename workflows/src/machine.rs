@@ -250,7 +250,12 @@ pub struct Clock {
 /// direction the saga waits for changes nothing; attempts never exceed the
 /// policy; terminal states are never left except FAILED by an operator's
 /// retry.
-pub fn transition(def: &SagaDefinition, instance: &Instance, event: &Event, clock: Clock) -> Transition {
+pub fn transition(
+    def: &SagaDefinition,
+    instance: &Instance,
+    event: &Event,
+    clock: Clock,
+) -> Transition {
     let mut m = Machine {
         def,
         clock,
@@ -294,18 +299,32 @@ impl Machine<'_> {
             (Completed | Compensated | Cancelled, Event::Reply { .. }) => {
                 self.ignore(RecordKind::ReplyIgnored, "saga already finished")
             }
-            (Completed | Compensated | Cancelled, _) => self.ignore(RecordKind::EventIgnored, "saga already finished"),
+            (Completed | Compensated | Cancelled, _) => {
+                self.ignore(RecordKind::EventIgnored, "saga already finished")
+            }
 
             (Failed, Event::Retry { reason }) => {
-                self.record(RecordKind::ManualRetry, serde_json::json!({ "reason": reason }));
+                self.record(
+                    RecordKind::ManualRetry,
+                    serde_json::json!({ "reason": reason }),
+                );
                 self.cur.state = Compensating;
                 self.schedule_now();
             }
-            (Failed, Event::Reply { .. }) => self.ignore(RecordKind::ReplyIgnored, "saga failed; waits for an operator"),
-            (Failed, _) => self.ignore(RecordKind::EventIgnored, "saga failed; waits for an operator"),
+            (Failed, Event::Reply { .. }) => self.ignore(
+                RecordKind::ReplyIgnored,
+                "saga failed; waits for an operator",
+            ),
+            (Failed, _) => self.ignore(
+                RecordKind::EventIgnored,
+                "saga failed; waits for an operator",
+            ),
 
             (_, Event::Retry { reason }) => {
-                self.record(RecordKind::ManualRetry, serde_json::json!({ "reason": reason }));
+                self.record(
+                    RecordKind::ManualRetry,
+                    serde_json::json!({ "reason": reason }),
+                );
                 if self.cur.state == Waiting {
                     self.cur.state = Running;
                 }
@@ -409,7 +428,10 @@ impl Machine<'_> {
                     compensation: false,
                     action,
                 });
-                self.record(RecordKind::StepStarted, serde_json::json!({ "action": action }));
+                self.record(
+                    RecordKind::StepStarted,
+                    serde_json::json!({ "action": action }),
+                );
             }
         }
     }
@@ -454,9 +476,17 @@ impl Machine<'_> {
         }
     }
 
-    fn on_outcome(&mut self, step: u32, attempt: u32, compensation: bool, outcome: &Outcome, remote: bool) {
+    fn on_outcome(
+        &mut self,
+        step: u32,
+        attempt: u32,
+        compensation: bool,
+        outcome: &Outcome,
+        remote: bool,
+    ) {
         let expected = if compensation {
-            self.cur.state == SagaState::Compensating && (!remote || self.cur.waiting_for_compensation())
+            self.cur.state == SagaState::Compensating
+                && (!remote || self.cur.waiting_for_compensation())
         } else if remote {
             self.cur.state == SagaState::Waiting
         } else {
@@ -533,7 +563,11 @@ impl Machine<'_> {
     fn forward_attempt_failed(&mut self, reason: String) {
         self.cur.deadline = None;
         self.cur.last_error = Some(reason.clone());
-        let retry = self.def.step(self.cur.step).map(|s| s.retry).unwrap_or(RetryPolicy::once());
+        let retry = self
+            .def
+            .step(self.cur.step)
+            .map(|s| s.retry)
+            .unwrap_or(RetryPolicy::once());
         if retry.allows_another(self.cur.attempt) {
             let at = self.backoff_until(&retry);
             self.cur.state = SagaState::Running;
@@ -616,9 +650,17 @@ impl Machine<'_> {
         self.cur.next_run_at = None;
         self.cur.deadline = None;
         let (state, kind, hook) = if self.cur.cancel_requested {
-            (SagaState::Cancelled, RecordKind::Cancelled, self.def.hooks.on_cancelled)
+            (
+                SagaState::Cancelled,
+                RecordKind::Cancelled,
+                self.def.hooks.on_cancelled,
+            )
         } else {
-            (SagaState::Compensated, RecordKind::Compensated, self.def.hooks.on_compensated)
+            (
+                SagaState::Compensated,
+                RecordKind::Compensated,
+                self.def.hooks.on_compensated,
+            )
         };
         self.cur.state = state;
         self.record(kind, serde_json::json!({ "reason": reason }));
@@ -628,7 +670,10 @@ impl Machine<'_> {
     }
 
     fn cancel(&mut self, reason: &str) {
-        self.record(RecordKind::CancelRequested, serde_json::json!({ "reason": reason }));
+        self.record(
+            RecordKind::CancelRequested,
+            serde_json::json!({ "reason": reason }),
+        );
         let already = self.cur.cancel_requested;
         self.cur.cancel_requested = true;
         self.cur.last_error = Some(format!("cancelled: {reason}"));
@@ -637,7 +682,9 @@ impl Machine<'_> {
             SagaState::Compensating => {}
             // A command is out or was attempted: its effect may exist, undo it too.
             SagaState::Waiting => self.begin_compensation(self.cur.step, reason.to_owned()),
-            SagaState::Running if self.cur.attempt > 0 => self.begin_compensation(self.cur.step, reason.to_owned()),
+            SagaState::Running if self.cur.attempt > 0 => {
+                self.begin_compensation(self.cur.step, reason.to_owned())
+            }
             SagaState::Running => match self.cur.step.checked_sub(1) {
                 Some(below) => self.begin_compensation(below, reason.to_owned()),
                 None => self.finish_compensation(reason.to_owned()),

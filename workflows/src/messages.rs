@@ -100,8 +100,15 @@ pub struct CommandEnvelope {
 impl CommandEnvelope {
     /// The id every attempt of (`saga_id`, `step`, direction) carries.
     pub fn message_id_for(saga_id: Uuid, step: u32, compensation: bool) -> Uuid {
-        let dir = if compensation { "compensate" } else { "forward" };
-        Uuid::new_v5(&NAMESPACE, format!("command/{saga_id}/{step}/{dir}").as_bytes())
+        let dir = if compensation {
+            "compensate"
+        } else {
+            "forward"
+        };
+        Uuid::new_v5(
+            &NAMESPACE,
+            format!("command/{saga_id}/{step}/{dir}").as_bytes(),
+        )
     }
 }
 
@@ -169,7 +176,10 @@ impl From<ReplyOutcome> for Outcome {
 impl ReplyEnvelope {
     /// The reply id for attempt `attempt` of command `command_id`.
     pub fn message_id_for(command_id: Uuid, attempt: u32) -> Uuid {
-        Uuid::new_v5(&NAMESPACE, format!("reply/{command_id}/{attempt}").as_bytes())
+        Uuid::new_v5(
+            &NAMESPACE,
+            format!("reply/{command_id}/{attempt}").as_bytes(),
+        )
     }
 
     /// The reply to `command` with `outcome`.
@@ -237,7 +247,10 @@ pub enum OrderEvent {
 impl OrderEvent {
     /// The id of the event `kind` of saga `saga_id`.
     pub fn message_id_for(saga_id: Uuid, kind: &str) -> Uuid {
-        Uuid::new_v5(&NAMESPACE, format!("order-event/{saga_id}/{kind}").as_bytes())
+        Uuid::new_v5(
+            &NAMESPACE,
+            format!("order-event/{saga_id}/{kind}").as_bytes(),
+        )
     }
 
     /// This event's id.
@@ -300,12 +313,21 @@ mod tests {
         let c = command();
         let mut retry = c.clone();
         retry.attempt = 2;
-        assert_eq!(c.message_id, CommandEnvelope::message_id_for(c.saga_id, 0, false));
-        assert_ne!(c.message_id, CommandEnvelope::message_id_for(c.saga_id, 0, true));
+        assert_eq!(
+            c.message_id,
+            CommandEnvelope::message_id_for(c.saga_id, 0, false)
+        );
+        assert_ne!(
+            c.message_id,
+            CommandEnvelope::message_id_for(c.saga_id, 0, true)
+        );
         let r1 = ReplyEnvelope::answering(&c, ReplyOutcome::Ok);
         let r2 = ReplyEnvelope::answering(&retry, ReplyOutcome::Ok);
         assert_ne!(r1.message_id, r2.message_id);
-        assert_eq!(r1.message_id, ReplyEnvelope::answering(&c, ReplyOutcome::Ok).message_id);
+        assert_eq!(
+            r1.message_id,
+            ReplyEnvelope::answering(&c, ReplyOutcome::Ok).message_id
+        );
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl RetryPolicy {
             .initial_backoff
             .saturating_mul(1u32.checked_shl(exp).unwrap_or(u32::MAX))
             .min(self.max_backoff);
-        let micros = ceiling.as_micros().saturating_mul(u128::from(jitter.0)) / u128::from(Jitter::SCALE);
+        let micros =
+            ceiling.as_micros().saturating_mul(u128::from(jitter.0)) / u128::from(Jitter::SCALE);
         Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 }
@@ -110,7 +111,10 @@ mod tests {
     fn jitter_scales_the_delay_down() {
         let p = policy();
         assert_eq!(p.backoff(3, Jitter::NONE), Duration::ZERO);
-        assert_eq!(p.backoff(3, Jitter::from_ppm(500_000)), Duration::from_millis(200));
+        assert_eq!(
+            p.backoff(3, Jitter::from_ppm(500_000)),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]
@@ -124,7 +128,13 @@ mod tests {
     #[test]
     fn policy_round_trips_through_json() {
         let json = serde_json::to_string(&policy()).unwrap();
-        assert_eq!(json, r#"{"max_attempts":5,"initial_backoff":100,"max_backoff":1000}"#);
-        assert_eq!(serde_json::from_str::<RetryPolicy>(&json).unwrap(), policy());
+        assert_eq!(
+            json,
+            r#"{"max_attempts":5,"initial_backoff":100,"max_backoff":1000}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RetryPolicy>(&json).unwrap(),
+            policy()
+        );
     }
 }

@@ -11,8 +11,8 @@ use sagaflow_workflows::machine::{Clock, Outcome};
 use sagaflow_workflows::messages::CommandKind;
 use sagaflow_workflows::policy::Jitter;
 use sagaflow_workflows::{
-    order_payment, transition, Action, Compensation, Effect, Event, Hooks, Instance, RecordKind, RetryPolicy,
-    SagaDefinition, StepDef,
+    order_payment, transition, Action, Compensation, Effect, Event, Hooks, Instance, RecordKind,
+    RetryPolicy, SagaDefinition, StepDef,
 };
 
 fn policy(max_attempts: u32) -> RetryPolicy {
@@ -70,7 +70,10 @@ fn three_steps() -> SagaDefinition {
 }
 
 fn is_terminal(s: SagaState) -> bool {
-    matches!(s, SagaState::Completed | SagaState::Compensated | SagaState::Cancelled | SagaState::Failed)
+    matches!(
+        s,
+        SagaState::Completed | SagaState::Compensated | SagaState::Cancelled | SagaState::Failed
+    )
 }
 
 fn t0() -> DateTime<Utc> {
@@ -80,10 +83,22 @@ fn t0() -> DateTime<Utc> {
 #[derive(Debug, Clone)]
 enum Gen {
     Due,
-    Reply { step: u32, attempt: u32, compensation: bool, outcome: u8 },
-    Local { step: u32, attempt: u32, compensation: bool, outcome: u8 },
+    Reply {
+        step: u32,
+        attempt: u32,
+        compensation: bool,
+        outcome: u8,
+    },
+    Local {
+        step: u32,
+        attempt: u32,
+        compensation: bool,
+        outcome: u8,
+    },
     /// A reply exactly for what the saga waits for.
-    Matching { outcome: u8 },
+    Matching {
+        outcome: u8,
+    },
     Cancel,
     Retry,
 }
@@ -103,8 +118,12 @@ fn gen_event() -> impl Strategy<Value = (Gen, u64, u32)> {
 fn outcome(n: u8) -> Outcome {
     match n {
         0 => Outcome::Ok,
-        1 => Outcome::Rejected { reason: "no".into() },
-        _ => Outcome::Failed { reason: "flaky".into() },
+        1 => Outcome::Rejected {
+            reason: "no".into(),
+        },
+        _ => Outcome::Failed {
+            reason: "flaky".into(),
+        },
     }
 }
 
@@ -120,30 +139,54 @@ fn matching(def: &SagaDefinition, i: &Instance, o: Outcome) -> Event {
         _ => false,
     };
     if local {
-        Event::Local { step: i.step, attempt: i.attempt, compensation, outcome: o }
+        Event::Local {
+            step: i.step,
+            attempt: i.attempt,
+            compensation,
+            outcome: o,
+        }
     } else {
-        Event::Reply { step: i.step, attempt: i.attempt, compensation, outcome: o }
+        Event::Reply {
+            step: i.step,
+            attempt: i.attempt,
+            compensation,
+            outcome: o,
+        }
     }
 }
 
 fn to_event(def: &SagaDefinition, i: &Instance, g: &Gen) -> Event {
     match g {
         Gen::Due => Event::Due,
-        Gen::Reply { step, attempt, compensation, outcome: o } => Event::Reply {
+        Gen::Reply {
+            step,
+            attempt,
+            compensation,
+            outcome: o,
+        } => Event::Reply {
             step: *step,
             attempt: *attempt,
             compensation: *compensation,
             outcome: outcome(*o),
         },
-        Gen::Local { step, attempt, compensation, outcome: o } => Event::Local {
+        Gen::Local {
+            step,
+            attempt,
+            compensation,
+            outcome: o,
+        } => Event::Local {
             step: *step,
             attempt: *attempt,
             compensation: *compensation,
             outcome: outcome(*o),
         },
         Gen::Matching { outcome: o } => matching(def, i, outcome(*o)),
-        Gen::Cancel => Event::Cancel { reason: "operator".into() },
-        Gen::Retry => Event::Retry { reason: "operator".into() },
+        Gen::Cancel => Event::Cancel {
+            reason: "operator".into(),
+        },
+        Gen::Retry => Event::Retry {
+            reason: "operator".into(),
+        },
     }
 }
 
@@ -169,7 +212,15 @@ struct Run<'a> {
 impl Run<'_> {
     fn apply(&mut self, event: Event, jitter: u32) -> Result<(), TestCaseError> {
         let before = self.cur.clone();
-        let t = transition(self.def, &before, &event, Clock { now: self.now, jitter: Jitter::from_ppm(jitter) });
+        let t = transition(
+            self.def,
+            &before,
+            &event,
+            Clock {
+                now: self.now,
+                jitter: Jitter::from_ppm(jitter),
+            },
+        );
 
         // Stale or mismatched replies change nothing.
         if t.history.iter().any(|r| r.kind == RecordKind::ReplyIgnored) {
@@ -178,7 +229,13 @@ impl Run<'_> {
         }
         // Terminal states are left only by an operator's retry of FAILED.
         if is_terminal(before.state) && before.state != SagaState::Failed {
-            prop_assert_eq!(&t.next, &before, "left terminal {:?} on {:?}", before.state, event);
+            prop_assert_eq!(
+                &t.next,
+                &before,
+                "left terminal {:?} on {:?}",
+                before.state,
+                event
+            );
         }
         if before.state == SagaState::Failed && t.next.state != SagaState::Failed {
             let by_operator = matches!(event, Event::Retry { .. });
@@ -187,12 +244,32 @@ impl Run<'_> {
         }
         for e in &t.effects {
             match e {
-                Effect::SendCommand { step, compensation: false, .. } | Effect::RunLocal { step, compensation: false, .. } => {
-                    self.log.started.push(*step)
+                Effect::SendCommand {
+                    step,
+                    compensation: false,
+                    ..
                 }
-                Effect::SendCommand { step, compensation: true, .. } | Effect::RunLocal { step, compensation: true, .. } => {
+                | Effect::RunLocal {
+                    step,
+                    compensation: false,
+                    ..
+                } => self.log.started.push(*step),
+                Effect::SendCommand {
+                    step,
+                    compensation: true,
+                    ..
+                }
+                | Effect::RunLocal {
+                    step,
+                    compensation: true,
+                    ..
+                } => {
                     // Only a step that was started can be compensated.
-                    prop_assert!(self.log.started.contains(step), "compensating step {} that never started", step);
+                    prop_assert!(
+                        self.log.started.contains(step),
+                        "compensating step {} that never started",
+                        step
+                    );
                     if !self.log.compensation_started.contains(step) {
                         self.log.compensation_started.push(*step);
                     }
@@ -202,21 +279,45 @@ impl Run<'_> {
         }
         let comp_ok = matches!(
             &event,
-            Event::Reply { compensation: true, outcome: Outcome::Ok, .. } | Event::Local { compensation: true, outcome: Outcome::Ok, .. }
-        ) && t.history.iter().any(|r| r.kind == RecordKind::ReplyReceived);
+            Event::Reply {
+                compensation: true,
+                outcome: Outcome::Ok,
+                ..
+            } | Event::Local {
+                compensation: true,
+                outcome: Outcome::Ok,
+                ..
+            }
+        ) && t
+            .history
+            .iter()
+            .any(|r| r.kind == RecordKind::ReplyReceived);
         if comp_ok {
-            prop_assert!(!self.log.compensated.contains(&before.step), "step {} compensated twice", before.step);
+            prop_assert!(
+                !self.log.compensated.contains(&before.step),
+                "step {} compensated twice",
+                before.step
+            );
             self.log.compensated.push(before.step);
         }
 
         // Structural invariants of every state.
         let n = &t.next;
-        prop_assert_eq!(n.next_run_at.is_some(), n.state.is_active(), "due time vs state {:?}", n.state);
+        prop_assert_eq!(
+            n.next_run_at.is_some(),
+            n.state.is_active(),
+            "due time vs state {:?}",
+            n.state
+        );
         if n.state == SagaState::Waiting {
             prop_assert!(n.deadline.is_some());
         }
         let forward = self.def.step(n.step).map(|s| s.retry.max_attempts);
-        let backward = self.def.step(n.step).and_then(|s| s.compensation).map(|c| c.retry.max_attempts);
+        let backward = self
+            .def
+            .step(n.step)
+            .and_then(|s| s.compensation)
+            .map(|c| c.retry.max_attempts);
         let budget = match n.state {
             SagaState::Running | SagaState::Waiting => forward,
             SagaState::Compensating | SagaState::Failed => backward,
@@ -224,7 +325,13 @@ impl Run<'_> {
             _ => forward.max(backward),
         };
         if let Some(max) = budget {
-            prop_assert!(n.attempt <= max, "attempt {} over budget {} in {:?}", n.attempt, max, n.state);
+            prop_assert!(
+                n.attempt <= max,
+                "attempt {} over budget {} in {:?}",
+                n.attempt,
+                max,
+                n.state
+            );
         }
         self.cur = t.next;
         Ok(())
@@ -257,7 +364,13 @@ impl Run<'_> {
 }
 
 fn check(def: &SagaDefinition, events: &[(Gen, u64, u32)]) -> Result<(), TestCaseError> {
-    let mut run = Run { def, cur: Instance::new(t0()), now: t0(), log: Log::default(), operator_retried_failed: false };
+    let mut run = Run {
+        def,
+        cur: Instance::new(t0()),
+        now: t0(),
+        log: Log::default(),
+        operator_retried_failed: false,
+    };
     for (g, advance_ms, jitter) in events {
         run.now += chrono::Duration::milliseconds(i64::try_from(*advance_ms).unwrap());
         let e = to_event(def, &run.cur, g);
@@ -267,7 +380,11 @@ fn check(def: &SagaDefinition, events: &[(Gen, u64, u32)]) -> Result<(), TestCas
     // Compensations ran in reverse step order (restarted from the top only
     // after an operator's retry of a FAILED saga).
     if !run.operator_retried_failed {
-        prop_assert!(run.log.compensated.windows(2).all(|w| w[0] > w[1]), "compensation order {:?}", run.log.compensated);
+        prop_assert!(
+            run.log.compensated.windows(2).all(|w| w[0] > w[1]),
+            "compensation order {:?}",
+            run.log.compensated
+        );
         prop_assert!(
             run.log.compensation_started.windows(2).all(|w| w[0] > w[1]),
             "compensation start order {:?}",
@@ -297,35 +414,76 @@ proptest! {
 #[test]
 fn happy_path_sends_one_command_then_completes() {
     let def = order_payment::definition();
-    let clock = Clock { now: t0(), jitter: Jitter::NONE };
+    let clock = Clock {
+        now: t0(),
+        jitter: Jitter::NONE,
+    };
     let start = transition(def, &Instance::new(t0()), &Event::Due, clock);
     assert_eq!(start.next.state, SagaState::Waiting);
-    assert!(matches!(start.effects[..], [Effect::SendCommand { step: 0, attempt: 1, compensation: false, .. }]));
+    assert!(matches!(
+        start.effects[..],
+        [Effect::SendCommand {
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            ..
+        }]
+    ));
     let done = transition(
         def,
         &start.next,
-        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Ok },
+        &Event::Reply {
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            outcome: Outcome::Ok,
+        },
         clock,
     );
     assert_eq!(done.next.state, SagaState::Completed);
     assert_eq!(done.next.next_run_at, None);
-    assert!(matches!(done.effects[..], [Effect::RunHook { action: order_payment::HOOK_MARK_PAID, .. }]));
+    assert!(matches!(
+        done.effects[..],
+        [Effect::RunHook {
+            action: order_payment::HOOK_MARK_PAID,
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn rejection_compensates_without_refunding_the_rejected_step() {
     let def = order_payment::definition();
-    let clock = Clock { now: t0(), jitter: Jitter::NONE };
+    let clock = Clock {
+        now: t0(),
+        jitter: Jitter::NONE,
+    };
     let start = transition(def, &Instance::new(t0()), &Event::Due, clock);
     let rejected = transition(
         def,
         &start.next,
-        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Rejected { reason: "insufficient funds".into() } },
+        &Event::Reply {
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            outcome: Outcome::Rejected {
+                reason: "insufficient funds".into(),
+            },
+        },
         clock,
     );
     assert_eq!(rejected.next.state, SagaState::Compensated);
-    assert_eq!(rejected.next.last_error.as_deref(), Some("insufficient funds"));
-    assert!(matches!(rejected.effects[..], [Effect::RunHook { action: order_payment::HOOK_MARK_FAILED, .. }]));
+    assert_eq!(
+        rejected.next.last_error.as_deref(),
+        Some("insufficient funds")
+    );
+    assert!(matches!(
+        rejected.effects[..],
+        [Effect::RunHook {
+            action: order_payment::HOOK_MARK_FAILED,
+            ..
+        }]
+    ));
 }
 
 #[test]
@@ -335,23 +493,64 @@ fn timeouts_retry_then_refund_the_uncertain_debit() {
     let mut i = Instance::new(now);
     let max = def.steps[0].retry.max_attempts;
     for attempt in 1..=max {
-        let sent = transition(def, &i, &Event::Due, Clock { now, jitter: Jitter::FULL });
-        assert!(matches!(sent.effects[..], [Effect::SendCommand { attempt: a, compensation: false, .. }] if a == attempt));
+        let sent = transition(
+            def,
+            &i,
+            &Event::Due,
+            Clock {
+                now,
+                jitter: Jitter::FULL,
+            },
+        );
+        assert!(
+            matches!(sent.effects[..], [Effect::SendCommand { attempt: a, compensation: false, .. }] if a == attempt)
+        );
         now = sent.next.deadline.unwrap();
-        let timed_out = transition(def, &sent.next, &Event::Due, Clock { now, jitter: Jitter::FULL });
+        let timed_out = transition(
+            def,
+            &sent.next,
+            &Event::Due,
+            Clock {
+                now,
+                jitter: Jitter::FULL,
+            },
+        );
         i = timed_out.next;
         now = i.next_run_at.unwrap();
     }
     // Attempts exhausted: the debit may have happened, so it is refunded.
     assert_eq!(i.state, SagaState::Compensating);
-    let refund = transition(def, &i, &Event::Due, Clock { now, jitter: Jitter::FULL });
-    assert!(matches!(refund.effects[..], [Effect::SendCommand { compensation: true, command: CommandKind::FundsRefund, .. }]));
+    let refund = transition(
+        def,
+        &i,
+        &Event::Due,
+        Clock {
+            now,
+            jitter: Jitter::FULL,
+        },
+    );
+    assert!(matches!(
+        refund.effects[..],
+        [Effect::SendCommand {
+            compensation: true,
+            command: CommandKind::FundsRefund,
+            ..
+        }]
+    ));
     // A late OK for the first debit attempt is stale and changes nothing.
     let late = transition(
         def,
         &refund.next,
-        &Event::Reply { step: 0, attempt: 1, compensation: false, outcome: Outcome::Ok },
-        Clock { now, jitter: Jitter::FULL },
+        &Event::Reply {
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            outcome: Outcome::Ok,
+        },
+        Clock {
+            now,
+            jitter: Jitter::FULL,
+        },
     );
     assert!(late.is_noop(&refund.next));
 }

@@ -1,0 +1,204 @@
+//! sagaflow's HTTP API: accounts, deposits, orders (each order starts an
+//! order-payment saga), health and readiness, the OpenAPI spec at
+//! `/openapi.json`, Swagger UI at `/docs` and a start page at `/`.
+//!
+//! Every error leaves as RFC 9457 `application/problem+json` (see
+//! [`error`]); money is `rust_decimal` end to end and is always answered
+//! with exactly two decimal places.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use poem::endpoint::BoxEndpoint;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{EndpointExt, Route, Server};
+use poem_openapi::{OpenApiService, Tags};
+use sea_orm::DatabaseConnection;
+
+pub mod accounts;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod orders;
+pub mod params;
+
+pub use error::{ApiError, FieldError, Problem};
+
+/// How long a graceful shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The API's settings.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Bearer token for operator calls (not used yet). Never printed: the
+    /// `Debug` output shows `[redacted]`.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            admin_token: None,
+        }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// Tells `/readyz` whether Kafka is usable. Implemented by the binary (the
+/// API itself never talks to Kafka).
+pub trait ReadinessProbe: Send + Sync + 'static {
+    /// `true` when the Kafka client can reach the brokers. `/readyz` waits
+    /// at most [`health::PROBE_TIMEOUT`] for the answer.
+    fn kafka_ready(&self) -> BoxFuture<'_, bool>;
+}
+
+/// Groups of operations in the OpenAPI document.
+#[derive(Debug, Tags)]
+pub enum ApiTags {
+    /// Funds accounts: create, read, deposit.
+    Accounts,
+    /// Orders: create (starts the payment saga) and read.
+    Orders,
+    /// Liveness and readiness for orchestrators and load balancers.
+    Health,
+}
+
+/// The whole HTTP application: API, spec, Swagger UI and start page, with
+/// the body limit and problem+json errors applied to every route.
+pub fn app(
+    db: DatabaseConnection,
+    probe: Arc<dyn ReadinessProbe>,
+    cfg: ApiConfig,
+) -> BoxEndpoint<'static> {
+    let service = OpenApiService::new(
+        (
+            accounts::AccountsApi::new(db.clone()),
+            orders::OrdersApi::new(db.clone()),
+            health::HealthApi::new(db, probe),
+        ),
+        "sagaflow",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Durable order-and-payment sagas on PostgreSQL and Apache Kafka. Create a funds account, \
+         deposit money, then place orders: each order starts a saga that debits the buyer's \
+         account and marks the order PAID (or FAILED, with any debit refunded).\n\n\
+         Money is always a decimal string with at most two decimal places (e.g. \"19.99\") and is \
+         answered with exactly two. Every error is an RFC 9457 `application/problem+json` document.",
+    );
+    let spec = service.spec_endpoint();
+    let docs = service.swagger_ui();
+    Route::new()
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", service)
+        .with(body::BodyLimit::new(cfg.body_limit_bytes))
+        .with(error::ProblemLayer)
+        .boxed()
+}
+
+/// Binds `addr` (e.g. `"127.0.0.1:0"`), and returns the bound address and a
+/// future that serves `app` until `shutdown` resolves (then waits up to
+/// [`SHUTDOWN_GRACE`] for requests in flight).
+pub async fn serve(
+    addr: &str,
+    app: BoxEndpoint<'static>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, BoxFuture<'static, std::io::Result<()>>), ApiError> {
+    let bind_error = |source| ApiError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let acceptor = TcpListener::bind(addr.to_owned())
+        .into_acceptor()
+        .await
+        .map_err(bind_error)?;
+    let local = acceptor
+        .local_addr()
+        .iter()
+        .find_map(|a| a.as_socket_addr().copied())
+        .ok_or_else(|| bind_error(std::io::Error::other("the listener has no socket address")))?;
+    let server = Server::new_with_acceptor(acceptor);
+    let fut = async move {
+        server
+            .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
+            .await
+    };
+    Ok((local, Box::pin(fut)))
+}
+
+/// An entity timestamp as UTC, as every response shows it.
+pub(crate) fn utc(t: sea_orm::prelude::DateTimeWithTimeZone) -> chrono::DateTime<chrono::Utc> {
+    t.with_timezone(&chrono::Utc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_admin_token() {
+        let cfg = ApiConfig {
+            admin_token: Some("hunter2".to_owned()),
+            ..ApiConfig::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert_eq!(cfg.body_limit_bytes, 65_536);
+    }
+
+    #[test]
+    fn json_bodies_name_every_refused_field() {
+        use body::parse_json_body;
+        use orders::NewOrder;
+        let fields = |body: &str| match parse_json_body::<NewOrder>(body.as_bytes()) {
+            Err(ApiError::Validation(errors)) => {
+                errors.into_iter().map(|e| e.field).collect::<Vec<_>>()
+            }
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(
+            fields(r#"{"user_id": "x", "amount": 1.5, "extra": 1}"#),
+            ["user_id", "amount", "extra"]
+        );
+        assert_eq!(fields(r#"{}"#), ["user_id", "amount"]);
+        assert!(matches!(
+            parse_json_body::<NewOrder>(b" "),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json_body::<NewOrder>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json_body::<NewOrder>(b"null"),
+            Err(ApiError::BadRequest(_))
+        ));
+        let deep = "[".repeat(10_000);
+        assert!(matches!(
+            parse_json_body::<NewOrder>(deep.as_bytes()),
+            Err(ApiError::BadRequest(_))
+        ));
+        let ok = parse_json_body::<NewOrder>(br#"{"user_id": 3, "amount": "7.5"}"#).expect("valid");
+        assert_eq!((ok.user_id, ok.amount.to_string()), (3, "7.50".to_owned()));
+    }
+}

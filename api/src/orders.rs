@@ -1,0 +1,434 @@
+//! `/orders`: place an order (which starts its payment saga) and read it.
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use rust_decimal::Decimal;
+use sagaflow_entity::{order, OrderStatus};
+use sagaflow_workflows::money::format_amount;
+use sagaflow_workflows::order_payment::{PaymentData, SAGA_TYPE, VERSION};
+use sagaflow_workflows::Instance;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr,
+    Statement, TransactionTrait,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::accounts::positive_user_id;
+use crate::body::{Fields, FromJsonObject, JsonBody};
+use crate::error::{ApiError, ProblemJson};
+use crate::{utc, ApiTags};
+
+/// The header carrying a client's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Body of `POST /orders`.
+#[derive(Debug, Clone, Object)]
+pub struct CreateOrderRequest {
+    /// The buyer: a user with a funds account (an integer > 0). An unknown
+    /// user is refused with 422.
+    #[oai(validator(minimum(value = "1")))]
+    pub user_id: i64,
+    /// The order's amount, as a decimal string with at most two decimal
+    /// places, greater than 0 and at most "1000000000.00" (e.g. "19.99").
+    /// JSON numbers are refused with 422 so that no amount is ever rounded.
+    #[oai(validator(pattern = r"^[0-9]+(\.[0-9]{1,2})?$"))]
+    pub amount: String,
+}
+
+/// A validated `POST /orders` body.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder {
+    /// The buyer, > 0.
+    pub user_id: i64,
+    /// The amount, > 0, two decimal places.
+    pub amount: Decimal,
+}
+
+impl FromJsonObject for NewOrder {
+    type Schema = CreateOrderRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        let user_id = positive_user_id(fields);
+        let amount = fields.amount("amount");
+        Some(Self {
+            user_id: user_id?,
+            amount: amount?,
+        })
+    }
+}
+
+impl NewOrder {
+    /// Hex SHA-256 of the request's canonical form: the same order asked
+    /// twice ("19.9" and "19.90" alike) has the same fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let canonical = format!(
+            "user_id={};amount={}",
+            self.user_id,
+            format_amount(self.amount)
+        );
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    }
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatusView {
+    /// Placed; the payment saga is running.
+    Pending,
+    /// The buyer's account was debited.
+    Paid,
+    /// The payment was refused (e.g. insufficient funds) or undone; any
+    /// debit was refunded.
+    Failed,
+    /// An operator cancelled the order; any debit was refunded.
+    Cancelled,
+}
+
+impl From<OrderStatus> for OrderStatusView {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Pending => Self::Pending,
+            OrderStatus::Paid => Self::Paid,
+            OrderStatus::Failed => Self::Failed,
+            OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// An order.
+#[derive(Debug, Clone, Object)]
+pub struct OrderView {
+    /// The order number, e.g. `ORD-0190f3c2...`.
+    pub order_no: String,
+    /// The buyer.
+    pub user_id: i64,
+    /// The amount, with two decimal places.
+    pub amount: String,
+    /// Where the order stands.
+    pub status: OrderStatusView,
+    /// The payment saga driving this order.
+    pub saga_id: Uuid,
+    /// Why the order failed, when it did.
+    pub failure_reason: Option<String>,
+    /// When the order was placed.
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<order::Model> for OrderView {
+    fn from(o: order::Model) -> Self {
+        Self {
+            order_no: o.order_no,
+            user_id: o.user_id,
+            amount: format_amount(o.amount),
+            status: o.status.into(),
+            saga_id: o.saga_id,
+            failure_reason: o.failure_reason,
+            created_at: utc(o.created_at),
+            updated_at: utc(o.updated_at),
+        }
+    }
+}
+
+/// Responses of `POST /orders`.
+#[derive(Debug, ApiResponse)]
+pub enum CreateOrderResponse {
+    /// The order was placed (status PENDING) and its payment saga started.
+    #[oai(status = 201)]
+    Created(Json<OrderView>),
+    /// A retry: this `Idempotency-Key` already placed this same order, which
+    /// is returned as it stands now (its status may have moved on).
+    #[oai(status = 200)]
+    Existing(Json<OrderView>),
+    /// The body is not a JSON object (malformed, empty, ...).
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// This `Idempotency-Key` was already used for a different order.
+    #[oai(status = 409)]
+    Conflict(ProblemJson),
+    /// The body is larger than the server's limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// A field or the `Idempotency-Key` header is invalid, or the user has
+    /// no account; `errors` names the field.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of `GET /orders/{order_no}`.
+#[derive(Debug, ApiResponse)]
+pub enum GetOrderResponse {
+    /// The order.
+    #[oai(status = 200)]
+    Ok(Json<OrderView>),
+    /// There is no order with this number.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// The `/orders` operations.
+#[derive(Debug, Clone)]
+pub struct OrdersApi {
+    db: DatabaseConnection,
+}
+
+impl OrdersApi {
+    /// Operations on `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+/// Reads the raw `Idempotency-Key` header: absent, or 1-255 visible ASCII
+/// characters sent once. (poem-openapi's `Header` silently drops values that
+/// are not visible ASCII, so it is read from the request itself.)
+fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refuse = |reason: &str| Err(ApiError::field(IDEMPOTENCY_KEY, reason));
+    if values.next().is_some() {
+        return refuse("must be sent at most once");
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 {
+        return refuse("must be 1 to 255 characters long");
+    }
+    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return refuse(
+            "must contain only visible ASCII characters (no spaces or control characters)",
+        );
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The result of trying to insert an order.
+enum Placed {
+    /// Inserted, with its saga.
+    New(order::Model),
+    /// The key already placed an order.
+    Existing(order::Model),
+}
+
+#[OpenApi(tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Place an order
+    ///
+    /// Creates the order (status PENDING) and starts its payment saga, in one
+    /// transaction: the saga debits the buyer's account and the order becomes
+    /// PAID, or FAILED if the funds are insufficient.
+    ///
+    /// Send an `Idempotency-Key` to make retries safe: repeating the same
+    /// request with the same key returns the original order with 200 and
+    /// places nothing new; the same key with a different body is a 409.
+    #[oai(path = "/orders", method = "post", operation_id = "createOrder")]
+    async fn create_order(
+        &self,
+        req: &Request,
+        /// A client-chosen key of 1-255 visible ASCII characters (e.g. a
+        /// UUID) identifying this order attempt; retries must reuse it.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<NewOrder>,
+    ) -> poem::Result<CreateOrderResponse> {
+        let new = body.0;
+        let key = idempotency_key(req)?;
+        let fingerprint = key.as_ref().map(|_| new.fingerprint());
+        let mut attempts = 0;
+        let placed = loop {
+            attempts += 1;
+            let txn = self.db.begin().await.map_err(ApiError::from)?;
+            match place(&txn, &new, key.as_deref(), fingerprint.as_deref()).await {
+                Ok(Some(Placed::New(o))) => {
+                    txn.commit().await.map_err(ApiError::from)?;
+                    break Placed::New(o);
+                }
+                Ok(Some(Placed::Existing(o))) => {
+                    txn.rollback().await.map_err(ApiError::from)?;
+                    break Placed::Existing(o);
+                }
+                // The key's order vanished between the insert and the read,
+                // or a generated id collided: try again with fresh ids.
+                Ok(None) if attempts < 3 => continue,
+                Ok(None) => {
+                    return Err(ApiError::Internal(
+                        "could not place the order after 3 attempts".into(),
+                    )
+                    .into())
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        Ok(match placed {
+            Placed::New(o) => CreateOrderResponse::Created(Json(o.into())),
+            Placed::Existing(o) if o.request_fingerprint == fingerprint => {
+                CreateOrderResponse::Existing(Json(o.into()))
+            }
+            Placed::Existing(o) => CreateOrderResponse::Conflict(
+                ApiError::Conflict(format!(
+                    "Idempotency-Key was already used for order {} with a different body; \
+                     use a new key for a new order",
+                    o.order_no
+                ))
+                .into(),
+            ),
+        })
+    }
+
+    /// Read an order
+    ///
+    /// The order as it stands now; `status` moves from PENDING to PAID,
+    /// FAILED or CANCELLED as its payment saga finishes.
+    #[oai(path = "/orders/:order_no", method = "get", operation_id = "getOrder")]
+    async fn get_order(
+        &self,
+        /// The order number returned when the order was placed.
+        order_no: Path<String>,
+    ) -> poem::Result<GetOrderResponse> {
+        let found = order::Entity::find_by_id(order_no.0.clone())
+            .one(&self.db)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(match found {
+            Some(o) => GetOrderResponse::Ok(Json(o.into())),
+            None => GetOrderResponse::NotFound(
+                ApiError::NotFound(format!("there is no order {}", order_no.0)).into(),
+            ),
+        })
+    }
+}
+
+/// Inserts the order, its saga and the saga's first history row in `txn`
+/// (which the caller commits for [`Placed::New`]). `Ok(None)`: try again.
+async fn place(
+    txn: &DatabaseTransaction,
+    new: &NewOrder,
+    key: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Result<Option<Placed>, ApiError> {
+    let pg = DbBackend::Postgres;
+    let account = txn
+        .query_one(Statement::from_sql_and_values(
+            pg,
+            "SELECT 1 AS one FROM accounts WHERE user_id = $1",
+            [new.user_id.into()],
+        ))
+        .await?;
+    if account.is_none() {
+        return Err(unknown_user(new.user_id));
+    }
+
+    let order_no = format!("ORD-{}", Uuid::now_v7().simple());
+    let saga_id = Uuid::now_v7();
+    let inserted = order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            pg,
+            "INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
+             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
+            [
+                order_no.clone().into(),
+                new.user_id.into(),
+                new.amount.into(),
+                saga_id.into(),
+                key.map(str::to_owned).into(),
+                fingerprint.map(str::to_owned).into(),
+            ],
+        ))
+        .one(txn)
+        .await;
+    let inserted = match inserted {
+        Ok(row) => row,
+        Err(err) => {
+            return match err.sql_err() {
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(unknown_user(new.user_id)),
+                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
+                _ => Err(err.into()),
+            }
+        }
+    };
+    let Some(inserted) = inserted else {
+        // ON CONFLICT waited for the other inserter to commit; this new
+        // statement sees its row.
+        let Some(key) = key else {
+            return Err(ApiError::Internal("an order without key conflicted".into()));
+        };
+        let existing = order::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                pg,
+                "SELECT * FROM orders WHERE idempotency_key = $1",
+                [key.to_owned().into()],
+            ))
+            .one(txn)
+            .await?;
+        return Ok(existing.map(Placed::Existing));
+    };
+
+    let instance = Instance::new(Utc::now());
+    let data = serde_json::to_value(PaymentData {
+        order_no: order_no.clone(),
+        user_id: new.user_id,
+        amount: new.amount,
+    })
+    .map_err(|e| ApiError::Internal(format!("serialising PaymentData: {e}")))?;
+    let version = i32::try_from(VERSION)
+        .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
+    let step =
+        i32::try_from(instance.step).map_err(|_| ApiError::Internal("step out of range".into()))?;
+    let attempt = i32::try_from(instance.attempt)
+        .map_err(|_| ApiError::Internal("attempt out of range".into()))?;
+    let state = sagaflow_entity::StateValues::as_str(&instance.state);
+    // next_run_at is the database's now(), like every other timestamp the
+    // claim loop compares, so the saga is due at once whatever the API's clock.
+    txn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, now(), $7)",
+        [
+            saga_id.into(),
+            SAGA_TYPE.into(),
+            version.into(),
+            state.into(),
+            step.into(),
+            attempt.into(),
+            data.into(),
+        ],
+    ))
+    .await?;
+    let detail = serde_json::json!({
+        "order_no": order_no,
+        "user_id": new.user_id,
+        "amount": format_amount(new.amount),
+    });
+    txn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+         VALUES ($1, 'CREATED', $2, $3, NULL, $4, $5, 'api')",
+        [saga_id.into(), step.into(), attempt.into(), state.into(), detail.into()],
+    ))
+    .await?;
+    Ok(Some(Placed::New(inserted)))
+}
+
+fn unknown_user(user_id: i64) -> ApiError {
+    ApiError::field(
+        "user_id",
+        format!("user {user_id} has no account; create it with POST /accounts first"),
+    )
+}
