@@ -31,8 +31,8 @@ echo "[test] cargo test --workspace ${locked[*]} -- --test-threads=4"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rc=0
+# pipefail makes the pipeline's status cargo's whenever cargo fails.
 cargo test --workspace "${locked[@]}" -- --test-threads=4 2>&1 | tee "$log" || rc=$?
-rc=${PIPESTATUS[0]}
 
 # One closing line for the whole suite (cargo prints one per test binary,
 # the last of which is often a crate's empty doc-test run).
