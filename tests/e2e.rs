@@ -337,3 +337,71 @@ async fn duplicated_command_and_reply_change_nothing() {
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_are_dead_lettered_and_consumers_keep_going() {
+    let app = TestApp::start().await;
+    let commands = app.topic("funds.commands");
+    let replies = app.topic("saga.replies");
+    let dead_letter = app.topic("sagaflow.dlq");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .create()
+        .unwrap();
+    let poison: [(&str, &[u8], &str); 2] = [
+        (&commands, b"\xff not json at all", "sagaflow-funds"),
+        (&replies, br#"{"saga_id": 42}"#, "sagaflow-replies"),
+    ];
+    for (topic, payload, group) in poison {
+        let delivery = producer
+            .send(
+                FutureRecord::to(topic)
+                    .key("poison")
+                    .payload(payload)
+                    .partition(0),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("publish poison");
+        // The consumer committed past it: it did not stall on the message.
+        await_committed(&app, group, topic, delivery.partition, delivery.offset).await;
+    }
+
+    let parked = read_topic(&app, &dead_letter, 2, |_| true).await;
+    let mut origins: Vec<(String, Vec<u8>)> = parked
+        .iter()
+        .map(|m| {
+            let headers = m.headers().expect("dead letter headers");
+            let header = |key: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == key)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            assert!(
+                header("x-dlq-reason").is_some_and(|r| !r.is_empty()),
+                "dead letter without a reason"
+            );
+            (
+                header("x-dlq-original-topic").unwrap(),
+                m.payload().unwrap().to_vec(),
+            )
+        })
+        .collect();
+    origins.sort();
+    let mut expected: Vec<(String, Vec<u8>)> = poison
+        .iter()
+        .map(|(t, p, _)| ((*t).to_owned(), p.to_vec()))
+        .collect();
+    expected.sort();
+    assert_eq!(origins, expected);
+
+    // And the saga still runs end to end behind the poison.
+    app.funded_account(6, "10.00").await;
+    let (_, order) = app.place_order(6, "4.00", None).await;
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    assert_eq!(app.account(6).await["balance"], "6.00");
+    app.stop().await;
+}
