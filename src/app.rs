@@ -139,7 +139,10 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
             shutdown.clone(),
         ));
     }
-    if roles.funds {
+    // One consumer applies its partitions' messages one at a time, each in
+    // its own transaction; several in the same group split the partitions.
+    let consumers = |on: bool| if on { cfg.consumers } else { 0 };
+    for _ in 0..consumers(roles.funds) {
         let fut = participant::run(
             db.clone(),
             kafka.clone(),
@@ -153,7 +156,7 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
             }
         });
     }
-    if roles.replies {
+    for _ in 0..consumers(roles.replies) {
         let fut = replies::run(
             db.clone(),
             kafka.clone(),

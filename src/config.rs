@@ -76,6 +76,13 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_WORKERS", default_value_t = 4)]
     pub workers: usize,
 
+    /// Kafka consumers per consuming role (funds participant, reply
+    /// consumer) in this process, all in that role's group: each applies
+    /// its partitions' messages in order, so this is the parallelism of
+    /// message handling. More than the topic has partitions sit idle.
+    #[arg(long, env = "SAGAFLOW_CONSUMERS", default_value_t = 3)]
+    pub consumers: usize,
+
     /// Most sagas one claim takes.
     #[arg(long, env = "SAGAFLOW_CLAIM_BATCH", default_value_t = 32)]
     pub claim_batch: u32,
@@ -159,6 +166,9 @@ impl Config {
         let bad = |s: &str| Err(ConfigError(s.to_owned()));
         if self.workers == 0 {
             return bad("SAGAFLOW_WORKERS must be at least 1");
+        }
+        if self.consumers == 0 || self.consumers > 256 {
+            return bad("SAGAFLOW_CONSUMERS must be between 1 and 256");
         }
         if self.claim_batch == 0 || self.claim_batch > 10_000 {
             return bad("SAGAFLOW_CLAIM_BATCH must be between 1 and 10000");
