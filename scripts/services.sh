@@ -159,6 +159,13 @@ pg_start() {
   else
     pg_init
     if port_open 127.0.0.1 "$PG_PORT"; then
+      # Another checkout's services (or a user's own server) may already
+      # serve sagaflow here; using it beats failing. Anything else is a clash.
+      if PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" "$PG_URL" -Atc \
+          "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user" 2>/dev/null | grep -qx t; then
+        log "pg: port $PG_PORT already serves $PG_URL (started elsewhere); using it"
+        return 0
+      fi
       die "pg: port $PG_PORT is already in use by another process"
     fi
     log "pg: starting on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
@@ -332,6 +339,13 @@ kafka_start() {
   else
     rm -f "$KAFKA_PID"
     kafka_init
+    if port_open 127.0.0.1 "$KAFKA_PORT" &&
+      timeout 60 java -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --list >/dev/null 2>&1; then
+      # A broker started elsewhere (e.g. another checkout) already answers.
+      log "kafka: $KAFKA_BOOTSTRAP already answers as a Kafka broker (started elsewhere); using it"
+      return 0
+    fi
     if port_open 127.0.0.1 "$KAFKA_PORT" || port_open 127.0.0.1 "$KAFKA_CTRL_PORT"; then
       die "kafka: port $KAFKA_PORT or $KAFKA_CTRL_PORT already in use by another process"
     fi
