@@ -141,34 +141,36 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
     }
     // One consumer applies its partitions' messages one at a time, each in
     // its own transaction; several in the same group split the partitions.
-    let consumers = |on: bool| if on { cfg.consumers } else { 0 };
-    for _ in 0..consumers(roles.funds) {
-        let fut = participant::run(
-            db.clone(),
-            kafka.clone(),
-            producer.clone(),
-            topics.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::error!(error = %e, "funds participant stopped");
-            }
-        });
-    }
-    for _ in 0..consumers(roles.replies) {
-        let fut = replies::run(
-            db.clone(),
-            kafka.clone(),
-            producer.clone(),
-            topics.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::error!(error = %e, "reply consumer stopped");
-            }
-        });
+    type Consume = fn(
+        DatabaseConnection,
+        sagaflow_worker::KafkaConfig,
+        rdkafka::producer::FutureProducer,
+        sagaflow_workflows::messages::Topics,
+        CancellationToken,
+    ) -> BoxFuture<'static, Result<(), sagaflow_worker::WorkerError>>;
+    let consumers: [(bool, &'static str, Consume); 2] = [
+        (roles.funds, "funds participant", |d, k, p, t, s| {
+            Box::pin(participant::run(d, k, p, t, s))
+        }),
+        (roles.replies, "reply consumer", |d, k, p, t, s| {
+            Box::pin(replies::run(d, k, p, t, s))
+        }),
+    ];
+    for (on, what, consume) in consumers {
+        for _ in 0..if on { cfg.consumers } else { 0 } {
+            let fut = consume(
+                db.clone(),
+                kafka.clone(),
+                producer.clone(),
+                topics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::error!(error = %e, "{what} stopped");
+                }
+            });
+        }
     }
     let mut http_addr = None;
     if roles.api {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
-use crate::sql::{exec, one, outbox_insert, traceparent};
+use crate::sql::{exec, inbox_insert, one, outbox_insert, traceparent};
 use crate::WorkerError;
 
 /// Inbox name of the funds participant.
@@ -45,13 +45,7 @@ pub async fn handle(
         Err(e) => return Ok(Handled::DeadLetter(format!("not a funds command: {e}"))),
     };
     let tx = db.begin().await?;
-    let inserted = one(
-        &tx,
-        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING message_id",
-        [CONSUMER.into(), cmd.message_id.into()],
-    )
-    .await?
-    .is_some();
+    let inserted = inbox_insert(&tx, CONSUMER, cmd.message_id).await?;
     if !inserted {
         let handled = answer_again(&tx, topics, &cmd).await?;
         tx.commit().await?;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
-use crate::sql::{one, stmt};
+use crate::sql::{inbox_insert, stmt};
 use crate::{executor, WorkerError};
 
 /// Inbox name of the reply consumer.
@@ -33,13 +33,7 @@ pub async fn handle(
         Err(e) => return Ok(Handled::DeadLetter(format!("not a saga reply: {e}"))),
     };
     let tx = db.begin().await?;
-    let inserted = one(
-        &tx,
-        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING message_id",
-        [CONSUMER.into(), reply.message_id.into()],
-    )
-    .await?
-    .is_some();
+    let inserted = inbox_insert(&tx, CONSUMER, reply.message_id).await?;
     if !inserted {
         tx.commit().await?;
         return Ok(Handled::Duplicate);

@@ -33,6 +33,22 @@ pub(crate) async fn all<C: ConnectionTrait>(
 
 /// Writes a message to the outbox. A message id already there is left
 /// alone: the same message written twice is published once.
+/// Records `message_id` as seen by `consumer`; `false` if it already was.
+/// Runs in the caller's transaction, so the mark commits with the effect.
+pub(crate) async fn inbox_insert<C: ConnectionTrait>(
+    conn: &C,
+    consumer: &str,
+    message_id: uuid::Uuid,
+) -> Result<bool, DbErr> {
+    Ok(one(
+        conn,
+        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING message_id",
+        [consumer.into(), message_id.into()],
+    )
+    .await?
+    .is_some())
+}
+
 pub(crate) async fn outbox_insert<C: ConnectionTrait>(
     db: &C,
     message_id: uuid::Uuid,
