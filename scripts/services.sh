@@ -217,6 +217,8 @@ pg_stop() {
 pg_status() {
   if pg_is_running; then
     log "pg: running  $PG_URL"
+  elif port_open 127.0.0.1 "$PG_PORT"; then
+    log "pg: not started here, but port $PG_PORT is served by another process (another checkout?)"
   else
     log "pg: stopped"
     return 1
@@ -405,6 +407,8 @@ kafka_stop() {
 kafka_status() {
   if kafka_is_running; then
     log "kafka: running  bootstrap=$KAFKA_BOOTSTRAP (pid $(kafka_pid))"
+  elif port_open 127.0.0.1 "$KAFKA_PORT"; then
+    log "kafka: not started here, but port $KAFKA_PORT is served by another process (another checkout?)"
   else
     log "kafka: stopped"
     return 1
