@@ -18,17 +18,11 @@ pub mod machine;
 pub mod messages;
 pub mod money;
 pub mod order_payment;
+pub mod order_refund;
 pub mod policy;
+pub mod registry;
 
 pub use definition::{Action, Compensation, Hooks, SagaDefinition, StepDef};
 pub use machine::{transition, Effect, Event, Instance, Record, RecordKind, Transition};
 pub use policy::RetryPolicy;
-
-/// Looks up a saga definition by the type name and version stored on the
-/// instance. A running instance keeps the version it started with, so old
-/// versions stay here until no instance uses them.
-pub fn definition(saga_type: &str, version: i32) -> Option<&'static SagaDefinition> {
-    [order_payment::definition()]
-        .into_iter()
-        .find(|d| d.name == saga_type && i64::from(d.version) == i64::from(version))
-}
+pub use registry::{Registry, StepTuning, Tuning, TuningError};

@@ -23,8 +23,12 @@ pub struct Instance {
     pub next_run_at: Option<DateTime<Utc>>,
     /// Set while a remote command is out: when it counts as timed out.
     pub deadline: Option<DateTime<Utc>>,
-    /// Why the last attempt or the saga failed.
+    /// Why the last attempt (forward or compensating) failed.
     pub last_error: Option<String>,
+    /// Why the saga is being (or was) compensated: the failure or the
+    /// cancel that started it. Unlike `last_error`, a compensation's own
+    /// hiccups do not overwrite it; the terminal hooks report it.
+    pub failure: Option<String>,
 }
 
 impl Instance {
@@ -38,6 +42,7 @@ impl Instance {
             next_run_at: Some(now),
             deadline: None,
             last_error: None,
+            failure: None,
         }
     }
 
@@ -613,6 +618,7 @@ impl Machine<'_> {
     /// Starts compensating from step `from` downwards (the highest step with
     /// a compensation at or below it).
     fn begin_compensation(&mut self, from: u32, reason: String) {
+        self.cur.failure.get_or_insert_with(|| reason.clone());
         self.record(
             RecordKind::CompensationStarted,
             serde_json::json!({ "reason": reason, "from_step": from }),
@@ -627,7 +633,12 @@ impl Machine<'_> {
         match self.highest_compensable(step.checked_sub(1)) {
             Some(next) => self.compensate_step(next),
             None => {
-                let reason = self.cur.last_error.clone().unwrap_or_default();
+                let reason = self
+                    .cur
+                    .failure
+                    .clone()
+                    .or_else(|| self.cur.last_error.clone())
+                    .unwrap_or_default();
                 self.finish_compensation(reason)
             }
         }
@@ -647,6 +658,7 @@ impl Machine<'_> {
     }
 
     fn finish_compensation(&mut self, reason: String) {
+        self.cur.failure.get_or_insert_with(|| reason.clone());
         self.cur.next_run_at = None;
         self.cur.deadline = None;
         let (state, kind, hook) = if self.cur.cancel_requested {
@@ -677,6 +689,8 @@ impl Machine<'_> {
         let already = self.cur.cancel_requested;
         self.cur.cancel_requested = true;
         self.cur.last_error = Some(format!("cancelled: {reason}"));
+        // A cancel decides how the saga ends, whatever failed before it.
+        self.cur.failure = Some(format!("cancelled: {reason}"));
         match self.cur.state {
             // Compensation is already under way; it now ends CANCELLED.
             SagaState::Compensating => {}

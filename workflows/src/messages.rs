@@ -59,6 +59,14 @@ pub enum CommandKind {
     /// Give back what this saga's debit took, if it took anything.
     #[serde(rename = "funds.refund")]
     FundsRefund,
+    /// Give the amount of a PAID order back to the buyer (after-sale
+    /// refund): one REFUND ledger entry per saga.
+    #[serde(rename = "funds.credit")]
+    FundsCredit,
+    /// Undo this saga's credit if it happened, and fence it if it did not,
+    /// so a late credit cannot land after the saga gave up.
+    #[serde(rename = "funds.credit_void")]
+    FundsCreditVoid,
 }
 
 impl CommandKind {
@@ -67,6 +75,8 @@ impl CommandKind {
         match self {
             CommandKind::FundsDebit => "funds.debit",
             CommandKind::FundsRefund => "funds.refund",
+            CommandKind::FundsCredit => "funds.credit",
+            CommandKind::FundsCreditVoid => "funds.credit_void",
         }
     }
 }
@@ -242,6 +252,37 @@ pub enum OrderEvent {
         /// The operator's reason.
         reason: String,
     },
+    /// A PAID order's amount was credited back to the buyer; the order is
+    /// REFUNDED.
+    OrderRefunded {
+        /// Unique per saga and event type.
+        message_id: Uuid,
+        /// The order.
+        order_no: String,
+        /// The buyer.
+        user_id: i64,
+        /// The amount given back.
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        /// The refund saga.
+        saga_id: Uuid,
+        /// Why the refund was asked for.
+        reason: String,
+    },
+    /// A refund could not be carried out and was undone; the order stays
+    /// PAID and may be refunded again.
+    OrderRefundFailed {
+        /// Unique per saga and event type.
+        message_id: Uuid,
+        /// The order.
+        order_no: String,
+        /// The buyer.
+        user_id: i64,
+        /// The refund saga.
+        saga_id: Uuid,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl OrderEvent {
@@ -258,7 +299,9 @@ impl OrderEvent {
         match self {
             OrderEvent::OrderPaid { message_id, .. }
             | OrderEvent::OrderFailed { message_id, .. }
-            | OrderEvent::OrderCancelled { message_id, .. } => *message_id,
+            | OrderEvent::OrderCancelled { message_id, .. }
+            | OrderEvent::OrderRefunded { message_id, .. }
+            | OrderEvent::OrderRefundFailed { message_id, .. } => *message_id,
         }
     }
 
@@ -268,6 +311,8 @@ impl OrderEvent {
             OrderEvent::OrderPaid { .. } => "OrderPaid",
             OrderEvent::OrderFailed { .. } => "OrderFailed",
             OrderEvent::OrderCancelled { .. } => "OrderCancelled",
+            OrderEvent::OrderRefunded { .. } => "OrderRefunded",
+            OrderEvent::OrderRefundFailed { .. } => "OrderRefundFailed",
         }
     }
 
@@ -276,7 +321,9 @@ impl OrderEvent {
         match self {
             OrderEvent::OrderPaid { order_no, .. }
             | OrderEvent::OrderFailed { order_no, .. }
-            | OrderEvent::OrderCancelled { order_no, .. } => order_no,
+            | OrderEvent::OrderCancelled { order_no, .. }
+            | OrderEvent::OrderRefunded { order_no, .. }
+            | OrderEvent::OrderRefundFailed { order_no, .. } => order_no,
         }
     }
 }

@@ -24,19 +24,24 @@ pub const HOOK_MARK_FAILED: &str = "order.mark_failed";
 /// Local hook: order CANCELLED and `OrderCancelled` to `orders.events`.
 pub const HOOK_MARK_CANCELLED: &str = "order.mark_cancelled";
 
-/// The saga's input, stored as `saga_instances.data`.
+/// The input of the order sagas (payment and refund), stored as
+/// `saga_instances.data`; the funds commands carry its account and amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentData {
-    /// The order being paid.
+pub struct OrderData {
+    /// The order being paid or refunded.
     pub order_no: String,
-    /// The buyer, whose account is debited.
+    /// The buyer, whose account is debited or credited.
     pub user_id: i64,
     /// The order's amount.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    /// Why a refund was asked for; absent for payments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// The order-payment definition, version [`VERSION`].
+/// The order-payment definition, version [`VERSION`], with its built-in
+/// policies.
 pub fn definition() -> &'static SagaDefinition {
     static DEF: OnceLock<SagaDefinition> = OnceLock::new();
     DEF.get_or_init(|| SagaDefinition {

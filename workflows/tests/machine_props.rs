@@ -409,6 +409,11 @@ proptest! {
     fn order_payment_keeps_its_guarantees(events in prop::collection::vec(gen_event(), 0..30)) {
         check(order_payment::definition(), &events)?;
     }
+
+    #[test]
+    fn order_refund_keeps_its_guarantees(events in prop::collection::vec(gen_event(), 0..30)) {
+        check(sagaflow_workflows::order_refund::definition(), &events)?;
+    }
 }
 
 #[test]
