@@ -145,7 +145,7 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         DatabaseConnection,
         sagaflow_worker::KafkaConfig,
         rdkafka::producer::FutureProducer,
-        sagaflow_workflows::messages::Topics,
+        sagaflow_worker::WorkerConfig,
         CancellationToken,
     ) -> BoxFuture<'static, Result<(), sagaflow_worker::WorkerError>>;
     let consumers: [(bool, &'static str, Consume); 2] = [
@@ -162,7 +162,7 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
                 db.clone(),
                 kafka.clone(),
                 producer.clone(),
-                topics.clone(),
+                worker_cfg.clone(),
                 shutdown.clone(),
             );
             tasks.spawn(async move {

@@ -3,10 +3,12 @@
 //! services `scripts/services.sh` starts.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sagaflow_worker::{KafkaConfig, Topics, WorkerConfig};
+use sagaflow_workflows::{Registry, Tuning};
 
 /// A secret that never shows up in logs or debug output.
 #[derive(Clone, PartialEq, Eq)]
@@ -30,6 +32,19 @@ impl std::str::FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_owned()))
     }
+}
+
+/// The saga definitions with an operator's tuning applied, checked when the
+/// configuration is read.
+#[derive(Debug, Clone)]
+pub struct TunedRegistry(pub Arc<Registry>);
+
+fn parse_tuning(json: &str) -> Result<TunedRegistry, String> {
+    let tuning: Tuning =
+        serde_json::from_str(json).map_err(|e| format!("not valid tuning JSON: {e}"))?;
+    Registry::with_tuning(&tuning)
+        .map(|r| TunedRegistry(Arc::new(r)))
+        .map_err(|e| e.to_string())
 }
 
 /// Log output format.
@@ -129,6 +144,14 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// Per-step overrides of the sagas' retry policies and timeouts, as a
+    /// JSON object keyed "<saga_type>.<step>", e.g.
+    /// '{"order_payment.debit": {"timeout_ms": 5000, "retry": {"max_attempts": 5,
+    /// "initial_backoff": 200, "max_backoff": 10000}}}'. Fields: retry,
+    /// timeout_ms, compensation_retry, compensation_timeout_ms (times in ms).
+    #[arg(long, env = "SAGAFLOW_SAGA_TUNING", value_name = "JSON", value_parser = parse_tuning)]
+    pub saga_tuning: Option<TunedRegistry>,
+
     /// Log format.
     #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -213,6 +236,11 @@ impl Config {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             relay_batch: self.relay_batch,
             topics: self.topics(),
+            registry: self
+                .saga_tuning
+                .as_ref()
+                .map(|t| Arc::clone(&t.0))
+                .unwrap_or_else(|| Arc::new(Registry::builtin())),
         }
     }
 

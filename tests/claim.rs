@@ -1,6 +1,7 @@
 //! The claim query under contention, on a real Postgres: no saga is handed
 //! to two workers, the plan walks the partial index without sorting, and a
-//! worker whose lease was taken over writes nothing.
+//! worker whose lease was taken over writes nothing, and a heartbeat keeps
+//! a lease for as long as its worker lives.
 
 mod common;
 
@@ -150,6 +151,7 @@ fn worker_config(id: &str) -> WorkerConfig {
         poll_interval: Duration::from_millis(100),
         relay_batch: 10,
         topics: Topics::with_prefix("claim-test."),
+        registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),
     }
 }
 
@@ -191,4 +193,70 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
         .await,
         1
     );
+}
+
+/// `lease_expires_at` of the only saga, as microseconds since the epoch.
+async fn lease_expiry(db: &DatabaseConnection) -> i64 {
+    scalar_i64(
+        db,
+        "SELECT (extract(epoch FROM lease_expires_at) * 1000000)::bigint FROM saga_instances",
+    )
+    .await
+}
+
+/// Waits until the database's clock is past `micros` (since the epoch).
+async fn await_db_clock_past(db: &DatabaseConnection, micros: i64) {
+    let sql = format!("SELECT (now() > to_timestamp({micros} / 1000000.0))::int::bigint");
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scalar_i64(db, &sql).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "clock never passed {micros}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_keeps_the_lease_until_its_worker_stops() {
+    let db = fresh_database().await;
+    seed(&db.conn, 1, 0).await;
+    let lease = Duration::from_millis(600);
+    let claimed = claim::claim(&db.conn, "worker-a", 1, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let first_expiry = lease_expiry(&db.conn).await;
+
+    let done = tokio_util::sync::CancellationToken::new();
+    let beat = tokio::spawn(claim::keep_leases(
+        db.conn.clone(),
+        "worker-a".to_owned(),
+        vec![claimed[0].id],
+        lease,
+        done.clone(),
+    ));
+    // Past the first lease's end, the saga is still A's: renewed, not free.
+    await_db_clock_past(&db.conn, first_expiry).await;
+    assert!(
+        lease_expiry(&db.conn).await > first_expiry,
+        "lease not renewed"
+    );
+    let taken = claim::claim(&db.conn, "worker-b", 1, lease).await.unwrap();
+    assert!(taken.is_empty(), "a renewed lease was taken over");
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE lease_owner = 'worker-a' AND version = 1"
+        )
+        .await,
+        1,
+        "renewal must not bump the version A's write is guarded by"
+    );
+
+    // Once A stops beating, its last lease runs out and B takes over.
+    done.cancel();
+    beat.await.unwrap();
+    await_db_clock_past(&db.conn, lease_expiry(&db.conn).await).await;
+    let taken = claim::claim(&db.conn, "worker-b", 1, lease).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].lease_owner.as_deref(), Some("worker-b"));
 }

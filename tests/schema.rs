@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use sagaflow_entity::{LedgerKind, OrderStatus, SagaState, StateValues};
+use sagaflow_entity::{LedgerKind, OperatorRequest, OrderStatus, SagaState, StateValues};
 use sea_orm::{ConnectionTrait, Statement};
 
 /// The quoted values in the `CHECK (col IN (...))` constraint on
@@ -56,6 +56,10 @@ async fn state_enums_match_the_check_constraints() {
     assert_eq!(
         check_values(&db.conn, "ledger_entries", "kind").await,
         rust_values::<LedgerKind>()
+    );
+    assert_eq!(
+        check_values(&db.conn, "saga_instances", "operator_request").await,
+        rust_values::<OperatorRequest>()
     );
 }
 

@@ -126,8 +126,11 @@ pub enum EntryKind {
     Deposit,
     /// Money taken to pay an order.
     Debit,
-    /// Money given back because an order's payment was undone.
+    /// Money given back: an order's payment was undone, or a PAID order
+    /// was refunded.
     Refund,
+    /// A refund's credit taken back because the refund was abandoned.
+    RefundVoid,
 }
 
 impl From<LedgerKind> for EntryKind {
@@ -136,6 +139,7 @@ impl From<LedgerKind> for EntryKind {
             LedgerKind::Deposit => Self::Deposit,
             LedgerKind::Debit => Self::Debit,
             LedgerKind::Refund => Self::Refund,
+            LedgerKind::RefundVoid => Self::RefundVoid,
         }
     }
 }

@@ -211,6 +211,21 @@ impl<'a> Fields<'a> {
         None
     }
 
+    /// A required member holding a string of 1 to `max` characters that is
+    /// not blank.
+    pub fn text(&mut self, name: &'static str, max: usize) -> Option<String> {
+        let reason = match self.required(name)? {
+            Value::String(s) if s.trim().is_empty() => "must not be blank".to_owned(),
+            Value::String(s) if s.chars().count() > max => {
+                format!("must be at most {max} characters long")
+            }
+            Value::String(s) => return Some(s.clone()),
+            other => format!("must be a string, not {}", kind_of(other)),
+        };
+        self.refuse(name, reason);
+        None
+    }
+
     /// A required member holding an amount of money as a decimal string,
     /// checked by [`parse_amount`]. JSON numbers are refused: their text is
     /// lost once parsed, and a binary float could round the amount.

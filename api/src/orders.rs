@@ -8,7 +8,8 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use rust_decimal::Decimal;
 use sagaflow_entity::{order, OrderStatus};
 use sagaflow_workflows::money::format_amount;
-use sagaflow_workflows::order_payment::{PaymentData, SAGA_TYPE, VERSION};
+use sagaflow_workflows::order_payment::{self, OrderData};
+use sagaflow_workflows::order_refund;
 use sagaflow_workflows::Instance;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr,
@@ -87,6 +88,8 @@ pub enum OrderStatusView {
     Failed,
     /// An operator cancelled the order; any debit was refunded.
     Cancelled,
+    /// The order was paid, then refunded to the buyer.
+    Refunded,
 }
 
 impl From<OrderStatus> for OrderStatusView {
@@ -96,6 +99,7 @@ impl From<OrderStatus> for OrderStatusView {
             OrderStatus::Paid => Self::Paid,
             OrderStatus::Failed => Self::Failed,
             OrderStatus::Cancelled => Self::Cancelled,
+            OrderStatus::Refunded => Self::Refunded,
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct OrderView {
     pub saga_id: Uuid,
     /// Why the order failed, when it did.
     pub failure_reason: Option<String>,
+    /// The refund saga, once a refund was asked for (cleared again if that
+    /// refund was abandoned).
+    pub refund_saga_id: Option<Uuid>,
     /// When the order was placed.
     pub created_at: DateTime<Utc>,
     /// When its status last changed.
@@ -130,6 +137,7 @@ impl From<order::Model> for OrderView {
             status: o.status.into(),
             saga_id: o.saga_id,
             failure_reason: o.failure_reason,
+            refund_saga_id: o.refund_saga_id,
             created_at: utc(o.created_at),
             updated_at: utc(o.updated_at),
         }
@@ -160,6 +168,62 @@ pub enum CreateOrderResponse {
     UnsupportedMediaType(ProblemJson),
     /// A field or the `Idempotency-Key` header is invalid, or the user has
     /// no account; `errors` names the field.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Body of `POST /orders/{order_no}/refund`.
+#[derive(Debug, Clone, Object)]
+pub struct RefundOrderRequest {
+    /// Why the order is refunded (1-500 characters), kept in the saga and
+    /// sent with `OrderRefunded`.
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub reason: String,
+}
+
+/// A validated refund request.
+#[derive(Debug, Clone)]
+pub struct NewRefund {
+    /// Why.
+    pub reason: String,
+}
+
+impl FromJsonObject for NewRefund {
+    type Schema = RefundOrderRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        Some(Self {
+            reason: fields.text("reason", 500)?,
+        })
+    }
+}
+
+/// Responses of `POST /orders/{order_no}/refund`.
+#[derive(Debug, ApiResponse)]
+pub enum RefundOrderResponse {
+    /// The refund saga started; the order (still PAID) carries its
+    /// `refund_saga_id` and becomes REFUNDED when the money is back.
+    #[oai(status = 202)]
+    Accepted(Json<OrderView>),
+    /// The body is not a JSON object (malformed, empty, ...).
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// There is no order with this number.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The order is not PAID, or a refund of it already started.
+    #[oai(status = 409)]
+    Conflict(ProblemJson),
+    /// The body is larger than the server's limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// `reason` is missing or invalid; `errors` names it.
     #[oai(status = 422)]
     Unprocessable(ProblemJson),
     /// The server failed; the body carries a correlation id.
@@ -291,10 +355,35 @@ impl OrdersApi {
         })
     }
 
+    /// Refund a paid order
+    ///
+    /// Starts the order's refund saga, which credits the amount back to the
+    /// buyer's account (a REFUND ledger entry) through the funds
+    /// participant; the order then becomes REFUNDED. Answers at once with
+    /// 202: follow the order (or its `refund_saga_id`) to see it finish.
+    /// An order that is not PAID, or whose refund already started, is a 409.
+    #[oai(
+        path = "/orders/:order_no/refund",
+        method = "post",
+        operation_id = "refundOrder"
+    )]
+    async fn refund_order(
+        &self,
+        /// The order number returned when the order was placed.
+        order_no: Path<String>,
+        body: JsonBody<NewRefund>,
+    ) -> poem::Result<RefundOrderResponse> {
+        let txn = self.db.begin().await.map_err(ApiError::from)?;
+        let o = refund(&txn, &order_no.0, &body.0.reason).await?;
+        txn.commit().await.map_err(ApiError::from)?;
+        Ok(RefundOrderResponse::Accepted(Json(o.into())))
+    }
+
     /// Read an order
     ///
     /// The order as it stands now; `status` moves from PENDING to PAID,
-    /// FAILED or CANCELLED as its payment saga finishes.
+    /// FAILED or CANCELLED as its payment saga finishes, and from PAID to
+    /// REFUNDED when a refund completes.
     #[oai(path = "/orders/:order_no", method = "get", operation_id = "getOrder")]
     async fn get_order(
         &self,
@@ -312,6 +401,115 @@ impl OrdersApi {
             ),
         })
     }
+}
+
+/// Inserts a saga instance due now and its first history row in `txn`.
+async fn start_saga(
+    txn: &DatabaseTransaction,
+    saga_id: Uuid,
+    (saga_type, version): (&str, u32),
+    data: &OrderData,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let pg = DbBackend::Postgres;
+    let instance = Instance::new(Utc::now());
+    let data = serde_json::to_value(data)
+        .map_err(|e| ApiError::Internal(format!("serialising OrderData: {e}")))?;
+    let version = i32::try_from(version)
+        .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
+    let step =
+        i32::try_from(instance.step).map_err(|_| ApiError::Internal("step out of range".into()))?;
+    let attempt = i32::try_from(instance.attempt)
+        .map_err(|_| ApiError::Internal("attempt out of range".into()))?;
+    let state = sagaflow_entity::StateValues::as_str(&instance.state);
+    // next_run_at is the database's now(), like every other timestamp the
+    // claim loop compares, so the saga is due at once whatever the API's clock.
+    txn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, now(), $7)",
+        [
+            saga_id.into(),
+            saga_type.into(),
+            version.into(),
+            state.into(),
+            step.into(),
+            attempt.into(),
+            data.into(),
+        ],
+    ))
+    .await?;
+    txn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+         VALUES ($1, 'CREATED', $2, $3, NULL, $4, $5, 'api')",
+        [saga_id.into(), step.into(), attempt.into(), state.into(), detail.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Starts the refund saga of a PAID order in `txn`: the order row is locked
+/// first, so two refund requests for one order are decided one after the
+/// other and the second sees the first's saga.
+async fn refund(
+    txn: &DatabaseTransaction,
+    order_no: &str,
+    reason: &str,
+) -> Result<order::Model, ApiError> {
+    let pg = DbBackend::Postgres;
+    let found = order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            pg,
+            "SELECT * FROM orders WHERE order_no = $1 FOR UPDATE",
+            [order_no.into()],
+        ))
+        .one(txn)
+        .await?;
+    let Some(o) = found else {
+        return Err(ApiError::NotFound(format!("there is no order {order_no}")));
+    };
+    if let Some(saga) = o.refund_saga_id {
+        return Err(ApiError::Conflict(format!(
+            "order {order_no} is already being refunded or was refunded (refund saga {saga})"
+        )));
+    }
+    if o.status != OrderStatus::Paid {
+        return Err(ApiError::Conflict(format!(
+            "order {order_no} is {}; only a PAID order can be refunded",
+            sagaflow_entity::StateValues::as_str(&o.status)
+        )));
+    }
+    let saga_id = Uuid::now_v7();
+    let data = OrderData {
+        order_no: o.order_no.clone(),
+        user_id: o.user_id,
+        amount: o.amount,
+        reason: Some(reason.to_owned()),
+    };
+    let detail = serde_json::json!({
+        "order_no": o.order_no,
+        "user_id": o.user_id,
+        "amount": format_amount(o.amount),
+        "reason": reason,
+    });
+    start_saga(
+        txn,
+        saga_id,
+        (order_refund::SAGA_TYPE, order_refund::VERSION),
+        &data,
+        detail,
+    )
+    .await?;
+    let updated = order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            pg,
+            "UPDATE orders SET refund_saga_id = $2, updated_at = now() WHERE order_no = $1 RETURNING *",
+            [order_no.into(), saga_id.into()],
+        ))
+        .one(txn)
+        .await?;
+    updated.ok_or_else(|| ApiError::Internal(format!("order {order_no} vanished while locked")))
 }
 
 /// Inserts the order, its saga and the saga's first history row in `txn`
@@ -380,48 +578,24 @@ async fn place(
         return Ok(existing.map(Placed::Existing));
     };
 
-    let instance = Instance::new(Utc::now());
-    let data = serde_json::to_value(PaymentData {
+    let data = OrderData {
         order_no: order_no.clone(),
         user_id: new.user_id,
         amount: new.amount,
-    })
-    .map_err(|e| ApiError::Internal(format!("serialising PaymentData: {e}")))?;
-    let version = i32::try_from(VERSION)
-        .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
-    let step =
-        i32::try_from(instance.step).map_err(|_| ApiError::Internal("step out of range".into()))?;
-    let attempt = i32::try_from(instance.attempt)
-        .map_err(|_| ApiError::Internal("attempt out of range".into()))?;
-    let state = sagaflow_entity::StateValues::as_str(&instance.state);
-    // next_run_at is the database's now(), like every other timestamp the
-    // claim loop compares, so the saga is due at once whatever the API's clock.
-    txn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, now(), $7)",
-        [
-            saga_id.into(),
-            SAGA_TYPE.into(),
-            version.into(),
-            state.into(),
-            step.into(),
-            attempt.into(),
-            data.into(),
-        ],
-    ))
-    .await?;
+        reason: None,
+    };
     let detail = serde_json::json!({
         "order_no": order_no,
         "user_id": new.user_id,
         "amount": format_amount(new.amount),
     });
-    txn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-         VALUES ($1, 'CREATED', $2, $3, NULL, $4, $5, 'api')",
-        [saga_id.into(), step.into(), attempt.into(), state.into(), detail.into()],
-    ))
+    start_saga(
+        txn,
+        saga_id,
+        (order_payment::SAGA_TYPE, order_payment::VERSION),
+        &data,
+        detail,
+    )
     .await?;
     Ok(Some(Placed::New(inserted)))
 }

@@ -23,15 +23,19 @@ pub enum LedgerKind {
     /// Money given back by the funds participant when a saga compensates.
     #[sea_orm(string_value = "REFUND")]
     Refund,
+    /// A refund saga's credit taken back because the saga gave up on it.
+    #[sea_orm(string_value = "REFUND_VOID")]
+    RefundVoid,
 }
 
 impl StateValues for LedgerKind {
-    const ALL: &'static [Self] = &[Self::Deposit, Self::Debit, Self::Refund];
+    const ALL: &'static [Self] = &[Self::Deposit, Self::Debit, Self::Refund, Self::RefundVoid];
     fn as_str(&self) -> &'static str {
         match self {
             Self::Deposit => "DEPOSIT",
             Self::Debit => "DEBIT",
             Self::Refund => "REFUND",
+            Self::RefundVoid => "REFUND_VOID",
         }
     }
 }

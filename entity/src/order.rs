@@ -28,16 +28,27 @@ pub enum OrderStatus {
     /// Set when an operator cancelled the saga and compensation finished.
     #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
+    /// Set by the refund saga's completion hook once the amount was
+    /// credited back to the buyer.
+    #[sea_orm(string_value = "REFUNDED")]
+    Refunded,
 }
 
 impl StateValues for OrderStatus {
-    const ALL: &'static [Self] = &[Self::Pending, Self::Paid, Self::Failed, Self::Cancelled];
+    const ALL: &'static [Self] = &[
+        Self::Pending,
+        Self::Paid,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
     fn as_str(&self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
             Self::Paid => "PAID",
             Self::Failed => "FAILED",
             Self::Cancelled => "CANCELLED",
+            Self::Refunded => "REFUNDED",
         }
     }
 }
@@ -59,6 +70,10 @@ pub struct Model {
     /// from another request that reuses the same idempotency key.
     pub request_fingerprint: Option<String>,
     pub failure_reason: Option<String>,
+    /// The refund saga of a PAID order, while one runs and after it
+    /// succeeded; cleared when a refund is abandoned.
+    #[sea_orm(unique)]
+    pub refund_saga_id: Option<Uuid>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

@@ -76,6 +76,42 @@ impl StateValues for SagaState {
     }
 }
 
+/// What an operator asked of a saga; applied by the next worker that
+/// claims it, before anything else happens to the saga.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperatorRequest {
+    /// Compensate what was done, then end CANCELLED.
+    #[sea_orm(string_value = "CANCEL")]
+    Cancel,
+    /// Run the current step (or compensation) again now, attempts reset.
+    #[sea_orm(string_value = "RETRY")]
+    Retry,
+}
+
+impl StateValues for OperatorRequest {
+    const ALL: &'static [Self] = &[Self::Cancel, Self::Retry];
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Cancel => "CANCEL",
+            Self::Retry => "RETRY",
+        }
+    }
+}
+
+/// Files an operator request on an active saga and makes it due now; `$1`
+/// is the saga id, `$2` the request, `$3` the reason. Changes nothing (no
+/// row returned) for a finished saga or one with a request pending. The
+/// version bump makes a worker that holds the saga drop its work.
+pub const FILE_REQUEST_SQL: &str = "\
+UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_at = now(), \
+       version = version + 1, updated_at = now() \
+WHERE id = $1 AND state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND operator_request IS NULL \
+RETURNING id";
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "saga_instances")]
 pub struct Model {
@@ -94,6 +130,10 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary")]
     pub data: Json,
     pub last_error: Option<String>,
+    /// Why the saga compensates (see the state machine's `failure`).
+    pub failure_reason: Option<String>,
+    pub operator_request: Option<OperatorRequest>,
+    pub operator_reason: Option<String>,
     pub version: i64,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,

@@ -87,6 +87,9 @@ pub struct TestApp {
     /// The configuration it runs with.
     pub config: sagaflow::config::Config,
     running: Option<sagaflow::app::Running>,
+    /// Roles started later with [`TestApp::start_roles`] (other
+    /// "processes" on the same database and topics).
+    extra: Vec<sagaflow::app::Running>,
 }
 
 impl TestApp {
@@ -97,6 +100,11 @@ impl TestApp {
 
     /// Starts every role with extra command-line settings.
     pub async fn start_with(extra: &[&str]) -> TestApp {
+        Self::start_as(extra, sagaflow::app::Roles::ALL).await
+    }
+
+    /// Starts `roles` (the API always) with extra command-line settings.
+    pub async fn start_as(extra: &[&str], roles: sagaflow::app::Roles) -> TestApp {
         let db = fresh_database().await;
         let prefix = topic_prefix();
         let mut args = vec![
@@ -118,7 +126,8 @@ impl TestApp {
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = sagaflow::config::Config::parse_from(args).expect("test config");
-        let running = sagaflow::app::start(&config, sagaflow::app::Roles::ALL)
+        let roles = sagaflow::app::Roles { api: true, ..roles };
+        let running = sagaflow::app::start(&config, roles)
             .await
             .expect("start sagaflow");
         let addr = running.http_addr.expect("API runs");
@@ -129,14 +138,57 @@ impl TestApp {
             http: reqwest::Client::new(),
             config,
             running: Some(running),
+            extra: Vec::new(),
         }
+    }
+
+    /// Starts `roles` in another "process" on the same database, topics
+    /// and consumer groups (e.g. a funds participant that was down).
+    pub async fn start_roles(&mut self, roles: sagaflow::app::Roles) {
+        let running = sagaflow::app::start(&self.config, roles)
+            .await
+            .expect("start extra roles");
+        self.extra.push(running);
     }
 
     /// Stops every role.
     pub async fn stop(mut self) {
+        for r in self.extra.drain(..) {
+            r.stop(std::time::Duration::from_secs(15)).await;
+        }
         if let Some(r) = self.running.take() {
             r.stop(std::time::Duration::from_secs(15)).await;
         }
+    }
+
+    /// Waits (up to `within`) until `sql`, a query returning one bigint,
+    /// returns a value for which `ok` holds; returns that value.
+    pub async fn await_scalar(
+        &self,
+        sql: &str,
+        within: std::time::Duration,
+        ok: impl Fn(i64) -> bool,
+    ) -> i64 {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let v = self.scalar_i64(sql).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "`{sql}` still {v} after {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to `within`) until the saga `saga_id` is in `state`.
+    pub async fn await_saga_state(&self, saga_id: &str, state: &str, within: std::time::Duration) {
+        let sql = format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga_id}' AND state = '{state}'"
+        );
+        self.await_scalar(&sql, within, |n| n == 1).await;
     }
 
     /// The full name of topic `name` (e.g. `funds.commands`).
@@ -263,14 +315,29 @@ pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
 pub async fn money_anomalies(db: &DatabaseConnection) -> Vec<String> {
     let checks = [
         (
-            "balance differs from deposits - debits + refunds",
+            "balance differs from deposits - debits + refunds - refund voids",
             "SELECT a.user_id::text FROM accounts a LEFT JOIN ledger_entries l ON l.user_id = a.user_id \
              GROUP BY a.user_id, a.balance \
-             HAVING a.balance <> COALESCE(SUM(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0)",
+             HAVING a.balance <> COALESCE(SUM(CASE WHEN l.kind IN ('DEBIT', 'REFUND_VOID') THEN -l.amount ELSE l.amount END), 0)",
         ),
         (
-            "PAID order without exactly one debit, or with a refund",
-            "SELECT o.order_no FROM orders o WHERE o.status = 'PAID' AND ( \
+            "REFUNDED order without one debit and one net credit of its amount",
+            "SELECT o.order_no FROM orders o WHERE o.status = 'REFUNDED' AND ( \
+               (SELECT count(*) FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'DEBIT') <> 1 OR \
+               COALESCE((SELECT SUM(CASE l.kind WHEN 'REFUND' THEN l.amount ELSE -l.amount END) \
+                         FROM ledger_entries l WHERE l.saga_id = o.refund_saga_id), 0) <> o.amount)",
+        ),
+        (
+            "PAID order whose finished refund saga left money moved",
+            "SELECT o.order_no FROM orders o JOIN saga_instances s ON s.data->>'order_no' = o.order_no \
+             WHERE o.status = 'PAID' AND s.saga_type = 'order_refund' \
+               AND s.state IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') AND \
+               COALESCE((SELECT SUM(CASE l.kind WHEN 'REFUND' THEN l.amount ELSE -l.amount END) \
+                         FROM ledger_entries l WHERE l.saga_id = s.id), 0) <> 0",
+        ),
+        (
+            "PAID or REFUNDED order without exactly one debit, or with its payment refunded",
+            "SELECT o.order_no FROM orders o WHERE o.status IN ('PAID', 'REFUNDED') AND ( \
                (SELECT count(*) FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'DEBIT') <> 1 OR \
                EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'REFUND'))",
         ),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
-use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
 use crate::sql::stmt;
@@ -35,6 +35,14 @@ WHERE id = ANY(ARRAY( \
     LIMIT $4 \
     FOR UPDATE SKIP LOCKED)) \
 RETURNING *";
+
+/// Pushes the lease of the sagas in `$1` still held by `$2` to `$3`. It
+/// does not bump `version`, so the holder's guarded write still matches;
+/// a saga with an operator request pending is left to expire, so that the
+/// request is picked up promptly.
+pub const RENEW_SQL: &str = "\
+UPDATE saga_instances SET lease_expires_at = $3, next_run_at = $3 \
+WHERE id = ANY($1) AND lease_owner = $2 AND operator_request IS NULL";
 
 /// What one pass of the loop did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +83,41 @@ pub async fn claim(
     Ok(rows)
 }
 
+/// Renews the leases `owner` holds on `ids` every third of `lease`
+/// (heartbeat) until `done` is cancelled, so that a batch whose steps run
+/// longer than one lease is not taken over while it is still being worked
+/// on. Sagas already written (lease released) or taken over are untouched.
+pub async fn keep_leases(
+    db: DatabaseConnection,
+    owner: String,
+    ids: Vec<uuid::Uuid>,
+    lease: Duration,
+    done: CancellationToken,
+) {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let until =
+            Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        if let Err(e) = db
+            .execute(stmt(
+                RENEW_SQL,
+                [ids.clone().into(), owner.clone().into(), until.into()],
+            ))
+            .await
+        {
+            // The next beat tries again; if none succeeds before expiry the
+            // sagas are taken over, and this worker's writes are refused.
+            tracing::warn!(%owner, error = %e, "lease renewal failed");
+        }
+    }
+}
+
 /// One iteration of the claim loop: claim a batch, run each saga's due
-/// step in its own transaction.
+/// step in its own transaction while a heartbeat keeps the batch's leases.
 pub async fn run_once(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
@@ -86,6 +127,18 @@ pub async fn run_once(
         claimed: rows.len(),
         ..ClaimPass::default()
     };
+    if rows.is_empty() {
+        return Ok(pass);
+    }
+    let done = CancellationToken::new();
+    let _stop_heartbeat = done.clone().drop_guard();
+    tokio::spawn(keep_leases(
+        db.clone(),
+        cfg.worker_id.clone(),
+        rows.iter().map(|r| r.id).collect(),
+        cfg.lease,
+        done,
+    ));
     for row in rows {
         match process(db, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
@@ -113,7 +166,15 @@ pub async fn process(
     let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
     let _enter = span.enter();
     let tx = db.begin().await?;
-    executor::advance(&tx, &cfg.topics, row, Event::Due, &cfg.worker_id).await?;
+    executor::advance(
+        &tx,
+        &cfg.registry,
+        &cfg.topics,
+        row,
+        Event::Due,
+        &cfg.worker_id,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

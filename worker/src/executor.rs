@@ -3,13 +3,13 @@
 //! the caller's transaction, so that all of it commits or none of it does.
 
 use chrono::{DateTime, Utc};
-use sagaflow_entity::saga_instance;
+use sagaflow_entity::saga_instance::{self, OperatorRequest};
 use sagaflow_entity::{SagaState, StateValues};
 use sagaflow_workflows::machine::{Clock, Effect, Event, Instance};
 use sagaflow_workflows::messages::{CommandEnvelope, Topics};
-use sagaflow_workflows::order_payment::PaymentData;
+use sagaflow_workflows::order_payment::OrderData;
 use sagaflow_workflows::policy::Jitter;
-use sagaflow_workflows::transition;
+use sagaflow_workflows::{transition, Registry};
 use sea_orm::ConnectionTrait;
 
 use crate::sql::{exec, outbox_insert, traceparent};
@@ -35,6 +35,7 @@ fn instance_of(row: &saga_instance::Model) -> Instance {
         next_run_at: row.next_run_at.map(|t| t.with_timezone(&Utc)),
         deadline: row.deadline.map(|t| t.with_timezone(&Utc)),
         last_error: row.last_error.clone(),
+        failure: row.failure_reason.clone(),
     }
 }
 
@@ -53,28 +54,40 @@ fn due_now(i: &Instance, now: DateTime<Utc>) -> bool {
     runnable && i.next_run_at.is_some_and(|t| t <= now)
 }
 
+/// The operator's pending request on `row`, as the event it stands for.
+fn operator_event(row: &saga_instance::Model) -> Option<Event> {
+    let reason = row.operator_reason.clone().unwrap_or_default();
+    row.operator_request.map(|r| match r {
+        OperatorRequest::Cancel => Event::Cancel { reason },
+        OperatorRequest::Retry => Event::Retry { reason },
+    })
+}
+
 /// Applies `event` to the saga `row` (which the caller has locked or
 /// leased at `row.version`), then keeps going while the saga has work due
 /// now (local actions, the next step's command), and writes everything
-/// through `db`. Fails with [`WorkerError::StaleSaga`] if someone else
-/// changed the row since it was read.
+/// through `db`. An operator's pending request on the row is applied first,
+/// whatever `event` is, so that no path can skip it. Fails with
+/// [`WorkerError::StaleSaga`] if someone else changed the row since it was
+/// read.
 pub(crate) async fn advance<C: ConnectionTrait>(
     db: &C,
+    registry: &Registry,
     topics: &Topics,
     row: &saga_instance::Model,
     event: Event,
     actor: &str,
 ) -> Result<Advanced, WorkerError> {
-    let def = sagaflow_workflows::definition(&row.saga_type, row.definition_version).ok_or_else(
-        || WorkerError::Corrupt {
+    let def = registry
+        .get(&row.saga_type, row.definition_version)
+        .ok_or_else(|| WorkerError::Corrupt {
             saga_id: row.id,
             reason: format!(
                 "no definition {} v{}",
                 row.saga_type, row.definition_version
             ),
-        },
-    )?;
-    let data: PaymentData =
+        })?;
+    let data: OrderData =
         serde_json::from_value(row.data.clone()).map_err(|e| WorkerError::Corrupt {
             saga_id: row.id,
             reason: format!("saga data: {e}"),
@@ -82,10 +95,16 @@ pub(crate) async fn advance<C: ConnectionTrait>(
     let now = Utc::now();
     let before = instance_of(row);
     let mut cur = before.clone();
-    let mut event = event;
+    // The request goes first; a claim's `Due` after it is redundant, since
+    // the request's own round already runs whatever became due.
+    let (mut event, mut queued) = match operator_event(row) {
+        Some(request) if event == Event::Due => (request, Vec::new()),
+        Some(request) => (request, vec![event]),
+        None => (event, Vec::new()),
+    };
     // Each round either waits (remote command out), finishes, or moves one
     // step; twice the steps plus slack bounds a definition's whole run.
-    for _ in 0..(def.steps.len() * 2 + 4) {
+    for _ in 0..(def.steps.len() * 2 + 4 + queued.len() * 2) {
         let t = transition(def, &cur, &event, clock(now));
         let mut next_event = None;
         for rec in &t.history {
@@ -147,7 +166,7 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                         action,
                         row.id,
                         &data,
-                        t.next.last_error.as_deref(),
+                        t.next.failure.as_deref().or(t.next.last_error.as_deref()),
                     )
                     .await?;
                 }
@@ -157,11 +176,14 @@ pub(crate) async fn advance<C: ConnectionTrait>(
         event = match next_event {
             Some(e) => e,
             None if due_now(&cur, now) => Event::Due,
-            None => break,
+            None => match queued.pop() {
+                Some(e) => e,
+                None => break,
+            },
         };
     }
     let changed = cur != before;
-    if changed || row.lease_owner.is_some() {
+    if changed || row.lease_owner.is_some() || row.operator_request.is_some() {
         store(db, row, &cur).await?;
     }
     Ok(Advanced {
@@ -213,6 +235,7 @@ async fn store<C: ConnectionTrait>(
         db,
         "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \
              next_run_at = $5, deadline = $6, last_error = $7, lease_owner = NULL, lease_expires_at = NULL, \
+             operator_request = NULL, operator_reason = NULL, failure_reason = $10, \
              version = version + 1, updated_at = now() \
          WHERE id = $8 AND version = $9",
         [
@@ -225,6 +248,7 @@ async fn store<C: ConnectionTrait>(
             i.last_error.clone().into(),
             row.id.into(),
             row.version.into(),
+            i.failure.clone().into(),
         ],
     )
     .await?;

@@ -22,6 +22,7 @@ pub mod consumer;
 mod executor;
 pub mod kafka;
 mod local;
+pub mod operator;
 pub mod participant;
 pub mod relay;
 pub mod replies;
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     pub relay_batch: u32,
     /// Topic names.
     pub topics: Topics,
+    /// The saga definitions, with the configured tuning applied.
+    pub registry: std::sync::Arc<sagaflow_workflows::Registry>,
 }
 
 /// Errors of the runtime.

@@ -1,12 +1,15 @@
-//! The funds participant: consumes `funds.commands`, applies each debit or
-//! refund exactly once, and replies on `saga.replies` through the outbox.
+//! The funds participant: consumes `funds.commands`, applies each debit,
+//! refund, credit or credit void exactly once, and replies on
+//! `saga.replies` through the outbox.
 //!
 //! Exactly once, three ways: the inbox row (consumer, message id) is
 //! inserted in the transaction of the effect; the ledger is unique on
-//! (saga id, kind), so no saga debits or refunds twice whatever the message
-//! ids; and the debit is one conditional `UPDATE … WHERE balance >= amount`,
-//! so concurrent debits of one account queue on its row lock instead of
-//! failing or overdrawing.
+//! (saga id, kind), so no saga moves the same kind of money twice whatever
+//! the message ids; and taking money is one conditional `UPDATE … WHERE
+//! balance >= amount`, so concurrent debits of one account queue on its row
+//! lock instead of failing or overdrawing. A compensation that finds
+//! nothing to undo leaves its inbox row as a fence against the late
+//! arrival of the command it compensates.
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
 use crate::sql::{exec, inbox_insert, one, outbox_insert, traceparent};
-use crate::WorkerError;
+use crate::{WorkerConfig, WorkerError};
 
 /// Inbox name of the funds participant.
 pub const CONSUMER: &str = "funds";
@@ -52,8 +55,12 @@ pub async fn handle(
         return Ok(handled);
     }
     let outcome = match cmd.kind {
-        CommandKind::FundsDebit => debit(&tx, &cmd).await?,
-        CommandKind::FundsRefund => refund(&tx, &cmd).await?,
+        CommandKind::FundsDebit => forward(&tx, &cmd, "DEBIT", Direction::Take).await?,
+        CommandKind::FundsRefund => undo(&tx, &cmd, "DEBIT", "REFUND", Direction::Give).await?,
+        CommandKind::FundsCredit => forward(&tx, &cmd, "REFUND", Direction::Give).await?,
+        CommandKind::FundsCreditVoid => {
+            undo(&tx, &cmd, "REFUND", "REFUND_VOID", Direction::Take).await?
+        }
     };
     store_and_reply(&tx, topics, &cmd, outcome).await?;
     tx.commit().await?;
@@ -128,22 +135,107 @@ async fn store_and_reply<C: ConnectionTrait>(
     Ok(())
 }
 
-async fn debit<C: ConnectionTrait>(
+/// Which way a posting moves money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Out of the account, only if the balance covers it.
+    Take,
+    /// Into the account.
+    Give,
+}
+
+/// Moves `amount` for `user_id` and writes the ledger row; `None` if the
+/// account is missing or (taking) the balance does not cover it.
+async fn post<C: ConnectionTrait>(
+    tx: &C,
+    user_id: i64,
+    saga_id: uuid::Uuid,
+    kind: &str,
+    amount: Decimal,
+    dir: Direction,
+) -> Result<Option<Decimal>, WorkerError> {
+    let sql = match dir {
+        // One conditional statement: concurrent takes from one account
+        // queue on its row lock and can never overdraw it.
+        Direction::Take => {
+            "UPDATE accounts SET balance = balance - $2, updated_at = now() \
+             WHERE user_id = $1 AND balance >= $2 RETURNING balance"
+        }
+        Direction::Give => {
+            "UPDATE accounts SET balance = balance + $2, updated_at = now() \
+             WHERE user_id = $1 RETURNING balance"
+        }
+    };
+    let Some(row) = one(tx, sql, [user_id.into(), amount.into()]).await? else {
+        return Ok(None);
+    };
+    let balance: Decimal = row.try_get("", "balance")?;
+    exec(
+        tx,
+        "INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) VALUES ($1, $2, $3, $4, $5)",
+        [user_id.into(), saga_id.into(), kind.into(), amount.into(), balance.into()],
+    )
+    .await?;
+    Ok(Some(balance))
+}
+
+async fn has_entry<C: ConnectionTrait>(
+    tx: &C,
+    saga_id: uuid::Uuid,
+    kind: &str,
+) -> Result<bool, WorkerError> {
+    Ok(one(
+        tx,
+        "SELECT 1 AS x FROM ledger_entries WHERE saga_id = $1 AND kind = $2",
+        [saga_id.into(), kind.into()],
+    )
+    .await?
+    .is_some())
+}
+
+/// Why a take or give did not happen.
+async fn refusal<C: ConnectionTrait>(
+    tx: &C,
+    user_id: i64,
+    amount: Decimal,
+    what: &str,
+) -> Result<ReplyOutcome, WorkerError> {
+    let row = one(
+        tx,
+        "SELECT balance FROM accounts WHERE user_id = $1",
+        [user_id.into()],
+    )
+    .await?;
+    let reason = match row {
+        Some(r) => {
+            let balance: Decimal = r.try_get("", "balance")?;
+            format!("{what}: balance {balance}, amount {amount}")
+        }
+        None => format!("no funds account for user {user_id}"),
+    };
+    Ok(ReplyOutcome::Rejected { reason })
+}
+
+/// A forward command (debit, credit): moves the command's amount once per
+/// saga, unless the saga's compensation of this step already ran.
+async fn forward<C: ConnectionTrait>(
     tx: &C,
     cmd: &CommandEnvelope,
+    kind: &str,
+    dir: Direction,
 ) -> Result<ReplyOutcome, WorkerError> {
     if cmd.amount <= Decimal::ZERO {
         return Ok(ReplyOutcome::Rejected {
             reason: format!("amount {} is not positive", cmd.amount),
         });
     }
-    // Fence: once this saga's refund was processed, a late debit (one that
-    // was overtaken by its own compensation) must not take money.
-    let refund_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
+    // Fence: once this step's compensation was processed, a late forward
+    // command (one its own compensation overtook) must not move money.
+    let undo_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
     let fenced = one(
         tx,
         "SELECT 1 AS x FROM inbox WHERE consumer = $1 AND message_id = $2",
-        [CONSUMER.into(), refund_id.into()],
+        [CONSUMER.into(), undo_id.into()],
     )
     .await?
     .is_some();
@@ -152,97 +244,58 @@ async fn debit<C: ConnectionTrait>(
             reason: "the saga was already compensated".to_owned(),
         });
     }
-    let already = one(
-        tx,
-        "SELECT 1 AS x FROM ledger_entries WHERE saga_id = $1 AND kind = 'DEBIT'",
-        [cmd.saga_id.into()],
-    )
-    .await?
-    .is_some();
-    if already {
+    if has_entry(tx, cmd.saga_id, kind).await? {
         return Ok(ReplyOutcome::Ok);
     }
-    let debited = one(
-        tx,
-        "UPDATE accounts SET balance = balance - $2, updated_at = now() \
-         WHERE user_id = $1 AND balance >= $2 RETURNING balance",
-        [cmd.user_id.into(), cmd.amount.into()],
-    )
-    .await?;
-    let Some(row) = debited else {
-        let exists = one(
-            tx,
-            "SELECT balance FROM accounts WHERE user_id = $1",
-            [cmd.user_id.into()],
-        )
-        .await?;
-        let reason = match exists {
-            Some(r) => {
-                let balance: Decimal = r.try_get("", "balance")?;
-                format!(
-                    "insufficient funds: balance {balance}, amount {}",
-                    cmd.amount
-                )
-            }
-            None => format!("no funds account for user {}", cmd.user_id),
-        };
-        return Ok(ReplyOutcome::Rejected { reason });
-    };
-    let balance: Decimal = row.try_get("", "balance")?;
-    exec(
-        tx,
-        "INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) VALUES ($1, $2, 'DEBIT', $3, $4)",
-        [cmd.user_id.into(), cmd.saga_id.into(), cmd.amount.into(), balance.into()],
-    )
-    .await?;
-    Ok(ReplyOutcome::Ok)
+    match post(tx, cmd.user_id, cmd.saga_id, kind, cmd.amount, dir).await? {
+        Some(_) => Ok(ReplyOutcome::Ok),
+        None => refusal(tx, cmd.user_id, cmd.amount, "insufficient funds").await,
+    }
 }
 
-async fn refund<C: ConnectionTrait>(
+/// A compensating command (refund of a debit, void of a credit): reverses
+/// this saga's `original` entry if there is one. With none there is nothing
+/// to give back, and this command's inbox row now fences a late forward
+/// command of the same saga.
+async fn undo<C: ConnectionTrait>(
     tx: &C,
     cmd: &CommandEnvelope,
+    original: &str,
+    kind: &str,
+    dir: Direction,
 ) -> Result<ReplyOutcome, WorkerError> {
-    let refunded = one(
-        tx,
-        "SELECT 1 AS x FROM ledger_entries WHERE saga_id = $1 AND kind = 'REFUND'",
-        [cmd.saga_id.into()],
-    )
-    .await?
-    .is_some();
-    if refunded {
+    if has_entry(tx, cmd.saga_id, kind).await? {
         return Ok(ReplyOutcome::Ok);
     }
-    let debit = one(
+    let entry = one(
         tx,
-        "SELECT user_id, amount FROM ledger_entries WHERE saga_id = $1 AND kind = 'DEBIT'",
-        [cmd.saga_id.into()],
+        "SELECT user_id, amount FROM ledger_entries WHERE saga_id = $1 AND kind = $2",
+        [cmd.saga_id.into(), original.into()],
     )
     .await?;
-    // No debit: nothing to give back. The inbox row of this refund now
-    // fences any late debit of the same saga.
-    let Some(debit) = debit else {
+    let Some(entry) = entry else {
         return Ok(ReplyOutcome::Ok);
     };
-    let user_id: i64 = debit.try_get("", "user_id")?;
-    let amount: Decimal = debit.try_get("", "amount")?;
-    let row = one(
-        tx,
-        "UPDATE accounts SET balance = balance + $2, updated_at = now() WHERE user_id = $1 RETURNING balance",
-        [user_id.into(), amount.into()],
-    )
-    .await?
-    .ok_or_else(|| WorkerError::Corrupt {
-        saga_id: cmd.saga_id,
-        reason: format!("debited account {user_id} is gone"),
-    })?;
-    let balance: Decimal = row.try_get("", "balance")?;
-    exec(
-        tx,
-        "INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) VALUES ($1, $2, 'REFUND', $3, $4)",
-        [user_id.into(), cmd.saga_id.into(), amount.into(), balance.into()],
-    )
-    .await?;
-    Ok(ReplyOutcome::Ok)
+    let user_id: i64 = entry.try_get("", "user_id")?;
+    let amount: Decimal = entry.try_get("", "amount")?;
+    match post(tx, user_id, cmd.saga_id, kind, amount, dir).await? {
+        Some(_) => Ok(ReplyOutcome::Ok),
+        None if dir == Direction::Give => Err(WorkerError::Corrupt {
+            saga_id: cmd.saga_id,
+            reason: format!("account {user_id} of a {original} entry is gone"),
+        }),
+        // The credited money was spent meanwhile: the compensation retries
+        // and, if it never can, the saga waits for an operator.
+        None => {
+            refusal(
+                tx,
+                user_id,
+                amount,
+                "the refunded amount is no longer there",
+            )
+            .await
+        }
+    }
 }
 
 /// Consumes `funds.commands` until `shutdown`.
@@ -250,12 +303,13 @@ pub async fn run(
     db: DatabaseConnection,
     kafka: KafkaConfig,
     producer: FutureProducer,
-    topics: Topics,
+    cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let consumer = kafka.consumer(GROUP)?;
-    let topic = topics.funds_commands.clone();
-    let dlq = topics.dead_letter.clone();
+    let topic = cfg.topics.funds_commands.clone();
+    let dlq = cfg.topics.dead_letter.clone();
+    let topics = cfg.topics;
     consumer::run(consumer, topic, dlq, producer, shutdown, |payload| {
         let db = db.clone();
         let topics = topics.clone();

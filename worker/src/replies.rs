@@ -8,14 +8,14 @@
 use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
-use sagaflow_workflows::messages::{ReplyEnvelope, Topics};
+use sagaflow_workflows::messages::ReplyEnvelope;
 use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
 use crate::sql::{inbox_insert, stmt};
-use crate::{executor, WorkerError};
+use crate::{executor, WorkerConfig, WorkerError};
 
 /// Inbox name of the reply consumer.
 pub const CONSUMER: &str = "saga-replies";
@@ -25,7 +25,7 @@ pub const GROUP: &str = "sagaflow-replies";
 /// Applies one `saga.replies` message.
 pub async fn handle(
     db: &DatabaseConnection,
-    topics: &Topics,
+    cfg: &WorkerConfig,
     payload: &[u8],
 ) -> Result<Handled, WorkerError> {
     let reply: ReplyEnvelope = match serde_json::from_slice(payload) {
@@ -60,7 +60,7 @@ pub async fn handle(
         compensation: reply.compensation,
         outcome: reply.outcome.into(),
     };
-    executor::advance(&tx, topics, &row, event, CONSUMER).await?;
+    executor::advance(&tx, &cfg.registry, &cfg.topics, &row, event, CONSUMER).await?;
     tx.commit().await?;
     Ok(Handled::Applied)
 }
@@ -70,16 +70,16 @@ pub async fn run(
     db: DatabaseConnection,
     kafka: KafkaConfig,
     producer: FutureProducer,
-    topics: Topics,
+    cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let consumer = kafka.consumer(GROUP)?;
-    let topic = topics.saga_replies.clone();
-    let dlq = topics.dead_letter.clone();
+    let topic = cfg.topics.saga_replies.clone();
+    let dlq = cfg.topics.dead_letter.clone();
     consumer::run(consumer, topic, dlq, producer, shutdown, |payload| {
         let db = db.clone();
-        let topics = topics.clone();
-        async move { handle(&db, &topics, &payload).await }
+        let cfg = cfg.clone();
+        async move { handle(&db, &cfg, &payload).await }
     })
     .await
 }

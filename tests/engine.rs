@@ -1,0 +1,438 @@
+//! The engine when participants are slow, flaky, silent or crash, on the
+//! real PostgreSQL and Kafka: timeouts, retries, stale replies, lease
+//! recovery, the refund saga and the operator's cancel. Time is controlled
+//! through short configured timeouts (`--saga-tuning`) and conditions are
+//! awaited, never slept on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{money_anomalies, TestApp};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use sagaflow::app::Roles;
+use sagaflow_entity::OperatorRequest;
+use sagaflow_workflows::messages::{CommandEnvelope, ReplyEnvelope, ReplyOutcome};
+
+const SETTLE: Duration = Duration::from_secs(40);
+
+/// Every role but the funds participant: commands go out and nobody
+/// answers until a test says so.
+const NO_FUNDS: Roles = Roles {
+    funds: false,
+    ..Roles::ALL
+};
+
+/// Short deadlines so that timeouts fire within a test; compensations keep
+/// trying long enough for a participant to be started.
+const FAST: &str = r#"{
+  "order_payment.debit": {
+    "timeout_ms": 400,
+    "retry": {"max_attempts": 3, "initial_backoff": 50, "max_backoff": 100},
+    "compensation_timeout_ms": 500,
+    "compensation_retry": {"max_attempts": 100, "initial_backoff": 50, "max_backoff": 200}
+  }
+}"#;
+
+/// Deadlines far beyond the test, so only replies move the saga.
+const PATIENT: &str = r#"{
+  "order_payment.debit": {
+    "timeout_ms": 60000,
+    "retry": {"max_attempts": 3, "initial_backoff": 20, "max_backoff": 50}
+  }
+}"#;
+
+async fn start(tuning: &str, roles: Roles) -> TestApp {
+    TestApp::start_as(
+        &["--saga-tuning", tuning, "--poll-interval-ms", "50"],
+        roles,
+    )
+    .await
+}
+
+fn events(saga_id: &str, filter: &str) -> String {
+    format!("SELECT count(*) FROM saga_events WHERE saga_id = '{saga_id}' AND {filter}")
+}
+
+async fn count(app: &TestApp, saga_id: &str, filter: &str) -> i64 {
+    app.scalar_i64(&events(saga_id, filter)).await
+}
+
+async fn ledger(app: &TestApp, saga_id: &str, kind: &str) -> i64 {
+    app.scalar_i64(&format!(
+        "SELECT count(*) FROM ledger_entries WHERE saga_id = '{saga_id}' AND kind = '{kind}'"
+    ))
+    .await
+}
+
+async fn order_for(app: &TestApp, user_id: i64, amount: &str) -> (String, String) {
+    let (status, order) = app.place_order(user_id, amount, None).await;
+    assert_eq!(status, 201, "{order}");
+    (
+        order["order_no"].as_str().unwrap().to_owned(),
+        order["saga_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+const FUNDS_ONLY: Roles = Roles {
+    api: false,
+    worker: false,
+    relay: false,
+    funds: true,
+    replies: false,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_participant_times_out_retries_then_compensates() {
+    let mut app = start(FAST, NO_FUNDS).await;
+    app.funded_account(1, "50.00").await;
+    let (order_no, saga) = order_for(&app, 1, "20.00").await;
+
+    // Three attempts, each timing out, then compensation starts.
+    app.await_scalar(
+        &events(&saga, "kind = 'COMPENSATION_STARTED'"),
+        SETTLE,
+        |n| n == 1,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'COMMAND_SENT' AND NOT (detail ? 'compensation')"
+        )
+        .await,
+        3,
+        "one command per allowed attempt"
+    );
+    assert!(count(&app, &saga, "kind = 'TIMED_OUT' AND attempt <= 3").await >= 3);
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'RETRY_SCHEDULED' AND NOT (detail ? 'compensation')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(app.order(&order_no).await["status"], "PENDING");
+
+    // The participant comes back: it works off the backlog in order (the
+    // debit, possibly applied, then the refund that undoes it).
+    app.start_roles(FUNDS_ONLY).await;
+    let order = app.settled_order(&order_no, SETTLE).await;
+    assert_eq!(order["status"], "FAILED");
+    assert_eq!(order["failure_reason"], "timed out");
+    app.await_saga_state(&saga, "COMPENSATED", SETTLE).await;
+    assert_eq!(app.account(1).await["balance"], "50.00");
+    let debits = ledger(&app, &saga, "DEBIT").await;
+    assert!(debits <= 1);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, debits);
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+/// The test plays the funds participant: a consumer of `funds.commands`
+/// and a producer of `saga.replies`.
+struct FakeParticipant {
+    commands: StreamConsumer,
+    producer: FutureProducer,
+    replies: String,
+}
+
+impl FakeParticipant {
+    fn new(app: &TestApp) -> Self {
+        let commands: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", common::kafka_bootstrap())
+            .set("group.id", format!("{}fake-funds", app.prefix))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        commands.subscribe(&[&app.topic("funds.commands")]).unwrap();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", common::kafka_bootstrap())
+            .create()
+            .unwrap();
+        FakeParticipant {
+            commands,
+            producer,
+            replies: app.topic("saga.replies"),
+        }
+    }
+
+    async fn next_command(&self) -> (CommandEnvelope, Vec<u8>) {
+        let m = tokio::time::timeout(SETTLE, self.commands.recv())
+            .await
+            .expect("a command within the deadline")
+            .unwrap();
+        let payload = m.payload().unwrap().to_vec();
+        (serde_json::from_slice(&payload).unwrap(), payload)
+    }
+
+    async fn reply(&self, reply: &ReplyEnvelope) {
+        let payload = serde_json::to_vec(reply).unwrap();
+        let key = reply.saga_id.to_string();
+        self.producer
+            .send(
+                FutureRecord::to(&self.replies).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("publish reply");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_failures_retry_and_stale_replies_are_ignored() {
+    let app = start(PATIENT, NO_FUNDS).await;
+    app.funded_account(2, "30.00").await;
+    let fake = FakeParticipant::new(&app);
+    let (order_no, saga) = order_for(&app, 2, "12.50").await;
+    let transient = |cmd: &CommandEnvelope| {
+        ReplyEnvelope::answering(
+            cmd,
+            ReplyOutcome::Failed {
+                reason: "ledger busy".into(),
+            },
+        )
+    };
+
+    let (first, _) = fake.next_command().await;
+    assert_eq!(first.attempt, 1);
+    fake.reply(&transient(&first)).await;
+
+    let (second, _) = fake.next_command().await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        second.message_id, first.message_id,
+        "a retry keeps the command's id"
+    );
+    // A late OK for attempt 1 (say, from a participant that answered twice
+    // under a new id) must not complete the saga while attempt 2 is out.
+    let mut stale = ReplyEnvelope::answering(&first, ReplyOutcome::Ok);
+    stale.message_id = uuid::Uuid::new_v4();
+    fake.reply(&stale).await;
+    app.await_scalar(
+        &events(&saga, "kind = 'REPLY_IGNORED' AND attempt = 1"),
+        SETTLE,
+        |n| n == 1,
+    )
+    .await;
+    assert_eq!(app.order(&order_no).await["status"], "PENDING");
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 0);
+    fake.reply(&transient(&second)).await;
+
+    // The third attempt goes to the real participant code.
+    let (third, payload) = fake.next_command().await;
+    assert_eq!(third.attempt, 3);
+    sagaflow_worker::participant::handle(&app.db.conn, &app.config.topics(), &payload)
+        .await
+        .unwrap();
+
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    app.await_saga_state(&saga, "COMPLETED", SETTLE).await;
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'REPLY_RECEIVED' AND attempt = 3 AND detail->'outcome'->>'outcome' = 'OK'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&app, &saga, "kind = 'RETRY_SCHEDULED'").await, 2);
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(app.account(2).await["balance"], "17.50");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_workers_saga_completes_once_after_its_lease_expires() {
+    let no_worker = Roles {
+        worker: false,
+        ..Roles::ALL
+    };
+    let mut app = start(PATIENT, no_worker).await;
+    app.funded_account(3, "10.00").await;
+    let (order_no, saga) = order_for(&app, 3, "4.00").await;
+
+    // A worker claims the saga and dies mid-step: its task is aborted
+    // while it holds the lease, which it never releases.
+    let db = app.db.conn.clone();
+    let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
+    let doomed = tokio::spawn(async move {
+        let rows =
+            sagaflow_worker::claim::claim(&db, "doomed-worker", 10, Duration::from_millis(800))
+                .await
+                .unwrap();
+        claimed_tx.send(rows).ok();
+        std::future::pending::<()>().await;
+    });
+    let rows = claimed_rx.await.unwrap();
+    doomed.abort();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id.to_string(), saga);
+    let expiry = rows[0].lease_expires_at.unwrap();
+
+    app.start_roles(Roles {
+        api: false,
+        worker: true,
+        relay: false,
+        funds: false,
+        replies: false,
+    })
+    .await;
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    // The live worker took the saga only once the dead one's lease ran out.
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{saga}' AND kind = 'COMMAND_SENT' \
+             AND created_at >= '{}'::timestamptz",
+            expiry.to_rfc3339()
+        ))
+        .await,
+        1
+    );
+    assert_eq!(count(&app, &saga, "kind = 'COMMAND_SENT'").await, 1);
+    assert_eq!(count(&app, &saga, "actor = 'doomed-worker'").await, 0);
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(app.account(3).await["balance"], "6.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+async fn post_refund(
+    app: &TestApp,
+    order_no: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = app
+        .http
+        .post(format!("{}/orders/{order_no}/refund", app.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_order_is_refunded_once() {
+    let app = TestApp::start().await;
+    app.funded_account(4, "100.00").await;
+    let (order_no, _) = order_for(&app, 4, "30.00").await;
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    assert_eq!(app.account(4).await["balance"], "70.00");
+
+    let reason = serde_json::json!({ "reason": "item arrived broken" });
+    let (status, body) = post_refund(&app, &order_no, reason.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "PAID");
+    let refund_saga = body["refund_saga_id"]
+        .as_str()
+        .expect("refund saga id")
+        .to_owned();
+    let (status, body) = post_refund(&app, &order_no, reason.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains(&refund_saga),
+        "{body}"
+    );
+
+    app.await_saga_state(&refund_saga, "COMPLETED", SETTLE)
+        .await;
+    let order = app.order(&order_no).await;
+    assert_eq!(order["status"], "REFUNDED");
+    assert_eq!(order["refund_saga_id"], refund_saga.as_str());
+    assert_eq!(app.account(4).await["balance"], "100.00");
+    assert_eq!(ledger(&app, &refund_saga, "REFUND").await, 1);
+    let (status, body) = post_refund(&app, &order_no, reason.clone()).await;
+    assert_eq!(status, 409, "a refunded order again: {body}");
+    assert_eq!(app.account(4).await["balance"], "100.00");
+
+    // Only PAID orders can be refunded; the request itself is checked.
+    let (failed_no, _) = order_for(&app, 4, "500.00").await;
+    assert_eq!(
+        app.settled_order(&failed_no, SETTLE).await["status"],
+        "FAILED"
+    );
+    let (status, body) = post_refund(&app, &failed_no, reason.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("FAILED"),
+        "{body}"
+    );
+    let (status, _) = post_refund(&app, "ORD-nope", reason).await;
+    assert_eq!(status, 404);
+    let (status, body) = post_refund(&app, &failed_no, serde_json::json!({ "reason": "  " })).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["errors"][0]["field"], "reason");
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE saga_type = 'order_refund'")
+            .await,
+        1
+    );
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
+    let mut app = start(PATIENT, NO_FUNDS).await;
+    app.funded_account(5, "40.00").await;
+    let (order_no, saga) = order_for(&app, 5, "15.00").await;
+    app.await_saga_state(&saga, "WAITING", SETTLE).await;
+    // Wait for the debit to be on Kafka (the relay deletes what it sent),
+    // so the participant will see it before the refund.
+    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
+        .await;
+
+    let saga_id: uuid::Uuid = saga.parse().unwrap();
+    let filed = sagaflow_worker::operator::file_request(
+        &app.db.conn,
+        saga_id,
+        OperatorRequest::Cancel,
+        "customer called",
+    )
+    .await
+    .unwrap();
+    assert!(filed);
+    app.await_scalar(
+        &events(&saga, "kind = 'COMMAND_SENT' AND detail ? 'compensation'"),
+        SETTLE,
+        |n| n == 1,
+    )
+    .await;
+
+    // The participant now takes the debit, then gives it back.
+    app.start_roles(FUNDS_ONLY).await;
+    let order = app.settled_order(&order_no, SETTLE).await;
+    assert_eq!(order["status"], "CANCELLED");
+    assert_eq!(order["failure_reason"], "cancelled: customer called");
+    app.await_saga_state(&saga, "CANCELLED", SETTLE).await;
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
+    assert_eq!(app.account(5).await["balance"], "40.00");
+    assert_eq!(count(&app, &saga, "kind = 'CANCEL_REQUESTED'").await, 1);
+    // The debit's OK arrived after the cancel and changed nothing.
+    app.await_scalar(&events(&saga, "kind = 'REPLY_IGNORED'"), SETTLE, |n| n == 1)
+        .await;
+    // A finished saga takes no more requests.
+    let again = sagaflow_worker::operator::file_request(
+        &app.db.conn,
+        saga_id,
+        OperatorRequest::Cancel,
+        "twice",
+    )
+    .await
+    .unwrap();
+    assert!(!again);
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
