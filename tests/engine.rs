@@ -436,3 +436,47 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
+    // One quick debit attempt, then two quick refund attempts, nobody home.
+    let tuning = r#"{
+      "order_payment.debit": {
+        "timeout_ms": 200,
+        "retry": {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0},
+        "compensation_timeout_ms": 200,
+        "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
+      }
+    }"#;
+    let app = start(tuning, NO_FUNDS).await;
+    app.funded_account(6, "10.00").await;
+    let (order_no, saga) = order_for(&app, 6, "3.00").await;
+
+    app.await_saga_state(&saga, "FAILED", SETTLE).await;
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga}' AND next_run_at IS NULL \
+             AND last_error = 'compensation timed out' AND failure_reason = 'timed out'"
+        ))
+        .await,
+        1,
+        "a FAILED saga says why and is not due again"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'COMMAND_SENT' AND detail ? 'compensation'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&app, &saga, "kind = 'FAILED' AND to_state = 'FAILED'").await,
+        1
+    );
+    // The order waits with it: nothing claims the money is back.
+    assert_eq!(app.order(&order_no).await["status"], "PENDING");
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 0);
+    app.stop().await;
+}
