@@ -102,9 +102,67 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
         .context("running migrations")
 }
 
+/// What an embedding application adds to the built-in sagas: its own
+/// definitions and the local actions (steps, compensations, hooks) they
+/// name.
+#[derive(Default)]
+pub struct Extensions {
+    /// Saga definitions, registered next to the built-in ones.
+    pub definitions: Vec<sagaflow_workflows::SagaDefinition>,
+    /// Local actions by name.
+    pub actions: Vec<(&'static str, Arc<dyn sagaflow_worker::LocalAction>)>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("definitions", &self.definitions)
+            .field(
+                "actions",
+                &self.actions.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The registry (built-in sagas, `ext`'s, then `SAGAFLOW_SAGA_TUNING`) and
+/// the local actions, checked against each other.
+fn engine(
+    cfg: &Config,
+    ext: Extensions,
+) -> anyhow::Result<(sagaflow_workflows::Registry, sagaflow_worker::Actions)> {
+    let mut registry = sagaflow_workflows::Registry::builtin();
+    for def in ext.definitions {
+        registry
+            .register(def)
+            .context("registering a saga definition")?;
+    }
+    if let Some(tuning) = &cfg.saga_tuning {
+        registry
+            .tune(&tuning.0)
+            .context("applying SAGAFLOW_SAGA_TUNING")?;
+    }
+    let mut actions = sagaflow_worker::Actions::builtin();
+    for (name, action) in ext.actions {
+        actions.register(name, action)?;
+    }
+    actions.check_covers(&registry)?;
+    Ok((registry, actions))
+}
+
 /// Migrates, creates missing topics, and starts `roles`.
 pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
+    start_extended(cfg, roles, Extensions::default()).await
+}
+
+/// [`start`] with an application's own sagas and local actions.
+pub async fn start_extended(
+    cfg: &Config,
+    roles: Roles,
+    ext: Extensions,
+) -> anyhow::Result<Running> {
     cfg.validate()?;
+    let (registry, actions) = engine(cfg, ext)?;
     let db = connect(cfg).await?;
     migrate(&db).await?;
     let kafka = cfg.kafka();
@@ -114,7 +172,9 @@ pub async fn start(cfg: &Config, roles: Roles) -> anyhow::Result<Running> {
         .await
         .context("creating Kafka topics")?;
     let producer = kafka.producer()?;
-    let worker_cfg = cfg.worker();
+    let mut worker_cfg = cfg.worker();
+    worker_cfg.registry = Arc::new(registry);
+    worker_cfg.actions = Arc::new(actions);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use sagaflow_worker::{KafkaConfig, Topics, WorkerConfig};
+use sagaflow_worker::{Actions, KafkaConfig, Topics, WorkerConfig};
 use sagaflow_workflows::{Registry, Tuning};
 
 /// A secret that never shows up in logs or debug output.
@@ -34,17 +34,16 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// The saga definitions with an operator's tuning applied, checked when the
-/// configuration is read.
-#[derive(Debug, Clone)]
-pub struct TunedRegistry(pub Arc<Registry>);
+/// `SAGAFLOW_SAGA_TUNING` as read. Whether its keys name real steps is
+/// checked at start-up, once every saga (an embedding application's too) is
+/// known. (A newtype: clap's derive cannot take a map type as a value.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TuningArg(pub Tuning);
 
-fn parse_tuning(json: &str) -> Result<TunedRegistry, String> {
-    let tuning: Tuning =
-        serde_json::from_str(json).map_err(|e| format!("not valid tuning JSON: {e}"))?;
-    Registry::with_tuning(&tuning)
-        .map(|r| TunedRegistry(Arc::new(r)))
-        .map_err(|e| e.to_string())
+fn parse_tuning(json: &str) -> Result<TuningArg, String> {
+    serde_json::from_str(json)
+        .map(TuningArg)
+        .map_err(|e| format!("not valid tuning JSON: {e}"))
 }
 
 /// Log output format.
@@ -150,7 +149,7 @@ pub struct Config {
     /// "initial_backoff": 200, "max_backoff": 10000}}}'. Fields: retry,
     /// timeout_ms, compensation_retry, compensation_timeout_ms (times in ms).
     #[arg(long, env = "SAGAFLOW_SAGA_TUNING", value_name = "JSON", value_parser = parse_tuning)]
-    pub saga_tuning: Option<TunedRegistry>,
+    pub saga_tuning: Option<TuningArg>,
 
     /// Log format.
     #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -236,11 +235,8 @@ impl Config {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             relay_batch: self.relay_batch,
             topics: self.topics(),
-            registry: self
-                .saga_tuning
-                .as_ref()
-                .map(|t| Arc::clone(&t.0))
-                .unwrap_or_else(|| Arc::new(Registry::builtin())),
+            registry: Arc::new(Registry::builtin()),
+            actions: Arc::new(Actions::builtin()),
         }
     }
 

@@ -152,6 +152,7 @@ fn worker_config(id: &str) -> WorkerConfig {
         relay_batch: 10,
         topics: Topics::with_prefix("claim-test."),
         registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),
+        actions: std::sync::Arc::new(sagaflow_worker::Actions::builtin()),
     }
 }
 

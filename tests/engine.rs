@@ -480,3 +480,231 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     assert_eq!(ledger(&app, &saga, "DEBIT").await, 0);
     app.stop().await;
 }
+
+/// An application's own local action: writes a note in the engine's
+/// transaction; `refuse` makes it refuse instead (a business rejection).
+struct Note {
+    note: &'static str,
+    refuse: bool,
+}
+
+impl sagaflow_worker::LocalAction for Note {
+    fn run<'a>(
+        &'a self,
+        ctx: sagaflow_worker::LocalContext<'a>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sagaflow_workflows::machine::Outcome, sagaflow_worker::WorkerError>,
+    > {
+        use sea_orm::ConnectionTrait;
+        Box::pin(async move {
+            if self.refuse {
+                return Ok(sagaflow_workflows::machine::Outcome::Rejected {
+                    reason: format!("{} refused", self.note),
+                });
+            }
+            ctx.tx
+                .execute(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "INSERT INTO wrap_notes (saga_id, note) VALUES ($1, $2)",
+                    [ctx.saga.id.into(), self.note.into()],
+                ))
+                .await?;
+            Ok(sagaflow_workflows::machine::Outcome::Ok)
+        })
+    }
+}
+
+/// A saga of the test's own: a local step (with a local compensation),
+/// then the funds debit, then a local step that refuses when the amount is
+/// 13.00; hooks note how it ended.
+fn gift_wrap() -> sagaflow_workflows::SagaDefinition {
+    use sagaflow_workflows::messages::CommandKind;
+    use sagaflow_workflows::{Action, Compensation, Hooks, RetryPolicy, SagaDefinition, StepDef};
+    let once = RetryPolicy::once();
+    let local = |name, compensation| StepDef {
+        name,
+        action: Action::Local(name),
+        compensation,
+        retry: once,
+        timeout: Duration::from_secs(5),
+    };
+    SagaDefinition {
+        name: "gift_wrap",
+        version: 1,
+        steps: vec![
+            local(
+                "wrap.reserve",
+                Some(Compensation {
+                    action: Action::Local("wrap.release"),
+                    retry: once,
+                    timeout: Duration::from_secs(5),
+                }),
+            ),
+            StepDef {
+                name: "debit",
+                action: Action::Remote(CommandKind::FundsDebit),
+                compensation: Some(Compensation {
+                    action: Action::Remote(CommandKind::FundsRefund),
+                    retry: RetryPolicy {
+                        max_attempts: 5,
+                        initial_backoff: Duration::from_millis(50),
+                        max_backoff: Duration::from_millis(100),
+                    },
+                    timeout: Duration::from_secs(5),
+                }),
+                retry: once,
+                timeout: Duration::from_secs(30),
+            },
+            local("wrap.check", None),
+        ],
+        hooks: Hooks {
+            on_completed: Some("wrap.done"),
+            on_compensated: Some("wrap.undone"),
+            on_cancelled: Some("wrap.undone"),
+            on_failed: None,
+        },
+    }
+}
+
+/// Refuses when the saga's amount is 13.00, notes "checked" otherwise.
+struct Check;
+
+impl sagaflow_worker::LocalAction for Check {
+    fn run<'a>(
+        &'a self,
+        ctx: sagaflow_worker::LocalContext<'a>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sagaflow_workflows::machine::Outcome, sagaflow_worker::WorkerError>,
+    > {
+        let unlucky = ctx.saga.data["amount"] == "13.00";
+        Box::pin(async move {
+            Note {
+                note: "checked",
+                refuse: unlucky,
+            }
+            .run(ctx)
+            .await
+        })
+    }
+}
+
+async fn start_gift_wrap(app: &TestApp, user_id: i64, amount: &str) -> String {
+    let id = uuid::Uuid::now_v7();
+    let data = serde_json::json!({ "order_no": "none", "user_id": user_id, "amount": amount });
+    sagaflow_entity::saga_instance::insert_new(
+        &app.db.conn,
+        id,
+        ("gift_wrap", 1),
+        data,
+        serde_json::json!({}),
+        "test",
+    )
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+async fn notes(app: &TestApp, saga: &str) -> Vec<String> {
+    use sea_orm::ConnectionTrait;
+    app.db
+        .conn
+        .query_all(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT note FROM wrap_notes WHERE saga_id = '{saga}' ORDER BY id"),
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "note").unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_applications_own_saga_runs_local_and_remote_steps() {
+    let note = |note, refuse| -> std::sync::Arc<dyn sagaflow_worker::LocalAction> {
+        std::sync::Arc::new(Note { note, refuse })
+    };
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![gift_wrap()],
+        actions: vec![
+            ("wrap.reserve", note("reserved", false)),
+            ("wrap.release", note("released", false)),
+            ("wrap.check", std::sync::Arc::new(Check)),
+            ("wrap.done", note("done", false)),
+            ("wrap.undone", note("undone", false)),
+        ],
+    };
+    let app = TestApp::start_extended(&["--poll-interval-ms", "50"], Roles::ALL, ext).await;
+    use sea_orm::ConnectionTrait;
+    app.db
+        .conn
+        .execute_unprepared(
+            "CREATE TABLE wrap_notes (id BIGSERIAL PRIMARY KEY, saga_id UUID NOT NULL, note TEXT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    app.funded_account(7, "20.00").await;
+
+    // All three steps succeed: reserve, debit through Kafka, check.
+    let ok = start_gift_wrap(&app, 7, "5.00").await;
+    app.await_saga_state(&ok, "COMPLETED", SETTLE).await;
+    assert_eq!(notes(&app, &ok).await, ["reserved", "checked", "done"]);
+    assert_eq!(ledger(&app, &ok, "DEBIT").await, 1);
+
+    // The last step refuses: the debit is refunded, then the local
+    // reservation released, in reverse order, and the saga COMPENSATED.
+    let unlucky = start_gift_wrap(&app, 7, "13.00").await;
+    app.await_saga_state(&unlucky, "COMPENSATED", SETTLE).await;
+    assert_eq!(
+        notes(&app, &unlucky).await,
+        ["reserved", "released", "undone"]
+    );
+    assert_eq!(ledger(&app, &unlucky, "DEBIT").await, 1);
+    assert_eq!(ledger(&app, &unlucky, "REFUND").await, 1);
+    assert_eq!(app.account(7).await["balance"], "15.00");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_saga_naming_an_unregistered_action_or_step_does_not_start() {
+    // Refused before it connects to anything.
+    let config = sagaflow::config::Config::parse_from([
+        "sagaflow",
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/none",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![gift_wrap()],
+        actions: Vec::new(),
+    };
+    let err = sagaflow::app::start_extended(&config, Roles::ALL, ext)
+        .await
+        .expect_err("must refuse to start");
+    assert!(format!("{err:#}").contains("wrap.reserve"), "{err:#}");
+
+    // Tuning that names no step, or is not JSON, is refused just as early.
+    let tuned = |json: &str| {
+        sagaflow::config::Config::parse_from([
+            "sagaflow",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--saga-tuning",
+            json,
+        ])
+    };
+    let config = tuned(r#"{"order_payment.teleport": {"timeout_ms": 5}}"#).unwrap();
+    let err = sagaflow::app::start(&config, Roles::ALL)
+        .await
+        .expect_err("unknown step");
+    assert!(
+        format!("{err:#}").contains("order_payment.teleport"),
+        "{err:#}"
+    );
+    let err = tuned("{not json").expect_err("bad JSON");
+    assert!(err.to_string().contains("not valid tuning JSON"), "{err}");
+}

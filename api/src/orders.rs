@@ -6,11 +6,10 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use rust_decimal::Decimal;
-use sagaflow_entity::{order, OrderStatus};
+use sagaflow_entity::{order, saga_instance, OrderStatus};
 use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
 use sagaflow_workflows::order_refund;
-use sagaflow_workflows::Instance;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr,
     Statement, TransactionTrait,
@@ -411,41 +410,11 @@ async fn start_saga(
     data: &OrderData,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let pg = DbBackend::Postgres;
-    let instance = Instance::new(Utc::now());
     let data = serde_json::to_value(data)
         .map_err(|e| ApiError::Internal(format!("serialising OrderData: {e}")))?;
     let version = i32::try_from(version)
         .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
-    let step =
-        i32::try_from(instance.step).map_err(|_| ApiError::Internal("step out of range".into()))?;
-    let attempt = i32::try_from(instance.attempt)
-        .map_err(|_| ApiError::Internal("attempt out of range".into()))?;
-    let state = sagaflow_entity::StateValues::as_str(&instance.state);
-    // next_run_at is the database's now(), like every other timestamp the
-    // claim loop compares, so the saga is due at once whatever the API's clock.
-    txn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, now(), $7)",
-        [
-            saga_id.into(),
-            saga_type.into(),
-            version.into(),
-            state.into(),
-            step.into(),
-            attempt.into(),
-            data.into(),
-        ],
-    ))
-    .await?;
-    txn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-         VALUES ($1, 'CREATED', $2, $3, NULL, $4, $5, 'api')",
-        [saga_id.into(), step.into(), attempt.into(), state.into(), detail.into()],
-    ))
-    .await?;
+    saga_instance::insert_new(txn, saga_id, (saga_type, version), data, detail, "api").await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `saga_instances`: one row per saga, the state machine's only home.
 
 use sea_orm::entity::prelude::*;
+use sea_orm::{DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 
 use crate::StateValues;
@@ -111,6 +112,47 @@ UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_
        version = version + 1, updated_at = now() \
 WHERE id = $1 AND state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND operator_request IS NULL \
 RETURNING id";
+
+/// Inserts a new saga instance of `saga_type` at `version`, its first step
+/// due now, with `data` as its input, and its `CREATED` history row with
+/// `detail`, written by `actor`. Run it in the transaction that also
+/// writes whatever the saga is about (the order, say), so that neither
+/// exists without the other.
+pub async fn insert_new<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    (saga_type, version): (&str, i32),
+    data: Json,
+    detail: Json,
+    actor: &str,
+) -> Result<(), DbErr> {
+    let pg = DbBackend::Postgres;
+    let state = SagaState::Running.as_str();
+    // next_run_at is the database's now(), like every other timestamp the
+    // claim loop compares, so the saga is due at once whatever this
+    // process's clock says.
+    conn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
+         VALUES ($1, $2, $3, $4, 0, 0, now(), $5)",
+        [
+            id.into(),
+            saga_type.into(),
+            version.into(),
+            state.into(),
+            data.into(),
+        ],
+    ))
+    .await?;
+    conn.execute(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+         VALUES ($1, 'CREATED', 0, 0, NULL, $2, $3, $4)",
+        [id.into(), state.into(), detail.into(), actor.into()],
+    ))
+    .await?;
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "saga_instances")]

@@ -105,6 +105,15 @@ impl TestApp {
 
     /// Starts `roles` (the API always) with extra command-line settings.
     pub async fn start_as(extra: &[&str], roles: sagaflow::app::Roles) -> TestApp {
+        Self::start_extended(extra, roles, sagaflow::app::Extensions::default()).await
+    }
+
+    /// [`TestApp::start_as`] with an application's own sagas and actions.
+    pub async fn start_extended(
+        extra: &[&str],
+        roles: sagaflow::app::Roles,
+        ext: sagaflow::app::Extensions,
+    ) -> TestApp {
         let db = fresh_database().await;
         let prefix = topic_prefix();
         let mut args = vec![
@@ -127,7 +136,7 @@ impl TestApp {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = sagaflow::config::Config::parse_from(args).expect("test config");
         let roles = sagaflow::app::Roles { api: true, ..roles };
-        let running = sagaflow::app::start(&config, roles)
+        let running = sagaflow::app::start_extended(&config, roles, ext)
             .await
             .expect("start sagaflow");
         let addr = running.http_addr.expect("API runs");

@@ -166,15 +166,7 @@ pub async fn process(
     let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
     let _enter = span.enter();
     let tx = db.begin().await?;
-    executor::advance(
-        &tx,
-        &cfg.registry,
-        &cfg.topics,
-        row,
-        Event::Due,
-        &cfg.worker_id,
-    )
-    .await?;
+    executor::advance(&tx, cfg, row, Event::Due, &cfg.worker_id).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -7,13 +7,12 @@ use sagaflow_entity::saga_instance::{self, OperatorRequest};
 use sagaflow_entity::{SagaState, StateValues};
 use sagaflow_workflows::machine::{Clock, Effect, Event, Instance};
 use sagaflow_workflows::messages::{CommandEnvelope, Topics};
-use sagaflow_workflows::order_payment::OrderData;
 use sagaflow_workflows::policy::Jitter;
-use sagaflow_workflows::{transition, Registry};
-use sea_orm::ConnectionTrait;
+use sagaflow_workflows::transition;
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use crate::sql::{exec, outbox_insert, traceparent};
-use crate::{local, WorkerError};
+use crate::{LocalContext, WorkerConfig, WorkerError};
 
 /// How an advance ended, for the caller's logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +53,26 @@ fn due_now(i: &Instance, now: DateTime<Utc>) -> bool {
     runnable && i.next_run_at.is_some_and(|t| t <= now)
 }
 
+/// The account and amount a funds command is about, read from the saga's
+/// input.
+#[derive(serde::Deserialize)]
+struct FundsTarget {
+    user_id: i64,
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: rust_decimal::Decimal,
+}
+
+fn local_action<'a>(
+    cfg: &'a WorkerConfig,
+    row: &saga_instance::Model,
+    name: &str,
+) -> Result<&'a std::sync::Arc<dyn crate::LocalAction>, WorkerError> {
+    cfg.actions.get(name).ok_or_else(|| WorkerError::Corrupt {
+        saga_id: row.id,
+        reason: format!("no local action {name} is registered"),
+    })
+}
+
 /// The operator's pending request on `row`, as the event it stands for.
 fn operator_event(row: &saga_instance::Model) -> Option<Event> {
     let reason = row.operator_reason.clone().unwrap_or_default();
@@ -70,15 +89,16 @@ fn operator_event(row: &saga_instance::Model) -> Option<Event> {
 /// whatever `event` is, so that no path can skip it. Fails with
 /// [`WorkerError::StaleSaga`] if someone else changed the row since it was
 /// read.
-pub(crate) async fn advance<C: ConnectionTrait>(
-    db: &C,
-    registry: &Registry,
-    topics: &Topics,
+pub(crate) async fn advance(
+    db: &DatabaseTransaction,
+    cfg: &WorkerConfig,
     row: &saga_instance::Model,
     event: Event,
     actor: &str,
 ) -> Result<Advanced, WorkerError> {
-    let def = registry
+    let topics = &cfg.topics;
+    let def = cfg
+        .registry
         .get(&row.saga_type, row.definition_version)
         .ok_or_else(|| WorkerError::Corrupt {
             saga_id: row.id,
@@ -86,11 +106,6 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                 "no definition {} v{}",
                 row.saga_type, row.definition_version
             ),
-        })?;
-    let data: OrderData =
-        serde_json::from_value(row.data.clone()).map_err(|e| WorkerError::Corrupt {
-            saga_id: row.id,
-            reason: format!("saga data: {e}"),
         })?;
     let now = Utc::now();
     let before = instance_of(row);
@@ -133,6 +148,16 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                     compensation,
                     command,
                 } => {
+                    let target: FundsTarget =
+                        serde_json::from_value(row.data.clone()).map_err(|e| {
+                            WorkerError::Corrupt {
+                                saga_id: row.id,
+                                reason: format!(
+                                    "saga data has no account and amount for {}: {e}",
+                                    command.as_str()
+                                ),
+                            }
+                        })?;
                     let env = CommandEnvelope {
                         message_id: CommandEnvelope::message_id_for(row.id, *step, *compensation),
                         kind: *command,
@@ -140,8 +165,8 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                         step: *step,
                         attempt: *attempt,
                         compensation: *compensation,
-                        user_id: data.user_id,
-                        amount: data.amount,
+                        user_id: target.user_id,
+                        amount: target.amount,
                     };
                     send_command(db, topics, &env).await?;
                 }
@@ -151,7 +176,13 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                     compensation,
                     action,
                 } => {
-                    let outcome = local::run_step(db, def, action, row, &data).await?;
+                    let ctx = LocalContext {
+                        tx: db,
+                        saga: row,
+                        topics,
+                        reason: None,
+                    };
+                    let outcome = local_action(cfg, row, action)?.run(ctx).await?;
                     next_event = Some(Event::Local {
                         step: *step,
                         attempt: *attempt,
@@ -160,15 +191,13 @@ pub(crate) async fn advance<C: ConnectionTrait>(
                     });
                 }
                 Effect::RunHook { action, .. } => {
-                    local::run_hook(
-                        db,
+                    let ctx = LocalContext {
+                        tx: db,
+                        saga: row,
                         topics,
-                        action,
-                        row.id,
-                        &data,
-                        t.next.failure.as_deref().or(t.next.last_error.as_deref()),
-                    )
-                    .await?;
+                        reason: t.next.failure.as_deref().or(t.next.last_error.as_deref()),
+                    };
+                    local_action(cfg, row, action)?.run(ctx).await?;
                 }
             }
         }

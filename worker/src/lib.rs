@@ -21,7 +21,7 @@ pub mod claim;
 pub mod consumer;
 mod executor;
 pub mod kafka;
-mod local;
+pub mod local;
 pub mod operator;
 pub mod participant;
 pub mod relay;
@@ -32,6 +32,7 @@ pub mod wake;
 use std::time::Duration;
 
 pub use kafka::{KafkaConfig, KafkaProbe};
+pub use local::{Actions, LocalAction, LocalContext};
 pub use sagaflow_workflows::messages::Topics;
 
 /// Settings of the worker-side roles.
@@ -56,6 +57,8 @@ pub struct WorkerConfig {
     pub topics: Topics,
     /// The saga definitions, with the configured tuning applied.
     pub registry: std::sync::Arc<sagaflow_workflows::Registry>,
+    /// The local steps and hooks those definitions name.
+    pub actions: std::sync::Arc<local::Actions>,
 }
 
 /// Errors of the runtime.
@@ -90,6 +93,10 @@ pub enum WorkerError {
         /// What is wrong.
         reason: String,
     },
+    /// The worker was set up inconsistently (e.g. a definition names a
+    /// local action nobody registered).
+    #[error("configuration: {0}")]
+    Config(String),
     /// Listening for Postgres notifications failed.
     #[error("listen: {0}")]
     Listen(#[from] sqlx::Error),

@@ -1,7 +1,13 @@
 //! Local actions: steps and hooks that run inside the engine's own
-//! transaction. The order sagas' hooks live here because they write the
-//! `orders` table and `orders.events` through the outbox.
+//! transaction, looked up by the name a definition gives them. The order
+//! sagas' hooks are built in ([`Actions::builtin`]); an embedding
+//! application registers its own with [`Actions::register`].
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Outcome;
 use sagaflow_workflows::messages::{OrderEvent, Topics};
@@ -9,33 +15,144 @@ use sagaflow_workflows::order_payment::{
     OrderData, HOOK_MARK_CANCELLED, HOOK_MARK_FAILED, HOOK_MARK_PAID,
 };
 use sagaflow_workflows::order_refund::{HOOK_MARK_REFUNDED, HOOK_REFUND_ABANDONED};
-use sagaflow_workflows::SagaDefinition;
-use sea_orm::ConnectionTrait;
+use sagaflow_workflows::{Action, Registry};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::sql::{exec, outbox_insert, traceparent};
 use crate::WorkerError;
 
-/// Runs a local step. No saga declares one yet; an unknown name is a
-/// definition/runtime mismatch and fails the transaction.
-pub(crate) async fn run_step<C: ConnectionTrait>(
-    _db: &C,
-    def: &SagaDefinition,
-    action: &str,
-    row: &saga_instance::Model,
-    _data: &OrderData,
-) -> Result<Outcome, WorkerError> {
-    Err(WorkerError::Corrupt {
-        saga_id: row.id,
-        reason: format!(
-            "{} v{} names unknown local step {action}",
-            def.name, def.version
-        ),
-    })
+/// What a local action gets to work with.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalContext<'a> {
+    /// The transaction that also stores the saga's new state: whatever the
+    /// action writes commits with it, or not at all.
+    pub tx: &'a DatabaseTransaction,
+    /// The saga as claimed (its `data` is the saga's input).
+    pub saga: &'a saga_instance::Model,
+    /// Topic names, for actions that publish through the outbox.
+    pub topics: &'a Topics,
+    /// For hooks: why the saga compensated, was cancelled or failed.
+    pub reason: Option<&'a str>,
 }
 
-/// Runs a terminal hook.
-pub(crate) async fn run_hook<C: ConnectionTrait>(
+/// A named action run in the engine's transaction: a local step, a local
+/// compensation or a terminal hook.
+///
+/// An `Err` rolls back the whole transaction (the saga is tried again when
+/// its lease expires), so return an [`Outcome`] for what is a result:
+/// `Rejected` (a business refusal: compensate) or `Failed` (transient:
+/// retry per the step's policy). Hooks should return `Ok(Outcome::Ok)`;
+/// their outcome is not used.
+pub trait LocalAction: Send + Sync {
+    /// Runs the action.
+    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> BoxFuture<'a, Result<Outcome, WorkerError>>;
+}
+
+/// The local actions a worker can run, by name.
+#[derive(Clone, Default)]
+pub struct Actions {
+    map: BTreeMap<&'static str, Arc<dyn LocalAction>>,
+}
+
+impl fmt::Debug for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+/// One of the order sagas' built-in hooks.
+struct OrderHook(&'static str);
+
+impl LocalAction for OrderHook {
+    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> BoxFuture<'a, Result<Outcome, WorkerError>> {
+        Box::pin(async move {
+            let data: OrderData = serde_json::from_value(ctx.saga.data.clone()).map_err(|e| {
+                WorkerError::Corrupt {
+                    saga_id: ctx.saga.id,
+                    reason: format!("saga data: {e}"),
+                }
+            })?;
+            run_hook(ctx.tx, ctx.topics, self.0, ctx.saga.id, &data, ctx.reason).await?;
+            Ok(Outcome::Ok)
+        })
+    }
+}
+
+impl Actions {
+    /// The hooks of the built-in order sagas.
+    pub fn builtin() -> Self {
+        let mut actions = Actions::default();
+        for name in [
+            HOOK_MARK_PAID,
+            HOOK_MARK_FAILED,
+            HOOK_MARK_CANCELLED,
+            HOOK_MARK_REFUNDED,
+            HOOK_REFUND_ABANDONED,
+        ] {
+            actions.map.insert(name, Arc::new(OrderHook(name)));
+        }
+        actions
+    }
+
+    /// Adds `action` under `name`; refuses a name that is taken.
+    pub fn register(
+        &mut self,
+        name: &'static str,
+        action: Arc<dyn LocalAction>,
+    ) -> Result<(), WorkerError> {
+        if self.map.contains_key(name) {
+            return Err(WorkerError::Config(format!(
+                "local action {name} is registered twice"
+            )));
+        }
+        self.map.insert(name, action);
+        Ok(())
+    }
+
+    /// The action called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn LocalAction>> {
+        self.map.get(name)
+    }
+
+    /// Checks that every local step, compensation and hook that a
+    /// registered definition names is here, so that a mismatch stops
+    /// start-up instead of failing sagas one by one later.
+    pub fn check_covers(&self, registry: &Registry) -> Result<(), WorkerError> {
+        for def in registry.definitions() {
+            let steps = def.steps.iter().flat_map(|s| {
+                [Some(s.action), s.compensation.map(|c| c.action)]
+                    .into_iter()
+                    .flatten()
+            });
+            let locals = steps.filter_map(|a| match a {
+                Action::Local(name) => Some(name),
+                Action::Remote(_) => None,
+            });
+            let h = def.hooks;
+            let hooks = [
+                h.on_completed,
+                h.on_compensated,
+                h.on_cancelled,
+                h.on_failed,
+            ]
+            .into_iter()
+            .flatten();
+            for name in locals.chain(hooks) {
+                if self.get(name).is_none() {
+                    return Err(WorkerError::Config(format!(
+                        "saga {} v{} names local action {name}, which no worker registered",
+                        def.name, def.version
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one of the order sagas' terminal hooks.
+async fn run_hook<C: ConnectionTrait>(
     db: &C,
     topics: &Topics,
     action: &str,

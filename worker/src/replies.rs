@@ -60,7 +60,7 @@ pub async fn handle(
         compensation: reply.compensation,
         outcome: reply.outcome.into(),
     };
-    executor::advance(&tx, &cfg.registry, &cfg.topics, &row, event, CONSUMER).await?;
+    executor::advance(&tx, cfg, &row, event, CONSUMER).await?;
     tx.commit().await?;
     Ok(Handled::Applied)
 }

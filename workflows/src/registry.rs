@@ -105,9 +105,41 @@ impl Registry {
     /// step and policies that cannot work.
     pub fn with_tuning(tuning: &Tuning) -> Result<Self, TuningError> {
         let mut reg = Registry::builtin();
+        reg.tune(tuning)?;
+        Ok(reg)
+    }
+
+    /// Adds an application's own saga definition. Refuses a `(name,
+    /// version)` that is already registered, and a definition without
+    /// steps.
+    pub fn register(&mut self, def: SagaDefinition) -> Result<(), TuningError> {
+        if def.is_empty() {
+            return Err(TuningError::Invalid {
+                key: def.name.to_owned(),
+                reason: "a saga needs at least one step".to_owned(),
+            });
+        }
+        if self
+            .defs
+            .iter()
+            .any(|d| d.name == def.name && d.version == def.version)
+        {
+            return Err(TuningError::Invalid {
+                key: def.name.to_owned(),
+                reason: format!("version {} is registered twice", def.version),
+            });
+        }
+        self.defs.push(def);
+        Ok(())
+    }
+
+    /// Applies `tuning` to every registered definition; refuses keys that
+    /// name no step and policies that cannot work, changing nothing then.
+    pub fn tune(&mut self, tuning: &Tuning) -> Result<(), TuningError> {
+        let mut defs = self.defs.clone();
         for (key, t) in tuning {
             let mut found = false;
-            for def in &mut reg.defs {
+            for def in &mut defs {
                 for step in &mut def.steps {
                     if *key != format!("{}.{}", def.name, step.name) {
                         continue;
@@ -142,7 +174,8 @@ impl Registry {
                 return Err(TuningError::UnknownStep(key.clone()));
             }
         }
-        Ok(reg)
+        self.defs = defs;
+        Ok(())
     }
 
     /// The definition an instance of `saga_type` at `version` runs under.
@@ -200,6 +233,28 @@ mod tests {
         );
         assert!(
             serde_json::from_str::<Tuning>(r#"{"order_payment.debit": {"timeout": 5}}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn applications_register_their_own_sagas_once() {
+        let mut reg = Registry::builtin();
+        let mut mine = order_refund::definition().clone();
+        mine.name = "gift_card";
+        reg.register(mine.clone()).unwrap();
+        assert!(reg.get("gift_card", 1).is_some());
+        assert!(
+            reg.register(mine.clone()).is_err(),
+            "same name and version twice"
+        );
+        mine.steps.clear();
+        mine.version = 2;
+        assert!(reg.register(mine).is_err(), "no steps");
+        reg.tune(&tuning(r#"{"gift_card.credit": {"timeout_ms": 7}}"#))
+            .unwrap();
+        assert_eq!(
+            reg.get("gift_card", 1).unwrap().steps[0].timeout,
+            Duration::from_millis(7)
         );
     }
 
