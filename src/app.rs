@@ -162,6 +162,11 @@ pub async fn start_extended(
     ext: Extensions,
 ) -> anyhow::Result<Running> {
     cfg.validate()?;
+    let admin_token = if roles.api {
+        cfg.api_admin_token()?
+    } else {
+        None
+    };
     let (registry, actions) = engine(cfg, ext)?;
     let db = connect(cfg).await?;
     migrate(&db).await?;
@@ -237,7 +242,7 @@ pub async fn start_extended(
         let probe: Arc<dyn ReadinessProbe> = Arc::new(Probe(KafkaProbe::new(producer.clone())));
         let api_cfg = ApiConfig {
             body_limit_bytes: cfg.body_limit_bytes,
-            admin_token: cfg.admin_token.as_ref().map(|s| s.expose().to_owned()),
+            admin_token,
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();

@@ -82,9 +82,16 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Bearer token for operator calls. Never logged.
+    /// Bearer token for the operator calls (`POST /sagas/{id}/retry`,
+    /// `/cancel`). Required to serve the API, unless
+    /// --insecure-no-admin-token. Never logged.
     #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+
+    /// Development only: serve without an admin token, leaving the
+    /// operator calls (retry, cancel) open to anyone who can reach the API.
+    #[arg(long, env = "SAGAFLOW_INSECURE_NO_ADMIN_TOKEN")]
+    pub insecure_no_admin_token: bool,
 
     /// Concurrent claim loops (saga workers) in this process.
     #[arg(long, env = "SAGAFLOW_WORKERS", default_value_t = 4)]
@@ -213,6 +220,21 @@ impl Config {
             return bad("SAGAFLOW_DB_POOL_SIZE must be at least 2");
         }
         Ok(())
+    }
+
+    /// The admin token the API checks, or why the API must not start: an
+    /// empty or missing token is refused unless the insecure development
+    /// flag says otherwise.
+    pub fn api_admin_token(&self) -> Result<Option<String>, ConfigError> {
+        match &self.admin_token {
+            Some(t) if !t.expose().trim().is_empty() => Ok(Some(t.expose().trim().to_owned())),
+            _ if self.insecure_no_admin_token => Ok(None),
+            _ => Err(ConfigError(
+                "SAGAFLOW_ADMIN_TOKEN is required to serve the API (operator calls use it); \
+                 set it to a long random secret, or pass --insecure-no-admin-token for local development"
+                    .to_owned(),
+            )),
+        }
     }
 
     /// Topic names under the configured prefix.

@@ -935,11 +935,29 @@ async fn openapi_spec_docs_and_start_page() {
         index.text.contains("sagaflow")
             && index.text.contains("href=\"/docs\"")
             && index.text.contains("href=\"/openapi.json\"")
+            && index.text.contains("href=\"/metrics\"")
+            && index.text.contains("src=\"/ui/app.js\"")
+            && index.text.contains("href=\"/ui/app.css\"")
     );
-    assert!(
-        !index.text.contains("http://") && !index.text.contains("https://"),
-        "no CDN"
-    );
+    // The dashboard works offline: nothing on the page or in its assets
+    // comes from another host.
+    let script = send(cli.get("/ui/app.js")).await;
+    assert_eq!(script.status, StatusCode::OK);
+    assert!(script.content_type.starts_with("text/javascript"));
+    let style = send(cli.get("/ui/app.css")).await;
+    assert_eq!(style.status, StatusCode::OK);
+    assert!(style.content_type.starts_with("text/css"));
+    for (what, text) in [
+        ("/", &index.text),
+        ("/ui/app.js", &script.text),
+        ("/ui/app.css", &style.text),
+    ] {
+        assert!(!text.is_empty(), "{what} is empty");
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "no CDN: {what} names another host"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use sagaflow::app::Roles;
+use sagaflow_entity::saga_instance::Filed;
 use sagaflow_entity::OperatorRequest;
 use sagaflow_workflows::messages::{CommandEnvelope, ReplyEnvelope, ReplyOutcome};
 
@@ -399,10 +400,11 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
         saga_id,
         OperatorRequest::Cancel,
         "customer called",
+        "test-operator",
     )
     .await
     .unwrap();
-    assert!(filed);
+    assert!(matches!(filed, Filed::Filed(_)), "{filed:?}");
     app.await_scalar(
         &events(&saga, "kind = 'COMMAND_SENT' AND detail ? 'compensation'"),
         SETTLE,
@@ -420,6 +422,10 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
     assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
     assert_eq!(app.account(5).await["balance"], "40.00");
     assert_eq!(count(&app, &saga, "kind = 'CANCEL_REQUESTED'").await, 1);
+    assert_eq!(
+        count(&app, &saga, "kind = 'OPERATOR_REQUEST' AND actor = 'test-operator' AND detail->>'reason' = 'customer called'").await,
+        1
+    );
     // The debit's OK arrived after the cancel and changed nothing.
     app.await_scalar(&events(&saga, "kind = 'REPLY_IGNORED'"), SETTLE, |n| n == 1)
         .await;
@@ -429,10 +435,14 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
         saga_id,
         OperatorRequest::Cancel,
         "twice",
+        "test-operator",
     )
     .await
     .unwrap();
-    assert!(!again);
+    assert_eq!(
+        again,
+        Filed::WrongState(sagaflow_entity::SagaState::Cancelled)
+    );
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }
@@ -448,7 +458,7 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
         "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
       }
     }"#;
-    let app = start(tuning, NO_FUNDS).await;
+    let mut app = start(tuning, NO_FUNDS).await;
     app.funded_account(6, "10.00").await;
     let (order_no, saga) = order_for(&app, 6, "3.00").await;
 
@@ -478,6 +488,25 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     // The order waits with it: nothing claims the money is back.
     assert_eq!(app.order(&order_no).await["status"], "PENDING");
     assert_eq!(ledger(&app, &saga, "DEBIT").await, 0);
+
+    // The operator brings the participant back and retries: the
+    // compensation resumes with fresh attempts and the saga ends.
+    app.start_roles(FUNDS_ONLY).await;
+    let filed = sagaflow_worker::operator::file_request(
+        &app.db.conn,
+        saga.parse().unwrap(),
+        OperatorRequest::Retry,
+        "participant is back",
+        "test-operator",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(filed, Filed::Filed(_)), "{filed:?}");
+    app.await_saga_state(&saga, "COMPENSATED", SETTLE).await;
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "FAILED");
+    assert_eq!(count(&app, &saga, "kind = 'MANUAL_RETRY'").await, 1);
+    assert_eq!(app.account(6).await["balance"], "10.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }
 
@@ -676,6 +705,8 @@ async fn a_saga_naming_an_unregistered_action_or_step_does_not_start() {
         "postgres://nobody@127.0.0.1:1/none",
         "--listen",
         "127.0.0.1:0",
+        "--admin-token",
+        common::ADMIN_TOKEN,
     ])
     .unwrap();
     let ext = sagaflow::app::Extensions {
@@ -693,6 +724,8 @@ async fn a_saga_naming_an_unregistered_action_or_step_does_not_start() {
             "sagaflow",
             "--database-url",
             "postgres://nobody@127.0.0.1:1/none",
+            "--admin-token",
+            common::ADMIN_TOKEN,
             "--saga-tuning",
             json,
         ])
@@ -707,4 +740,31 @@ async fn a_saga_naming_an_unregistered_action_or_step_does_not_start() {
     );
     let err = tuned("{not json").expect_err("bad JSON");
     assert!(err.to_string().contains("not valid tuning JSON"), "{err}");
+
+    // Serving the API without an admin token is refused, unless the
+    // insecure development flag says so.
+    let open = |flags: &[&str]| {
+        let mut args = vec![
+            "sagaflow",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+        ];
+        args.extend_from_slice(flags);
+        sagaflow::config::Config::parse_from(args).unwrap()
+    };
+    for flags in [&[][..], &["--admin-token", "  "][..]] {
+        let err = sagaflow::app::start(&open(flags), Roles::ALL)
+            .await
+            .expect_err("no token");
+        assert!(
+            format!("{err:#}").contains("SAGAFLOW_ADMIN_TOKEN is required"),
+            "{err:#}"
+        );
+    }
+    assert_eq!(
+        open(&["--insecure-no-admin-token"])
+            .api_admin_token()
+            .unwrap(),
+        None
+    );
 }

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// Well-formed request whose fields were refused.
     #[error("invalid request: {}", join(.0))]
     Validation(Vec<FieldError>),
+    /// An operator call without the right bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The addressed resource does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -102,6 +105,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,6 +123,9 @@ impl ApiError {
                 Problem::new("bad-request", StatusCode::BAD_REQUEST, detail.clone())
             }
             Self::Validation(errors) => Problem::validation(errors.clone()),
+            Self::Unauthorized(detail) => {
+                Problem::new("unauthorized", StatusCode::UNAUTHORIZED, detail.clone())
+            }
             Self::NotFound(detail) => {
                 Problem::new("not-found", StatusCode::NOT_FOUND, detail.clone())
             }
@@ -141,7 +148,14 @@ impl poem::error::ResponseError for ApiError {
     }
 
     fn as_response(&self) -> Response {
-        ProblemJson(self.to_problem()).into_response()
+        let mut response = ProblemJson(self.to_problem()).into_response();
+        if matches!(self, Self::Unauthorized(_)) {
+            response.headers_mut().insert(
+                poem::http::header::WWW_AUTHENTICATE,
+                poem::http::HeaderValue::from_static("Bearer realm=\"sagaflow operator\""),
+            );
+        }
+        response
     }
 }
 

@@ -114,29 +114,6 @@ impl HealthApi {
     }
 }
 
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>sagaflow</title>
-<style>body{font-family:sans-serif;max-width:40em;margin:3em auto;line-height:1.5;padding:0 1em}</style>
-</head>
-<body>
-<h1>sagaflow</h1>
-<p>sagaflow runs orders and payments as durable sagas on PostgreSQL and Apache Kafka:
-placing an order starts a saga that debits the buyer's funds account, and the order
-becomes PAID, or FAILED with any debit refunded. Every state change is written in the
-same database transaction as the message it causes, so no payment is lost or taken twice.</p>
-<ul>
-<li><a href="/docs">API documentation (Swagger UI)</a></li>
-<li><a href="/openapi.json">OpenAPI specification (JSON)</a></li>
-<li><a href="/healthz">/healthz</a> and <a href="/readyz">/readyz</a></li>
-</ul>
-<p>A dashboard of sagas will appear on this page.</p>
-</body>
-</html>
-"#;
-
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
     /// Liveness
@@ -171,9 +148,9 @@ impl HealthApi {
         }
     }
 
-    /// The start page.
+    /// The dashboard.
     #[oai(path = "/", method = "get", hidden)]
     async fn index(&self) -> Html<&'static str> {
-        Html(INDEX_HTML)
+        Html(crate::dashboard::INDEX_HTML)
     }
 }

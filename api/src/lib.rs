@@ -21,10 +21,12 @@ use sea_orm::DatabaseConnection;
 
 pub mod accounts;
 pub mod body;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod orders;
 pub mod params;
+pub mod sagas;
 
 pub use error::{ApiError, FieldError, Problem};
 
@@ -36,8 +38,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct ApiConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub body_limit_bytes: usize,
-    /// Bearer token for operator calls (not used yet). Never printed: the
-    /// `Debug` output shows `[redacted]`.
+    /// Bearer token for operator calls; `None` leaves them open (the
+    /// binary allows that only with its explicit insecure development
+    /// flag). Never printed: the `Debug` output shows `[redacted]`.
     pub admin_token: Option<String>,
 }
 
@@ -77,6 +80,8 @@ pub enum ApiTags {
     Accounts,
     /// Orders: create (starts the payment saga) and read.
     Orders,
+    /// Sagas: list, read, counts, and the operator's retry and cancel.
+    Sagas,
     /// Liveness and readiness for orchestrators and load balancers.
     Health,
 }
@@ -92,6 +97,7 @@ pub fn app(
         (
             accounts::AccountsApi::new(db.clone()),
             orders::OrdersApi::new(db.clone()),
+            sagas::SagasApi::new(db.clone(), cfg.admin_token.as_deref()),
             health::HealthApi::new(db, probe),
         ),
         "sagaflow",
@@ -109,6 +115,7 @@ pub fn app(
     Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .nest("/ui", dashboard::assets())
         .nest("/", service)
         .with(body::BodyLimit::new(cfg.body_limit_bytes))
         .with(error::ProblemLayer)

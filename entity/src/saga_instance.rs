@@ -2,6 +2,7 @@
 
 use sea_orm::entity::prelude::*;
 use sea_orm::{DbBackend, Statement};
+
 use serde::{Deserialize, Serialize};
 
 use crate::StateValues;
@@ -103,15 +104,99 @@ impl StateValues for OperatorRequest {
     }
 }
 
-/// Files an operator request on an active saga and makes it due now; `$1`
-/// is the saga id, `$2` the request, `$3` the reason. Changes nothing (no
-/// row returned) for a finished saga or one with a request pending. The
-/// version bump makes a worker that holds the saga drop its work.
-pub const FILE_REQUEST_SQL: &str = "\
-UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_at = now(), \
-       version = version + 1, updated_at = now() \
-WHERE id = $1 AND state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND operator_request IS NULL \
-RETURNING id";
+impl OperatorRequest {
+    /// The states in which an operator may file this request: a cancel
+    /// while the saga is active; a retry of a saga that is FAILED (its
+    /// compensation gave up) or stuck waiting (WAITING, COMPENSATING).
+    pub fn allowed_in(self) -> &'static [SagaState] {
+        match self {
+            Self::Cancel => &[
+                SagaState::Running,
+                SagaState::Waiting,
+                SagaState::Compensating,
+            ],
+            Self::Retry => &[
+                SagaState::Failed,
+                SagaState::Waiting,
+                SagaState::Compensating,
+            ],
+        }
+    }
+}
+
+/// How filing an operator request went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filed {
+    /// Filed; the saga is due now and the next worker applies it.
+    Filed(Box<Model>),
+    /// No such saga.
+    NotFound,
+    /// The saga is in a state the request does not apply to.
+    WrongState(SagaState),
+    /// Another request is pending and not applied yet.
+    Pending(OperatorRequest),
+}
+
+/// Files `request` on saga `id` with `reason`, by `actor`, and makes the
+/// saga due now, in one statement guarded by its state, plus an
+/// `OPERATOR_REQUEST` history row. The version bump makes a worker that
+/// holds the saga drop its work, so a request racing a worker cannot be
+/// lost or half-applied: the next claim applies it before anything else.
+pub async fn file_request<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    request: OperatorRequest,
+    reason: &str,
+    actor: &str,
+) -> Result<Filed, DbErr> {
+    let pg = DbBackend::Postgres;
+    let allowed: Vec<String> = request
+        .allowed_in()
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let filed = Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            pg,
+            "UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_at = now(), \
+                    version = version + 1, updated_at = now() \
+             WHERE id = $1 AND state = ANY($4) AND operator_request IS NULL \
+             RETURNING *",
+            [
+                id.into(),
+                request.as_str().into(),
+                reason.into(),
+                allowed.into(),
+            ],
+        ))
+        .one(conn)
+        .await?;
+    if let Some(saga) = filed {
+        conn.execute(Statement::from_sql_and_values(
+            pg,
+            "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+             VALUES ($1, 'OPERATOR_REQUEST', $2, $3, $4, $4, $5, $6)",
+            [
+                id.into(),
+                saga.current_step.into(),
+                saga.attempt.into(),
+                saga.state.as_str().into(),
+                serde_json::json!({ "request": request.as_str(), "reason": reason }).into(),
+                actor.into(),
+            ],
+        ))
+        .await?;
+        return Ok(Filed::Filed(Box::new(saga)));
+    }
+    Ok(match Entity::find_by_id(id).one(conn).await? {
+        None => Filed::NotFound,
+        Some(Model {
+            operator_request: Some(pending),
+            ..
+        }) => Filed::Pending(pending),
+        Some(saga) => Filed::WrongState(saga.state),
+    })
+}
 
 /// Inserts a new saga instance of `saga_type` at `version`, its first step
 /// due now, with `data` as its input, and its `CREATED` history row with

@@ -67,6 +67,9 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{}/{db}{rest}", &base[..cut])
 }
 
+/// The operator token every [`TestApp`] runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A topic prefix no other test uses.
 pub fn topic_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -132,6 +135,8 @@ impl TestApp {
             "6000".into(),
             "--db-pool-size".into(),
             "16".into(),
+            "--admin-token".into(),
+            ADMIN_TOKEN.into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = sagaflow::config::Config::parse_from(args).expect("test config");

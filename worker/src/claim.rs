@@ -20,8 +20,9 @@ use crate::wake::{self, Wakeups};
 use crate::{executor, WorkerConfig, WorkerError};
 
 /// The claim statement. The inner `SELECT` walks the partial index
-/// `saga_instances_due` in `next_run_at` order, so it needs no sort and
-/// never looks at finished sagas. `id = ANY(ARRAY(…))` rather than
+/// `saga_instances_due` (`next_run_at IS NOT NULL`, which the schema ties
+/// to the states that can be due) in `next_run_at` order, so it needs no
+/// sort and never looks at finished sagas. `id = ANY(ARRAY(…))` rather than
 /// `id IN (…)`: the planner turns `IN` into a semi-join that sorts and
 /// de-duplicates the claimed ids; the array form is an init-plan followed
 /// by primary-key lookups.
@@ -30,7 +31,7 @@ UPDATE saga_instances SET lease_owner = $1, lease_expires_at = $2, next_run_at =
        version = version + 1, updated_at = $3 \
 WHERE id = ANY(ARRAY( \
     SELECT id FROM saga_instances \
-    WHERE state IN ('RUNNING', 'WAITING', 'COMPENSATING') AND next_run_at <= $3 \
+    WHERE next_run_at <= $3 \
     ORDER BY next_run_at \
     LIMIT $4 \
     FOR UPDATE SKIP LOCKED)) \

@@ -1,0 +1,723 @@
+//! The operator's view of sagas: list with filters and keyset pagination,
+//! one saga with its history, counts, and the two operator actions (retry,
+//! cancel), which need the admin token.
+//!
+//! The actions only file a request on the saga's row (see
+//! `sagaflow_entity::saga_instance::file_request`); the next worker that
+//! claims the saga applies it before anything else, so an action racing a
+//! worker can neither be lost nor half-applied.
+
+use chrono::{DateTime, TimeZone, Utc};
+use poem::Request;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sagaflow_entity::saga_instance::{self, Filed, OperatorRequest};
+use sagaflow_entity::{saga_event, SagaState, StateValues};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, Statement,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::body::{Fields, FromJsonObject, JsonBody};
+use crate::error::{ApiError, FieldError, ProblemJson};
+use crate::{utc, ApiTags};
+
+/// Largest page of `GET /sagas`.
+pub const MAX_LIMIT: u32 = 500;
+/// Page size when `limit` is absent.
+pub const DEFAULT_LIMIT: u32 = 50;
+
+/// A saga as the list and the detail page show it.
+#[derive(Debug, Clone, Object)]
+pub struct SagaView {
+    /// The saga's id.
+    pub id: Uuid,
+    /// Its definition's name, e.g. `order_payment`.
+    #[oai(rename = "type")]
+    pub saga_type: String,
+    /// The definition version it runs under (kept for its whole life).
+    pub version: i32,
+    /// RUNNING, WAITING, COMPENSATING, COMPLETED, COMPENSATED, FAILED or
+    /// CANCELLED.
+    pub state: String,
+    /// Forward: the step being run; compensating: the step being undone.
+    pub current_step: i32,
+    /// Attempts made at that step in the current direction.
+    pub attempt: i32,
+    /// When a worker looks at it next (null when finished).
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// While a command is out: when it counts as timed out.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Why the saga compensates (or compensated).
+    pub failure_reason: Option<String>,
+    /// An operator's request that no worker has applied yet.
+    pub operator_request: Option<String>,
+    /// The order it is about, if any.
+    pub order_no: Option<String>,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<saga_instance::Model> for SagaView {
+    fn from(s: saga_instance::Model) -> Self {
+        Self {
+            id: s.id,
+            order_no: s
+                .data
+                .get("order_no")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            saga_type: s.saga_type,
+            version: s.definition_version,
+            state: s.state.as_str().to_owned(),
+            current_step: s.current_step,
+            attempt: s.attempt,
+            next_run_at: s.next_run_at.map(utc),
+            deadline: s.deadline.map(utc),
+            last_error: s.last_error,
+            failure_reason: s.failure_reason,
+            operator_request: s.operator_request.map(|r| r.as_str().to_owned()),
+            created_at: utc(s.created_at),
+            updated_at: utc(s.updated_at),
+        }
+    }
+}
+
+/// One page of `GET /sagas`.
+#[derive(Debug, Clone, Object)]
+pub struct SagaPage {
+    /// The sagas, newest first.
+    pub items: Vec<SagaView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One history row.
+#[derive(Debug, Clone, Object)]
+pub struct SagaEventView {
+    /// Increasing with time.
+    pub id: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened (CREATED, COMMAND_SENT, REPLY_RECEIVED, TIMED_OUT,
+    /// RETRY_SCHEDULED, COMPENSATION_STARTED, OPERATOR_REQUEST, ...).
+    pub kind: String,
+    /// The step concerned.
+    pub step: Option<i32>,
+    /// The attempt concerned.
+    pub attempt: Option<i32>,
+    /// State before.
+    pub from_state: Option<String>,
+    /// State after.
+    pub to_state: Option<String>,
+    /// Who: `api`, a worker id, a consumer, or the operator.
+    pub actor: Option<String>,
+    /// Details (reasons, deadlines, outcomes).
+    pub detail: serde_json::Value,
+}
+
+/// A saga with its input and full history.
+#[derive(Debug, Clone, Object)]
+pub struct SagaDetail {
+    /// The saga.
+    #[oai(flatten)]
+    pub saga: SagaView,
+    /// Its input.
+    pub data: serde_json::Value,
+    /// The worker holding it right now, if any.
+    pub lease_owner: Option<String>,
+    /// Until when that worker holds it.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Its history, oldest first.
+    pub events: Vec<SagaEventView>,
+}
+
+/// Counts of one saga type by state.
+#[derive(Debug, Clone, Object)]
+pub struct TypeCounts {
+    /// The saga type.
+    #[oai(rename = "type")]
+    pub saga_type: String,
+    /// Count per state (every state present, zeros included).
+    pub by_state: std::collections::BTreeMap<String, i64>,
+}
+
+/// Sagas that finished in one minute.
+#[derive(Debug, Clone, Object)]
+pub struct MinuteCounts {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    /// Sagas that completed.
+    pub completed: i64,
+    /// Sagas that compensated.
+    pub compensated: i64,
+    /// Sagas whose compensation gave up.
+    pub failed: i64,
+    /// Sagas cancelled by an operator.
+    pub cancelled: i64,
+}
+
+/// `GET /sagas/stats`.
+#[derive(Debug, Clone, Object)]
+pub struct SagaStats {
+    /// Count per state over all types (every state present).
+    pub by_state: std::collections::BTreeMap<String, i64>,
+    /// Count per type and state.
+    pub by_type: Vec<TypeCounts>,
+    /// The last 60 minutes, oldest first, one entry per minute.
+    pub last_hour: Vec<MinuteCounts>,
+}
+
+/// Body of the operator actions.
+#[derive(Debug, Clone, Object)]
+pub struct OperatorActionRequest {
+    /// Why (1-500 characters); kept in the saga's history.
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub reason: String,
+}
+
+/// A validated operator action body.
+#[derive(Debug, Clone)]
+pub struct OperatorAction {
+    /// Why.
+    pub reason: String,
+}
+
+impl FromJsonObject for OperatorAction {
+    type Schema = OperatorActionRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        Some(Self {
+            reason: fields.text("reason", 500)?,
+        })
+    }
+}
+
+/// Responses of `GET /sagas`.
+#[derive(Debug, ApiResponse)]
+pub enum ListResponse {
+    /// A page of sagas.
+    #[oai(status = 200)]
+    Ok(Json<SagaPage>),
+    /// A filter, `limit` or `cursor` is invalid; `errors` names it.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of `GET /sagas/{id}`.
+#[derive(Debug, ApiResponse)]
+pub enum DetailResponse {
+    /// The saga and its history.
+    #[oai(status = 200)]
+    Ok(Json<SagaDetail>),
+    /// There is no such saga.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The id is not a UUID.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of `GET /sagas/stats`.
+#[derive(Debug, ApiResponse)]
+pub enum StatsResponse {
+    /// The counts.
+    #[oai(status = 200)]
+    Ok(Json<SagaStats>),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of the operator actions.
+#[derive(Debug, ApiResponse)]
+pub enum ActionResponse {
+    /// The request is filed and the saga due now; a worker applies it
+    /// within a moment (watch `state` and the history).
+    #[oai(status = 202)]
+    Accepted(Json<SagaView>),
+    /// The body is not a JSON object.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// No or a wrong `Authorization: Bearer` token.
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson),
+    /// There is no such saga.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The saga is in a state the action does not apply to, or another
+    /// request is pending; `detail` says which.
+    #[oai(status = 409)]
+    Conflict(ProblemJson),
+    /// The body is larger than the server's limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// `reason` (or the id) is invalid; `errors` names it.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// The `/sagas` operations.
+#[derive(Clone)]
+pub struct SagasApi {
+    db: DatabaseConnection,
+    /// SHA-256 of the admin token; `None` lets operator calls through (only
+    /// with the explicit insecure development flag).
+    token_digest: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SagasApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagasApi")
+            .field("token", &self.token_digest.map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn parse_uuid(raw: &str, name: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::field(name, "must be a UUID"))
+}
+
+fn parse_time(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.map(|r| {
+        DateTime::parse_from_rfc3339(r)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::field(name, "must be an RFC 3339 time, e.g. 2026-11-25T08:00:00Z")
+            })
+    })
+    .transpose()
+}
+
+/// The cursor is the last item's `created_at` (µs since the epoch) and id:
+/// the page after it holds what sorts strictly below that pair, so no item
+/// is skipped or repeated, and sagas created meanwhile (which sort above)
+/// do not shift the pages.
+fn encode_cursor(s: &saga_instance::Model) -> String {
+    format!("{}_{}", s.created_at.timestamp_micros(), s.id.simple())
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::field("cursor", "is not a cursor this API returned");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let at = Utc.timestamp_micros(micros).single().ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// The value of `r`, or `None` with its field errors added to `errors`.
+fn keep<T>(r: Result<T, ApiError>, errors: &mut Vec<FieldError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(ApiError::Validation(mut e)) => {
+            errors.append(&mut e);
+            None
+        }
+        Err(other) => {
+            errors.push(FieldError::new("query", other.to_string()));
+            None
+        }
+    }
+}
+
+fn all_states() -> std::collections::BTreeMap<String, i64> {
+    SagaState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect()
+}
+
+#[derive(Debug, FromQueryResult)]
+struct CountRow {
+    saga_type: String,
+    state: String,
+    n: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct MinuteRow {
+    minute: DateTime<Utc>,
+    kind: String,
+    n: i64,
+}
+
+impl SagasApi {
+    /// Operations on `db`; operator calls need `admin_token` (`None`: the
+    /// insecure development mode, operator calls open).
+    pub fn new(db: DatabaseConnection, admin_token: Option<&str>) -> Self {
+        Self {
+            db,
+            token_digest: admin_token.map(digest),
+        }
+    }
+
+    /// Checks `Authorization: Bearer <token>`. Both sides are hashed first,
+    /// so the constant-time comparison does not leak the token's length.
+    fn authorize(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(expected) = self.token_digest else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "operator calls need the header `Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`"
+                        .to_owned(),
+                )
+            })?;
+        if bool::from(digest(given.trim()).ct_eq(&expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized(
+                "the bearer token is not the admin token".to_owned(),
+            ))
+        }
+    }
+
+    async fn act(
+        &self,
+        req: &Request,
+        id: &str,
+        request: OperatorRequest,
+        body: OperatorAction,
+    ) -> Result<ActionResponse, ApiError> {
+        self.authorize(req)?;
+        let id = parse_uuid(id, "id")?;
+        let what = match request {
+            OperatorRequest::Cancel => "cancel",
+            OperatorRequest::Retry => "retry",
+        };
+        match saga_instance::file_request(&self.db, id, request, &body.reason, "operator").await? {
+            Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json((*saga).into()))),
+            Filed::NotFound => Err(ApiError::NotFound(format!("there is no saga {id}"))),
+            Filed::Pending(p) => Err(ApiError::Conflict(format!(
+                "saga {id} already has a {} request that no worker has applied yet; wait a moment",
+                p.as_str()
+            ))),
+            Filed::WrongState(state) => {
+                let allowed: Vec<&str> = request.allowed_in().iter().map(|s| s.as_str()).collect();
+                let hint = match (request, state) {
+                    (OperatorRequest::Cancel, SagaState::Failed) => {
+                        "; its compensation gave up: retry it instead"
+                    }
+                    (OperatorRequest::Retry, SagaState::Running) => "; it is already due to run",
+                    _ => "",
+                };
+                Err(ApiError::Conflict(format!(
+                    "saga {id} is {}; {what} applies only to {}{hint}",
+                    state.as_str(),
+                    allowed.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Sagas")]
+impl SagasApi {
+    /// List sagas
+    ///
+    /// Newest first, filtered by any of `state`, `type`, `order_no`,
+    /// `created_after` and `created_before`. Pages are keyset-paginated:
+    /// pass the returned `next_cursor` as `cursor` for the next page; no
+    /// saga is skipped or repeated across pages, however many are created
+    /// meanwhile.
+    #[oai(path = "/sagas", method = "get", operation_id = "listSagas")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        /// Only sagas in this state.
+        state: Query<Option<String>>,
+        /// Only sagas of this type (e.g. `order_payment`).
+        #[oai(name = "type")]
+        saga_type: Query<Option<String>>,
+        /// Only sagas about this order.
+        order_no: Query<Option<String>>,
+        /// Only sagas created at or after this RFC 3339 time.
+        created_after: Query<Option<String>>,
+        /// Only sagas created before this RFC 3339 time.
+        created_before: Query<Option<String>>,
+        /// Page size, 1-500 (default 50).
+        limit: Query<Option<String>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<ListResponse> {
+        let mut errors = Vec::new();
+        let state = state.0.filter(|s| !s.is_empty());
+        if let Some(s) = &state {
+            if !SagaState::ALL.iter().any(|v| v.as_str() == s) {
+                let states: Vec<&str> = SagaState::ALL.iter().map(|v| v.as_str()).collect();
+                errors.push(FieldError::new(
+                    "state",
+                    format!("must be one of {}", states.join(", ")),
+                ));
+            }
+        }
+        let after = keep(
+            parse_time(created_after.0.as_deref(), "created_after"),
+            &mut errors,
+        );
+        let before = keep(
+            parse_time(created_before.0.as_deref(), "created_before"),
+            &mut errors,
+        );
+        let limit = keep(
+            match limit.0.as_deref() {
+                None => Ok(DEFAULT_LIMIT),
+                Some(raw) => raw
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "limit",
+                            format!("must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    }),
+            },
+            &mut errors,
+        );
+        let cursor = keep(
+            cursor.0.as_deref().map(decode_cursor).transpose(),
+            &mut errors,
+        );
+        let (Some(after), Some(before), Some(limit), Some(cursor)) = (after, before, limit, cursor)
+        else {
+            return Err(ApiError::Validation(errors).into());
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors).into());
+        }
+        let rows = saga_instance::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM saga_instances \
+                 WHERE ($1::text IS NULL OR state = $1) \
+                   AND ($2::text IS NULL OR saga_type = $2) \
+                   AND ($3::text IS NULL OR data->>'order_no' = $3) \
+                   AND ($4::timestamptz IS NULL OR created_at >= $4) \
+                   AND ($5::timestamptz IS NULL OR created_at < $5) \
+                   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $8",
+                [
+                    state.into(),
+                    saga_type.0.filter(|s| !s.is_empty()).into(),
+                    order_no.0.filter(|s| !s.is_empty()).into(),
+                    after.into(),
+                    before.into(),
+                    cursor.map(|c| c.0).into(),
+                    cursor.map(|c| c.1).into(),
+                    i64::from(limit + 1).into(),
+                ],
+            ))
+            .all(&self.db)
+            .await
+            .map_err(ApiError::from)?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut rows = rows;
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_cursor = if more {
+            rows.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(ListResponse::Ok(Json(SagaPage {
+            items: rows.into_iter().map(SagaView::from).collect(),
+            next_cursor,
+        })))
+    }
+
+    /// Saga counts
+    ///
+    /// Sagas by state, by type and state, and how many completed,
+    /// compensated, failed and were cancelled in each of the last 60
+    /// minutes.
+    #[oai(path = "/sagas/stats", method = "get", operation_id = "sagaStats")]
+    async fn stats(&self) -> poem::Result<StatsResponse> {
+        let pg = DbBackend::Postgres;
+        let counts = CountRow::find_by_statement(Statement::from_string(
+            pg,
+            "SELECT saga_type, state, count(*)::bigint AS n FROM saga_instances GROUP BY 1, 2 ORDER BY 1, 2",
+        ))
+        .all(&self.db)
+        .await
+        .map_err(ApiError::from)?;
+        let mut by_state = all_states();
+        let mut by_type: Vec<TypeCounts> = Vec::new();
+        for c in counts {
+            *by_state.entry(c.state.clone()).or_default() += c.n;
+            match by_type.iter_mut().find(|t| t.saga_type == c.saga_type) {
+                Some(t) => *t.by_state.entry(c.state).or_default() += c.n,
+                None => {
+                    let mut states = all_states();
+                    states.insert(c.state, c.n);
+                    by_type.push(TypeCounts {
+                        saga_type: c.saga_type,
+                        by_state: states,
+                    });
+                }
+            }
+        }
+        let minutes = MinuteRow::find_by_statement(Statement::from_string(
+            pg,
+            "SELECT date_trunc('minute', created_at) AS minute, kind, count(*)::bigint AS n \
+             FROM saga_events \
+             WHERE kind IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED') \
+               AND created_at >= date_trunc('minute', now()) - interval '59 minutes' \
+             GROUP BY 1, 2",
+        ))
+        .all(&self.db)
+        .await
+        .map_err(ApiError::from)?;
+        let now = self
+            .db
+            .query_one(Statement::from_string(
+                pg,
+                "SELECT date_trunc('minute', now()) AS minute",
+            ))
+            .await
+            .map_err(ApiError::from)?
+            .and_then(|r| r.try_get::<DateTime<Utc>>("", "minute").ok())
+            .unwrap_or_else(Utc::now);
+        let last_hour = (0..60)
+            .rev()
+            .map(|back| {
+                let minute = now - chrono::Duration::minutes(back);
+                let n = |kind: &str| {
+                    minutes
+                        .iter()
+                        .filter(|m| m.minute == minute && m.kind == kind)
+                        .map(|m| m.n)
+                        .sum()
+                };
+                MinuteCounts {
+                    minute,
+                    completed: n("COMPLETED"),
+                    compensated: n("COMPENSATED"),
+                    failed: n("FAILED"),
+                    cancelled: n("CANCELLED"),
+                }
+            })
+            .collect();
+        Ok(StatsResponse::Ok(Json(SagaStats {
+            by_state,
+            by_type,
+            last_hour,
+        })))
+    }
+
+    /// Read a saga
+    ///
+    /// The saga, its input and its whole history, oldest event first.
+    #[oai(path = "/sagas/:id", method = "get", operation_id = "getSaga")]
+    async fn get(
+        &self,
+        /// The saga's id.
+        id: Path<String>,
+    ) -> poem::Result<DetailResponse> {
+        let id = parse_uuid(&id.0, "id")?;
+        let Some(saga) = saga_instance::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Err(ApiError::NotFound(format!("there is no saga {id}")).into());
+        };
+        let events = saga_event::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM saga_events WHERE saga_id = $1 ORDER BY id",
+                [id.into()],
+            ))
+            .all(&self.db)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(DetailResponse::Ok(Json(SagaDetail {
+            data: saga.data.clone(),
+            lease_owner: saga.lease_owner.clone(),
+            lease_expires_at: saga.lease_expires_at.map(utc),
+            saga: saga.into(),
+            events: events
+                .into_iter()
+                .map(|e| SagaEventView {
+                    id: e.id,
+                    at: utc(e.created_at),
+                    kind: e.kind,
+                    step: e.step,
+                    attempt: e.attempt,
+                    from_state: e.from_state,
+                    to_state: e.to_state,
+                    actor: e.actor,
+                    detail: e.detail,
+                })
+                .collect(),
+        })))
+    }
+
+    /// Retry a saga
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). A
+    /// FAILED saga (its compensation gave up) resumes compensating; a saga
+    /// stuck in WAITING or COMPENSATING runs its current step again now.
+    /// Either way the step's attempts start over. Recorded in the history
+    /// with the reason.
+    #[oai(path = "/sagas/:id/retry", method = "post", operation_id = "retrySaga")]
+    async fn retry(
+        &self,
+        req: &Request,
+        /// The saga's id.
+        id: Path<String>,
+        body: JsonBody<OperatorAction>,
+    ) -> poem::Result<ActionResponse> {
+        Ok(self.act(req, &id.0, OperatorRequest::Retry, body.0).await?)
+    }
+
+    /// Cancel a saga
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). An
+    /// active saga (RUNNING, WAITING, COMPENSATING) undoes what it did
+    /// (e.g. refunds a debit) and ends CANCELLED; its order becomes
+    /// CANCELLED. Recorded in the history with the reason.
+    #[oai(
+        path = "/sagas/:id/cancel",
+        method = "post",
+        operation_id = "cancelSaga"
+    )]
+    async fn cancel(
+        &self,
+        req: &Request,
+        /// The saga's id.
+        id: Path<String>,
+        body: JsonBody<OperatorAction>,
+    ) -> poem::Result<ActionResponse> {
+        Ok(self
+            .act(req, &id.0, OperatorRequest::Cancel, body.0)
+            .await?)
+    }
+}
