@@ -102,6 +102,47 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
         .context("running migrations")
 }
 
+/// The process's metrics recorder, installed on first use; `/metrics`
+/// renders it. (One per process: every app started in it shares it.)
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("sagaflow_claim_batch_size".to_owned()),
+                        &sizes,
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "histogram buckets refused; using summaries");
+                    PrometheusBuilder::new().build_recorder()
+                }
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only database gauges"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
 /// What an embedding application adds to the built-in sagas: its own
 /// definitions and the local actions (steps, compensations, hooks) they
 /// name.
@@ -162,6 +203,8 @@ pub async fn start_extended(
     ext: Extensions,
 ) -> anyhow::Result<Running> {
     cfg.validate()?;
+    // Before any role starts, so that nothing they record is dropped.
+    let metrics = metrics_handle();
     let admin_token = if roles.api {
         cfg.api_admin_token()?
     } else {
@@ -243,6 +286,7 @@ pub async fn start_extended(
         let api_cfg = ApiConfig {
             body_limit_bytes: cfg.body_limit_bytes,
             admin_token,
+            metrics: Some(metrics),
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();

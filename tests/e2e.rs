@@ -405,3 +405,66 @@ async fn malformed_messages_are_dead_lettered_and_consumers_keep_going() {
     assert_eq!(app.account(6).await["balance"], "6.00");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_report_sagas_steps_claims_lag_and_requests() {
+    let app = TestApp::start().await;
+    app.funded_account(8, "10.00").await;
+    let (_, order) = app.place_order(8, "2.50", None).await;
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+
+    let scrape = || async {
+        let r = app
+            .http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain")));
+        r.text().await.unwrap()
+    };
+    // librdkafka reports lag every 5 s; everything else is there at once.
+    let until = tokio::time::Instant::now() + SETTLE;
+    let text = loop {
+        let text = scrape().await;
+        if text.contains("sagaflow_consumer_lag{") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no consumer lag in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Database gauges are this test's own database: exact.
+    assert!(
+        text.contains("sagaflow_sagas{state=\"COMPLETED\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sagaflow_sagas{state=\"FAILED\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("sagaflow_outbox_backlog "), "{text}");
+    assert!(
+        text.contains("sagaflow_outbox_oldest_age_seconds "),
+        "{text}"
+    );
+    // Process-wide series (shared with the tests running beside this one).
+    for series in [
+        "sagaflow_step_duration_seconds_bucket{saga_type=\"order_payment\",step=\"0\"",
+        "sagaflow_claim_batch_size_bucket",
+        "sagaflow_sagas_finished_total{saga_type=\"order_payment\",state=\"COMPLETED\"}",
+        "sagaflow_http_request_duration_seconds_bucket{method=\"POST\",route=\"/orders\",status=\"201\"",
+        &format!("sagaflow_consumer_lag{{topic=\"{}", app.topic("")),
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+    app.stop().await;
+}

@@ -24,6 +24,7 @@ pub mod body;
 pub mod dashboard;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod orders;
 pub mod params;
 pub mod sagas;
@@ -42,6 +43,8 @@ pub struct ApiConfig {
     /// binary allows that only with its explicit insecure development
     /// flag). Never printed: the `Debug` output shows `[redacted]`.
     pub admin_token: Option<String>,
+    /// The process's metrics recorder, rendered by `GET /metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +52,7 @@ impl Default for ApiConfig {
         Self {
             body_limit_bytes: 64 * 1024,
             admin_token: None,
+            metrics: None,
         }
     }
 }
@@ -98,6 +102,7 @@ pub fn app(
             accounts::AccountsApi::new(db.clone()),
             orders::OrdersApi::new(db.clone()),
             sagas::SagasApi::new(db.clone(), cfg.admin_token.as_deref()),
+            metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),
             health::HealthApi::new(db, probe),
         ),
         "sagaflow",
@@ -119,6 +124,7 @@ pub fn app(
         .nest("/", service)
         .with(body::BodyLimit::new(cfg.body_limit_bytes))
         .with(error::ProblemLayer)
+        .with(metrics::HttpTiming)
         .boxed()
 }
 

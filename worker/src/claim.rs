@@ -14,6 +14,7 @@ use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::sql::stmt;
 use crate::wake::{self, Wakeups};
@@ -140,6 +141,7 @@ pub async fn run_once(
         cfg.lease,
         done,
     ));
+    metrics::histogram!("sagaflow_claim_batch_size").record(rows.len() as f64);
     for row in rows {
         match process(db, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
@@ -164,12 +166,17 @@ pub async fn process(
     cfg: &WorkerConfig,
     row: &saga_instance::Model,
 ) -> Result<(), WorkerError> {
-    let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type, step = row.current_step, attempt = row.attempt);
-    let _enter = span.enter();
-    let tx = db.begin().await?;
-    executor::advance(&tx, cfg, row, Event::Due, &cfg.worker_id).await?;
-    tx.commit().await?;
-    Ok(())
+    let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type,
+        order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
+    async move {
+        let tx = db.begin().await?;
+        let advanced = executor::advance(&tx, cfg, row, Event::Due, &cfg.worker_id).await?;
+        tx.commit().await?;
+        advanced.observe(&row.saga_type, row.current_step, None);
+        Ok(())
+    }
+    .instrument(span)
+    .await
 }
 
 /// Runs `cfg.workers` claim loops until `shutdown`. A loop that found a

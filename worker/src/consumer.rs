@@ -13,7 +13,9 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::kafka::LagContext;
 use crate::WorkerError;
 
 /// What a handler did with a message.
@@ -29,7 +31,7 @@ pub enum Handled {
 
 /// Consumes `topic` until `shutdown`, applying each message with `handle`.
 pub(crate) async fn run<F, Fut>(
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     topic: String,
     dead_letter: String,
     producer: FutureProducer,
@@ -59,9 +61,15 @@ where
             }
         };
         let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        // Continue the producer's trace: the span carries its trace id, and
+        // whatever the handler logs or sends inherits it.
+        let trace_id = header(&msg, "traceparent")
+            .and_then(|tp| tp.split('-').nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        let span = tracing::info_span!("consume", %topic, partition = msg.partition(), offset = msg.offset(), trace_id = %trace_id);
         let mut backoff = Duration::from_millis(50);
         let outcome = loop {
-            match handle(payload.clone()).await {
+            match handle(payload.clone()).instrument(span.clone()).await {
                 Ok(h) => break Some(h),
                 Err(e) => {
                     tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e,
@@ -89,6 +97,15 @@ where
         tracing::debug!(%topic, error = %e, "final offset commit");
     }
     Ok(())
+}
+
+/// A header's value as text.
+fn header(msg: &BorrowedMessage<'_>, key: &str) -> Option<String> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 async fn dead_letter_publish(

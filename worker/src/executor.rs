@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sagaflow_entity::saga_instance::{self, OperatorRequest};
 use sagaflow_entity::{SagaState, StateValues};
-use sagaflow_workflows::machine::{Clock, Effect, Event, Instance};
+use sagaflow_workflows::machine::{Clock, Effect, Event, Instance, RecordKind};
 use sagaflow_workflows::messages::{CommandEnvelope, Topics};
 use sagaflow_workflows::policy::Jitter;
 use sagaflow_workflows::transition;
@@ -19,6 +19,61 @@ use crate::{LocalContext, WorkerConfig, WorkerError};
 pub(crate) struct Advanced {
     pub state: SagaState,
     pub changed: bool,
+    /// What was recorded, for metrics once the transaction committed.
+    pub recorded: Vec<RecordKind>,
+}
+
+impl Advanced {
+    /// Counts what happened (call after the commit, so that a rolled-back
+    /// transaction counts nothing). `waited` is how long the saga waited
+    /// for the reply that this advance applied, if it applied one.
+    pub(crate) fn observe(&self, saga_type: &str, step: i32, waited: Option<std::time::Duration>) {
+        let t = saga_type.to_owned();
+        for kind in &self.recorded {
+            match kind {
+                RecordKind::RetryScheduled => {
+                    metrics::counter!("sagaflow_retries_total", "saga_type" => t.clone())
+                        .increment(1)
+                }
+                RecordKind::TimedOut => {
+                    metrics::counter!("sagaflow_timeouts_total", "saga_type" => t.clone())
+                        .increment(1)
+                }
+                RecordKind::CompensationStarted => {
+                    metrics::counter!("sagaflow_compensations_total", "saga_type" => t.clone())
+                        .increment(1)
+                }
+                RecordKind::Completed
+                | RecordKind::Compensated
+                | RecordKind::Cancelled
+                | RecordKind::Failed => metrics::counter!(
+                    "sagaflow_sagas_finished_total",
+                    "saga_type" => t.clone(),
+                    "state" => kind.as_str()
+                )
+                .increment(1),
+                RecordKind::ReplyReceived => {
+                    if let Some(w) = waited {
+                        metrics::histogram!(
+                            "sagaflow_step_duration_seconds",
+                            "saga_type" => t.clone(),
+                            "step" => step.to_string()
+                        )
+                        .record(w.as_secs_f64());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The order a saga is about, for spans and logs ("" if none).
+pub(crate) fn order_no(row: &saga_instance::Model) -> &str {
+    row.data
+        .get("order_no")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -117,10 +172,12 @@ pub(crate) async fn advance(
         Some(request) => (request, vec![event]),
         None => (event, Vec::new()),
     };
+    let mut recorded = Vec::new();
     // Each round either waits (remote command out), finishes, or moves one
     // step; twice the steps plus slack bounds a definition's whole run.
     for _ in 0..(def.steps.len() * 2 + 4 + queued.len() * 2) {
         let t = transition(def, &cur, &event, clock(now));
+        recorded.extend(t.history.iter().map(|r| r.kind));
         let mut next_event = None;
         for rec in &t.history {
             exec(
@@ -218,6 +275,7 @@ pub(crate) async fn advance(
     Ok(Advanced {
         state: cur.state,
         changed,
+        recorded,
     })
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Statistics};
 
 use crate::{Topics, WorkerError};
 
@@ -55,8 +56,11 @@ impl KafkaConfig {
 
     /// A consumer in group `<prefix><group>` that commits offsets only when
     /// told to.
-    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, WorkerError> {
+    pub fn consumer(&self, group: &str) -> Result<StreamConsumer<LagContext>, WorkerError> {
         self.base()
+            // librdkafka reports each assigned partition's lag in its
+            // statistics; LagContext turns them into a gauge.
+            .set("statistics.interval.ms", "5000")
             .set("group.id", format!("{}{group}", self.group_prefix))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -71,7 +75,7 @@ impl KafkaConfig {
             )
             .set("fetch.wait.max.ms", "20")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(LagContext)
             .map_err(|e| WorkerError::kafka(format!("create consumer {group}"), e))
     }
 
@@ -146,3 +150,30 @@ impl KafkaProbe {
         .unwrap_or(false)
     }
 }
+
+/// A consumer context that publishes librdkafka's per-partition consumer
+/// lag (messages between the committed offset and the high watermark) as
+/// the `sagaflow_consumer_lag` gauge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's "unknown" (e.g. a partition not assigned here).
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "sagaflow_consumer_lag",
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}

@@ -18,6 +18,7 @@ use sagaflow_workflows::messages::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
@@ -47,6 +48,16 @@ pub async fn handle(
         Ok(c) => c,
         Err(e) => return Ok(Handled::DeadLetter(format!("not a funds command: {e}"))),
     };
+    let span = tracing::info_span!("funds_command", saga_id = %cmd.saga_id, command = cmd.kind.as_str(),
+        step = cmd.step, attempt = cmd.attempt, user_id = cmd.user_id);
+    apply(db, topics, cmd).instrument(span).await
+}
+
+async fn apply(
+    db: &DatabaseConnection,
+    topics: &Topics,
+    cmd: CommandEnvelope,
+) -> Result<Handled, WorkerError> {
     let tx = db.begin().await?;
     let inserted = inbox_insert(&tx, CONSUMER, cmd.message_id).await?;
     if !inserted {

@@ -11,6 +11,7 @@ use sagaflow_workflows::machine::Event;
 use sagaflow_workflows::messages::ReplyEnvelope;
 use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::consumer::{self, Handled};
 use crate::kafka::KafkaConfig;
@@ -52,16 +53,31 @@ pub async fn handle(
             reply.saga_id
         )));
     };
-    let span = tracing::info_span!("saga_reply", saga_id = %row.id, step = reply.step, attempt = reply.attempt);
-    let _enter = span.enter();
+    let span = tracing::info_span!("saga_reply", saga_id = %row.id, saga_type = %row.saga_type,
+        order_no = executor::order_no(&row), step = reply.step, attempt = reply.attempt);
     let event = Event::Reply {
         step: reply.step,
         attempt: reply.attempt,
         compensation: reply.compensation,
         outcome: reply.outcome.into(),
     };
-    executor::advance(&tx, cfg, &row, event, CONSUMER).await?;
-    tx.commit().await?;
+    // The row was last written when the command went out (the saga has
+    // waited since), so this is the step's round trip.
+    let waited = (row.deadline.is_some())
+        .then(|| {
+            (chrono::Utc::now() - row.updated_at.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .flatten();
+    async {
+        let advanced = executor::advance(&tx, cfg, &row, event, CONSUMER).await?;
+        tx.commit().await?;
+        advanced.observe(&row.saga_type, row.current_step, waited);
+        Ok::<_, WorkerError>(())
+    }
+    .instrument(span)
+    .await?;
     Ok(Handled::Applied)
 }
 
