@@ -503,7 +503,10 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     .unwrap();
     assert!(matches!(filed, Filed::Filed(_)), "{filed:?}");
     app.await_saga_state(&saga, "COMPENSATED", SETTLE).await;
-    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "FAILED");
+    assert_eq!(
+        app.settled_order(&order_no, SETTLE).await["status"],
+        "FAILED"
+    );
     assert_eq!(count(&app, &saga, "kind = 'MANUAL_RETRY'").await, 1);
     assert_eq!(app.account(6).await["balance"], "10.00");
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
