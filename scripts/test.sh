@@ -12,6 +12,17 @@ export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 
 scripts/services.sh start
 
+# The dashboard's browser test (tests/browser.rs) drives Debian's headless
+# Chromium through chromedriver; install both when missing.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  command -v apt-get >/dev/null || { echo "[test] ERROR: apt-get not found; please install chromium and chromium-driver" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] || { echo "[test] ERROR: need root to install chromium and chromium-driver" >&2; exit 1; }
+  echo "[test] apt-get update"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  echo "[test] apt-get install chromium chromium-driver"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 # Each integration test makes its own database (sft_*) and topics (t<12 hex>.*);
 # drop what earlier runs left behind so they don't pile up.
 stale_dbs=$(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'sft\_%'" 2>/dev/null || true)

@@ -74,8 +74,11 @@
   const $ = (sel) => document.querySelector(sel);
 
   // ----------------------------------------------------------- formatting
+  // Ids are UUIDv7: the first characters are a timestamp (the same for a
+  // minute's sagas), the last ones random, so a short id shows both ends.
   function shortId(id) {
-    return String(id).slice(0, 8);
+    const s = String(id);
+    return s.length > 16 ? s.slice(0, 4) + "…" + s.slice(-8) : s;
   }
   function plural(n, one, many) {
     return n + " " + (n === 1 ? one : many || one + "s");
@@ -151,10 +154,13 @@
   class ApiError extends Error {
     constructor(status, problem, fallback) {
       const p = problem && typeof problem === "object" ? problem : {};
-      let msg = p.detail || p.title || fallback || "HTTP " + status;
-      if (Array.isArray(p.errors) && p.errors.length) {
-        msg += " (" + p.errors.map((e) => e.field + ": " + e.reason).join("; ") + ")";
+      // problem+json's detail already names the refused fields; the list
+      // is the fallback for a problem without one.
+      let msg = p.detail;
+      if (!msg && Array.isArray(p.errors) && p.errors.length) {
+        msg = p.errors.map((e) => e.field + ": " + e.reason).join("; ");
       }
+      msg = msg || p.title || fallback || "HTTP " + status;
       super(msg);
       this.status = status;
       this.problem = p;
@@ -196,15 +202,21 @@
   }
 
   // ------------------------------------------------------------- banners
-  function showError(msg) {
+  // One error banner; `source` says who set it, so that a refresh that
+  // worked clears its own earlier failure but not, say, a refused action.
+  let errorSource = null;
+  function showError(msg, source) {
     const el = $("#error");
     if (!msg) {
+      if (source && errorSource !== source) return;
       el.hidden = true;
       el.textContent = "";
+      errorSource = null;
       return;
     }
     el.textContent = msg;
     el.hidden = false;
+    errorSource = source || null;
   }
   function showNotice(msg) {
     const el = $("#notice");
@@ -275,12 +287,8 @@
       $("#reason-input").focus();
       return;
     }
-    if (needToken && !token) {
-      err.textContent = "Please enter the admin token (SAGAFLOW_ADMIN_TOKEN of the server).";
-      err.hidden = false;
-      $("#token-input").focus();
-      return;
-    }
+    // An empty token is allowed: a server without SAGAFLOW_ADMIN_TOKEN
+    // takes operator calls without one, any other answers 401 (asked again).
     closeDialog({ reason: reason, token: needToken ? token : null });
   });
   $("#dialog-cancel").addEventListener("click", function () {
@@ -394,10 +402,10 @@
         stats = await api("GET", "/sagas/stats");
       } catch (e) {
         showError("Could not refresh the overview: " + e.message +
-          (lastOk ? " — showing what was read " + relative(new Date(lastOk).toISOString()) + "." : ""));
+          (lastOk ? " — showing what was read " + relative(new Date(lastOk).toISOString()) + "." : ""), "load");
         return;
       }
-      showError(null);
+      showError(null, "load");
       lastOk = Date.now();
       updated.dataset.since = String(lastOk);
       updated.textContent = "updated 0 s ago";
@@ -716,11 +724,11 @@
           p.stop();
           return;
         }
-        showError("Could not load saga " + shortId(id) + ": " + e.message);
+        showError("Could not load saga " + shortId(id) + ": " + e.message, "load");
         return;
       }
       if (stopped) return;
-      showError(null);
+      showError(null, "load");
       saga = s;
       const sig = [s.state, s.updated_at, s.operator_request, s.current_step, s.attempt,
         (s.events || []).length, s.lease_owner, s.lease_expires_at].join("|");
@@ -776,8 +784,7 @@
           updatedNote),
         h("p", { class: "state-hint muted", id: "saga-state-hint" }, STATE_HINT[s.state] || ""),
         s.operator_request ? h("div", { class: "banner banner-pending", id: "saga-pending" },
-          "⏳ " + s.operator_request + " requested" +
-          (s.operator_reason ? " (" + s.operator_reason + ")" : "") + "; a worker applies it within a moment.") : null,
+          "⏳ " + s.operator_request + " requested; a worker applies it within a moment.") : null,
         h("div", { class: "actions" }, retryBtn, cancelBtn,
           h("a", { href: "#/sagas" + query({ type: s.type }) }, "← all " + s.type + " sagas")),
         h("div", { class: "columns" },
@@ -869,12 +876,12 @@
             error = "The admin token was refused (" + e.message + "). Enter it again.";
             continue;
           }
-          showError(what + " refused: " + e.message);
+          showError(what + " refused: " + e.message, "action");
           signature = null; // show what the saga is now
           p.start(true);
           return;
         }
-        showError(null);
+        showError(null, "action");
         showNotice(what + " requested (“" + reason + "”); waiting for a worker to apply it…");
         following = { what: what, state: before, done: false };
         signature = null;

@@ -1,0 +1,546 @@
+//! The operator dashboard in a real browser: headless Debian Chromium,
+//! driven through chromedriver by fantoccini, against a whole sagaflow
+//! process on the real PostgreSQL and Kafka.
+//!
+//! An operator finds a FAILED saga (a compensation that gave up) through
+//! the list's filters and retries it once the cause is fixed, then cancels
+//! an order whose debit is still out. `scripts/test.sh` installs
+//! `chromium` and `chromium-driver`. Screenshots go to
+//! `target/test-artifacts/`. Conditions are awaited with deadlines, never
+//! slept on.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{money_anomalies, TestApp, ADMIN_TOKEN};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
+use sagaflow::app::Roles;
+use sagaflow_workflows::machine::Outcome;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long any one condition may take to come true.
+const WITHIN: Duration = Duration::from_secs(30);
+/// How often a condition is looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where screenshots (and chromedriver's log) go.
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
+    dir
+}
+
+/// A chromedriver of this test's own, in its own process group so that the
+/// Chromium it starts goes with it: dropping the guard (also while
+/// unwinding from a failed assertion) kills the group and removes the
+/// browser profile.
+struct Chromedriver {
+    child: Child,
+    url: String,
+    profile: PathBuf,
+}
+
+impl Chromedriver {
+    fn spawn() -> Chromedriver {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: scripts/test.sh installs Debian's chromium and chromium-driver \
+                 (apt-get install chromium chromium-driver)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let profile = std::env::temp_dir().join(format!(
+            "sagaflow-chromium-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&profile).expect("browser profile dir");
+        let log = artifacts().join("chromedriver.log");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        Chromedriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            profile,
+        }
+    }
+
+    /// Waits until chromedriver answers `/status` as ready.
+    async fn ready(&mut self) {
+        let http = reqwest::Client::new();
+        let until = tokio::time::Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("chromedriver status") {
+                panic!("chromedriver exited at start-up: {status}");
+            }
+            if let Ok(r) = http.get(format!("{}/status", self.url)).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["value"]["ready"] == true {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "chromedriver did not answer within {WITHIN:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A headless Chromium session (offline-safe flags: without the
+    /// background-networking ones Chromium hangs on a machine without
+    /// internet).
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1400,1000",
+                    format!("--user-data-dir={}", self.profile.display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session from chromedriver")
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid (process_group(0)).
+        let group = format!("-{}", self.child.id());
+        Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok();
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.profile).ok();
+    }
+}
+
+// ------------------------------------------------------------------ saga
+
+/// A saga of the test's own: step 0 takes a hold (its compensation,
+/// releasing it, fails while `release_works` is false, and is tried only
+/// once, so the saga ends FAILED); step 1 refuses when the data says so.
+fn drill() -> sagaflow_workflows::SagaDefinition {
+    use sagaflow_workflows::{Action, Compensation, Hooks, RetryPolicy, SagaDefinition, StepDef};
+    let once = RetryPolicy::once();
+    SagaDefinition {
+        name: "drill",
+        version: 1,
+        steps: vec![
+            StepDef {
+                name: "drill.hold",
+                action: Action::Local("drill.hold"),
+                compensation: Some(Compensation {
+                    action: Action::Local("drill.release"),
+                    retry: once,
+                    timeout: Duration::from_secs(5),
+                }),
+                retry: once,
+                timeout: Duration::from_secs(5),
+            },
+            StepDef {
+                name: "drill.check",
+                action: Action::Local("drill.check"),
+                compensation: None,
+                retry: once,
+                timeout: Duration::from_secs(5),
+            },
+        ],
+        hooks: Hooks::default(),
+    }
+}
+
+/// The drill's local actions.
+enum Drill {
+    Hold,
+    /// Fails while the flag is false.
+    Release(Arc<AtomicBool>),
+    /// Refuses when the saga's data has `"refuse": true`.
+    Check,
+}
+
+impl sagaflow_worker::LocalAction for Drill {
+    fn run<'a>(
+        &'a self,
+        ctx: sagaflow_worker::LocalContext<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Outcome, sagaflow_worker::WorkerError>> {
+        let outcome = match self {
+            Drill::Hold => Outcome::Ok,
+            Drill::Release(works) if works.load(Ordering::SeqCst) => Outcome::Ok,
+            Drill::Release(_) => Outcome::Failed {
+                reason: "the hold service is down".to_owned(),
+            },
+            Drill::Check if ctx.saga.data["refuse"] == true => Outcome::Rejected {
+                reason: "the check refused".to_owned(),
+            },
+            Drill::Check => Outcome::Ok,
+        };
+        Box::pin(async move { Ok(outcome) })
+    }
+}
+
+async fn start_drill(app: &TestApp, order_no: &str, refuse: bool) -> String {
+    use sea_orm::TransactionTrait;
+    let id = uuid::Uuid::now_v7();
+    // In one transaction, as an application would: no worker sees the saga
+    // before its CREATED row.
+    let tx = app.db.conn.begin().await.expect("begin");
+    sagaflow_entity::saga_instance::insert_new(
+        &tx,
+        id,
+        ("drill", 1),
+        serde_json::json!({ "order_no": order_no, "refuse": refuse }),
+        serde_json::json!({}),
+        "test",
+    )
+    .await
+    .expect("insert a drill saga");
+    tx.commit().await.expect("commit");
+    id.to_string()
+}
+
+// ------------------------------------------------------------- browsing
+
+fn css(selector: &str) -> Locator<'_> {
+    Locator::Css(selector)
+}
+
+/// The text of `selector`, if it is on the page.
+async fn text_of(b: &Client, selector: &str) -> Option<String> {
+    b.find(css(selector)).await.ok()?.text().await.ok()
+}
+
+/// What the page says in its error banner (for failure messages).
+async fn page_error(b: &Client) -> String {
+    text_of(b, "#error").await.unwrap_or_default()
+}
+
+/// Waits until `selector` is on the page and displayed.
+async fn displayed(b: &Client, selector: &str) -> Element {
+    let until = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Ok(e) = b.find(css(selector)).await {
+            if e.is_displayed().await.unwrap_or(false) {
+                return e;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "`{selector}` not displayed within {WITHIN:?}; page error: {:?}",
+            page_error(b).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (up to `within`) until `selector`'s text is `want`.
+async fn text_becomes(b: &Client, selector: &str, want: &str, within: Duration) {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let now = text_of(b, selector).await;
+        if now.as_deref().map(str::trim) == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "`{selector}` shows {now:?}, not {want:?}, after {within:?}; page error: {:?}",
+            page_error(b).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn click(b: &Client, selector: &str) {
+    displayed(b, selector)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click `{selector}`: {e}"));
+}
+
+/// Saves a screenshot of the whole page (the window grows to the page's
+/// height for it, then shrinks back).
+async fn screenshot(b: &Client, name: &str) {
+    let height = b
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .map(|h| h + 150) // the window's own frame
+        .unwrap_or(1000)
+        .clamp(1000, 4000);
+    b.set_window_size(1400, height as u32).await.ok();
+    let png = b.screenshot().await.expect("screenshot");
+    b.set_window_size(1400, 1000).await.ok();
+    std::fs::write(artifacts().join(name), png).expect("write screenshot");
+}
+
+/// From the list page: filters by `state` (or any) and `order_no`, and
+/// opens the one saga that matches, `saga`.
+async fn find_and_open(b: &Client, state: &str, order_no: &str, saga: &str) {
+    click(b, "#nav-sagas").await;
+    displayed(b, "#filter-state")
+        .await
+        .select_by_value(state)
+        .await
+        .expect("choose a state");
+    let field = displayed(b, "#filter-order-no").await;
+    field.clear().await.expect("clear the order number");
+    field
+        .send_keys(order_no)
+        .await
+        .expect("type the order number");
+    click(b, "#filter-apply").await;
+    let row = format!("tr[data-saga-id=\"{saga}\"]");
+    displayed(b, &row).await;
+    let rows = b.find_all(css("tr[data-saga-id]")).await.unwrap();
+    assert_eq!(rows.len(), 1, "only the saga of {order_no} matches");
+    click(b, &row).await;
+    displayed(b, "#saga-state").await;
+    let url = b.current_url().await.unwrap();
+    assert_eq!(url.fragment(), Some(format!("/sagas/{saga}").as_str()));
+}
+
+/// Answers the operator dialog: a reason and, when asked, the token.
+async fn confirm(b: &Client, reason: &str, token: Option<&str>) {
+    let field = displayed(b, "#reason-input").await;
+    if field.prop("value").await.unwrap().unwrap_or_default() != reason {
+        field.clear().await.unwrap();
+        field.send_keys(reason).await.unwrap();
+    }
+    let token_field = b.find(css("#token-input")).await.unwrap();
+    match token {
+        Some(t) => {
+            assert!(
+                token_field.is_displayed().await.unwrap(),
+                "the dialog asks for the token"
+            );
+            token_field.clear().await.unwrap();
+            token_field.send_keys(t).await.unwrap();
+        }
+        None => assert!(
+            !token_field.is_displayed().await.unwrap(),
+            "the token is kept for the session, not asked again"
+        ),
+    }
+    click(b, "#dialog-ok").await;
+}
+
+// ----------------------------------------------------------------- test
+
+const PATIENT_DEBIT: &str = r#"{"order_payment.debit": {"timeout_ms": 120000}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_retries_a_failed_saga_and_cancels_a_waiting_order_in_the_dashboard() {
+    let release_works = Arc::new(AtomicBool::new(false));
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![drill()],
+        actions: vec![
+            ("drill.hold", Arc::new(Drill::Hold)),
+            (
+                "drill.release",
+                Arc::new(Drill::Release(release_works.clone())),
+            ),
+            ("drill.check", Arc::new(Drill::Check)),
+        ],
+    };
+    // No funds participant: the order's debit stays unanswered (WAITING)
+    // until the test starts one.
+    let no_funds = Roles {
+        funds: false,
+        ..Roles::ALL
+    };
+    let mut app = TestApp::start_extended(
+        &["--saga-tuning", PATIENT_DEBIT, "--poll-interval-ms", "50"],
+        no_funds,
+        ext,
+    )
+    .await;
+
+    let mut driver = Chromedriver::spawn();
+    driver.ready().await;
+    let browser = driver.browser().await;
+    let run = AssertUnwindSafe(operate(&mut app, &browser, &release_works))
+        .catch_unwind()
+        .await;
+    if run.is_err() {
+        // What the page looked like when it went wrong.
+        if let Ok(png) = browser.screenshot().await {
+            std::fs::write(artifacts().join("dashboard-failure.png"), png).ok();
+        }
+    }
+    browser.close().await.ok();
+    drop(driver);
+    match run {
+        Ok(()) => app.stop().await,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
+    // a. A FAILED saga: its step 1 refuses, and releasing step 0's hold
+    //    fails, once, which is all it may. Two more that complete.
+    let stuck_no = format!("DRILL-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let stuck = start_drill(app, &stuck_no, true).await;
+    let fine_a = start_drill(app, "DRILL-fine-a", false).await;
+    let fine_b = start_drill(app, "DRILL-fine-b", false).await;
+    app.await_saga_state(&stuck, "FAILED", WITHIN).await;
+    app.await_saga_state(&fine_a, "COMPLETED", WITHIN).await;
+    app.await_saga_state(&fine_b, "COMPLETED", WITHIN).await;
+
+    // b. A WAITING order: the debit is out and nobody answers.
+    app.funded_account(61, "25.00").await;
+    let (status, order) = app.place_order(61, "7.50", None).await;
+    assert_eq!(status, 201, "{order}");
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    let waiting = order["saga_id"].as_str().unwrap().to_owned();
+    app.await_saga_state(&waiting, "WAITING", WITHIN).await;
+    // The debit is on Kafka (the relay deletes what it sent), so the
+    // participant sees it before the refund a cancel sends.
+    app.await_scalar("SELECT count(*) FROM outbox", WITHIN, |n| n == 0)
+        .await;
+
+    // c. The overview shows it at a glance.
+    b.goto(&format!("{}/#/", app.base)).await.unwrap();
+    text_becomes(b, "#count-FAILED", "1", WITHIN).await;
+    text_becomes(b, "#count-WAITING", "1", WITHIN).await;
+    text_becomes(b, "#count-COMPLETED", "2", WITHIN).await;
+    displayed(b, "#chart-last-hour").await;
+    displayed(b, "#attention-failed").await;
+    screenshot(b, "dashboard-overview.png").await;
+
+    // The list, filtered, leads to the saga.
+    find_and_open(b, "FAILED", &stuck_no, &stuck).await;
+    text_becomes(b, "#saga-state", "FAILED", WITHIN).await;
+    assert!(
+        text_of(b, "#saga-last-error")
+            .await
+            .unwrap_or_default()
+            .contains("the hold service is down"),
+        "the page shows why"
+    );
+    assert!(
+        !displayed(b, "#btn-cancel")
+            .await
+            .is_enabled()
+            .await
+            .unwrap(),
+        "a FAILED saga cannot be cancelled"
+    );
+
+    // The hold service is fixed; the operator retries. A wrong token is
+    // refused and asked for again, the reason kept.
+    release_works.store(true, Ordering::SeqCst);
+    let retry_reason = "hold service fixed, INC-4711";
+    click(b, "#btn-retry").await;
+    confirm(b, retry_reason, Some("not-the-token")).await;
+    let refused = displayed(b, "#dialog-error").await.text().await.unwrap();
+    assert!(refused.contains("refused"), "{refused}");
+    confirm(b, retry_reason, Some(ADMIN_TOKEN)).await;
+    text_becomes(b, "#saga-state", "COMPENSATED", WITHIN).await;
+    displayed(b, "tr[data-kind=\"OPERATOR_REQUEST\"]").await;
+    screenshot(b, "dashboard-saga.png").await;
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{stuck}' AND kind = 'OPERATOR_REQUEST' \
+             AND detail->>'request' = 'RETRY' AND detail->>'reason' = '{retry_reason}'"
+        ))
+        .await,
+        1,
+        "the operator's request is in the history"
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{stuck}' AND kind = 'MANUAL_RETRY'"
+        ))
+        .await,
+        1,
+        "and the worker applying it"
+    );
+
+    // d. The waiting order: cancelled while its debit is out.
+    find_and_open(b, "", &order_no, &waiting).await;
+    text_becomes(b, "#saga-state", "WAITING", WITHIN).await;
+    let cancel_reason = "customer called to cancel";
+    click(b, "#btn-cancel").await;
+    confirm(b, cancel_reason, None).await;
+    // Applied (compensation under way) before the participant comes back.
+    app.await_scalar(
+        &format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{waiting}' AND kind = 'CANCEL_REQUESTED'"
+        ),
+        WITHIN,
+        |n| n == 1,
+    )
+    .await;
+    app.start_roles(Roles {
+        api: false,
+        worker: false,
+        relay: false,
+        funds: true,
+        replies: false,
+    })
+    .await;
+    text_becomes(b, "#saga-state", "CANCELLED", WITHIN).await;
+    let order = app.settled_order(&order_no, WITHIN).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(
+        order["failure_reason"],
+        format!("cancelled: {cancel_reason}")
+    );
+    assert_eq!(
+        app.account(61).await["balance"],
+        "25.00",
+        "the debit was refunded"
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{waiting}' AND kind = 'OPERATOR_REQUEST' \
+             AND detail->>'request' = 'CANCEL' AND detail->>'reason' = '{cancel_reason}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+}
