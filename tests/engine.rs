@@ -492,6 +492,14 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     // The operator brings the participant back and retries: the
     // compensation resumes with fresh attempts and the saga ends.
     app.start_roles(FUNDS_ONLY).await;
+    // Retry once the participant is up: it has worked off the debit and
+    // the refund that went unanswered (two command ids in its inbox).
+    app.await_scalar(
+        "SELECT count(*) FROM inbox WHERE consumer = 'funds'",
+        SETTLE,
+        |n| n == 2,
+    )
+    .await;
     let filed = sagaflow_worker::operator::file_request(
         &app.db.conn,
         saga.parse().unwrap(),

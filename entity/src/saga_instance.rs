@@ -249,6 +249,8 @@ pub struct Model {
     pub state: SagaState,
     pub current_step: i32,
     pub attempt: i32,
+    /// `attempt` at the last operator retry; the policy counts from it.
+    pub attempt_base: i32,
     pub cancel_requested: bool,
     pub next_run_at: Option<DateTimeWithTimeZone>,
     pub lease_owner: Option<String>,

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_core_tables;
 mod m20261125_000002_refunds_and_operator_requests;
 mod m20261125_000003_operator_queries;
+mod m20261125_000004_attempt_base;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_core_tables::Migration),
             Box::new(m20261125_000002_refunds_and_operator_requests::Migration),
             Box::new(m20261125_000003_operator_queries::Migration),
+            Box::new(m20261125_000004_attempt_base::Migration),
         ]
     }
 }

@@ -85,6 +85,7 @@ fn instance_of(row: &saga_instance::Model) -> Instance {
         state: row.state,
         step: u32::try_from(row.current_step).unwrap_or(0),
         attempt: u32::try_from(row.attempt).unwrap_or(0),
+        attempt_base: u32::try_from(row.attempt_base).unwrap_or(0),
         cancel_requested: row.cancel_requested,
         next_run_at: row.next_run_at.map(|t| t.with_timezone(&Utc)),
         deadline: row.deadline.map(|t| t.with_timezone(&Utc)),
@@ -322,7 +323,7 @@ async fn store<C: ConnectionTrait>(
         db,
         "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \
              next_run_at = $5, deadline = $6, last_error = $7, lease_owner = NULL, lease_expires_at = NULL, \
-             operator_request = NULL, operator_reason = NULL, failure_reason = $10, \
+             operator_request = NULL, operator_reason = NULL, failure_reason = $10, attempt_base = $11, \
              version = version + 1, updated_at = now() \
          WHERE id = $8 AND version = $9",
         [
@@ -336,6 +337,7 @@ async fn store<C: ConnectionTrait>(
             row.id.into(),
             row.version.into(),
             i.failure.clone().into(),
+            to_i32(i.attempt_base).into(),
         ],
     )
     .await?;

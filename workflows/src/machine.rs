@@ -15,8 +15,14 @@ pub struct Instance {
     pub state: SagaState,
     /// Forward: the step being run. Compensating: the step being undone.
     pub step: u32,
-    /// Attempts made at `step` in the current direction (0 before the first).
+    /// Attempts made at `step` in the current direction (0 before the
+    /// first). Never reused for the same step and direction, even across an
+    /// operator's retry, because it goes on the wire: participants and the
+    /// reply inbox tell attempts of one command apart by it.
     pub attempt: u32,
+    /// `attempt` when an operator last retried this step and direction; the
+    /// retry policy counts only the attempts after it.
+    pub attempt_base: u32,
     /// Set by an operator's cancel: compensation then ends in CANCELLED.
     pub cancel_requested: bool,
     /// When a worker should look at the saga again; `None` when terminal.
@@ -38,6 +44,7 @@ impl Instance {
             state: SagaState::Running,
             step: 0,
             attempt: 0,
+            attempt_base: 0,
             cancel_requested: false,
             next_run_at: Some(now),
             deadline: None,
@@ -314,7 +321,7 @@ impl Machine<'_> {
                     serde_json::json!({ "reason": reason }),
                 );
                 self.cur.state = Compensating;
-                self.schedule_now();
+                self.restart_attempts();
             }
             (Failed, Event::Reply { .. }) => self.ignore(
                 RecordKind::ReplyIgnored,
@@ -333,7 +340,7 @@ impl Machine<'_> {
                 if self.cur.state == Waiting {
                     self.cur.state = Running;
                 }
-                self.schedule_now();
+                self.restart_attempts();
             }
             (_, Event::Cancel { reason }) => self.cancel(reason),
 
@@ -382,10 +389,26 @@ impl Machine<'_> {
         self.cur.deadline.is_some_and(|d| self.clock.now < d)
     }
 
+    /// A new step or direction, due now: its attempts start from zero.
     fn schedule_now(&mut self) {
         self.cur.attempt = 0;
+        self.cur.attempt_base = 0;
         self.cur.deadline = None;
         self.cur.next_run_at = Some(self.clock.now);
+    }
+
+    /// An operator's retry: the same step and direction, due now, with the
+    /// policy's attempts available again. The attempt counter itself goes
+    /// on (see [`Instance::attempt`]).
+    fn restart_attempts(&mut self) {
+        self.cur.attempt_base = self.cur.attempt;
+        self.cur.deadline = None;
+        self.cur.next_run_at = Some(self.clock.now);
+    }
+
+    /// Attempts that count against the policy.
+    fn used(&self) -> u32 {
+        self.cur.attempt.saturating_sub(self.cur.attempt_base)
     }
 
     fn deadline_after(&self, timeout: std::time::Duration) -> DateTime<Utc> {
@@ -393,7 +416,7 @@ impl Machine<'_> {
     }
 
     fn backoff_until(&self, policy: &RetryPolicy) -> DateTime<Utc> {
-        let delay = policy.backoff(self.cur.attempt, self.clock.jitter);
+        let delay = policy.backoff(self.used(), self.clock.jitter);
         self.clock.now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
     }
 
@@ -404,7 +427,7 @@ impl Machine<'_> {
             // A saga past its last step has nothing left to do.
             return self.complete();
         };
-        if !step.retry.allows_another(self.cur.attempt) {
+        if !step.retry.allows_another(self.used()) {
             return self.forward_attempt_failed("no attempts left".to_owned());
         }
         self.cur.attempt += 1;
@@ -445,7 +468,7 @@ impl Machine<'_> {
         let Some(comp) = self.def.step(self.cur.step).and_then(|s| s.compensation) else {
             return self.next_compensation_below(self.cur.step);
         };
-        if !comp.retry.allows_another(self.cur.attempt) {
+        if !comp.retry.allows_another(self.used()) {
             // A local compensation that never reported back used its attempts.
             return self.compensation_attempt_failed("no attempts left".to_owned());
         }
@@ -540,6 +563,7 @@ impl Machine<'_> {
     fn forward_step_succeeded(&mut self) {
         self.cur.step += 1;
         self.cur.attempt = 0;
+        self.cur.attempt_base = 0;
         self.cur.last_error = None;
         if self.cur.step >= self.def.len() {
             self.complete();
@@ -573,7 +597,7 @@ impl Machine<'_> {
             .step(self.cur.step)
             .map(|s| s.retry)
             .unwrap_or(RetryPolicy::once());
-        if retry.allows_another(self.cur.attempt) {
+        if retry.allows_another(self.used()) {
             let at = self.backoff_until(&retry);
             self.cur.state = SagaState::Running;
             self.cur.next_run_at = Some(at);
@@ -595,7 +619,7 @@ impl Machine<'_> {
             .and_then(|s| s.compensation)
             .map(|c| c.retry)
             .unwrap_or(RetryPolicy::once());
-        if retry.allows_another(self.cur.attempt) {
+        if retry.allows_another(self.used()) {
             let at = self.backoff_until(&retry);
             self.cur.next_run_at = Some(at);
             self.record(

@@ -199,6 +199,9 @@ struct Log {
     compensation_started: Vec<u32>,
     /// Steps whose compensation succeeded, in order.
     compensated: Vec<u32>,
+    /// Every (step, compensation, attempt) sent as a command or handed out
+    /// as a local action.
+    sent: std::collections::HashSet<(u32, bool, u32)>,
 }
 
 struct Run<'a> {
@@ -222,6 +225,31 @@ impl Run<'_> {
             },
         );
 
+        // An attempt number is never reused for the same step and
+        // direction (it is on the wire: participants and the reply inbox
+        // tell attempts apart by it), operator retries included.
+        for e in &t.effects {
+            let key = match e {
+                Effect::SendCommand {
+                    step,
+                    attempt,
+                    compensation,
+                    ..
+                }
+                | Effect::RunLocal {
+                    step,
+                    attempt,
+                    compensation,
+                    ..
+                } => (*step, *compensation, *attempt),
+                Effect::RunHook { .. } => continue,
+            };
+            prop_assert!(
+                self.log.sent.insert(key),
+                "attempt {:?} handed out twice",
+                key
+            );
+        }
         // Stale or mismatched replies change nothing.
         if t.history.iter().any(|r| r.kind == RecordKind::ReplyIgnored) {
             prop_assert_eq!(&t.next, &before);
@@ -326,9 +354,10 @@ impl Run<'_> {
         };
         if let Some(max) = budget {
             prop_assert!(
-                n.attempt <= max,
-                "attempt {} over budget {} in {:?}",
+                n.attempt - n.attempt_base <= max,
+                "attempt {} (base {}) over budget {} in {:?}",
                 n.attempt,
+                n.attempt_base,
                 max,
                 n.state
             );
