@@ -204,7 +204,7 @@ impl sagaflow_worker::LocalAction for Drill {
     fn run<'a>(
         &'a self,
         ctx: sagaflow_worker::LocalContext<'a>,
-    ) -> futures::future::BoxFuture<'a, Result<Outcome, sagaflow_worker::WorkerError>> {
+    ) -> sagaflow_worker::ActionFuture<'a> {
         let outcome = match self {
             Drill::Hold => Outcome::Ok,
             Drill::Release(works) if works.load(Ordering::SeqCst) => Outcome::Ok,

@@ -532,10 +532,7 @@ impl sagaflow_worker::LocalAction for Note {
     fn run<'a>(
         &'a self,
         ctx: sagaflow_worker::LocalContext<'a>,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<sagaflow_workflows::machine::Outcome, sagaflow_worker::WorkerError>,
-    > {
+    ) -> sagaflow_worker::ActionFuture<'a> {
         use sea_orm::ConnectionTrait;
         Box::pin(async move {
             if self.refuse {
@@ -614,10 +611,7 @@ impl sagaflow_worker::LocalAction for Check {
     fn run<'a>(
         &'a self,
         ctx: sagaflow_worker::LocalContext<'a>,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<sagaflow_workflows::machine::Outcome, sagaflow_worker::WorkerError>,
-    > {
+    ) -> sagaflow_worker::ActionFuture<'a> {
         let unlucky = ctx.saga.data["amount"] == "13.00";
         Box::pin(async move {
             Note {

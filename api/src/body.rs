@@ -244,3 +244,30 @@ impl<'a> Fields<'a> {
         None
     }
 }
+
+/// Body of requests that only carry a reason (a refund, an operator's
+/// retry or cancel).
+#[derive(Debug, Clone, poem_openapi::Object)]
+pub struct ReasonRequest {
+    /// Why (1-500 characters, not blank); kept in the saga's history (and,
+    /// for a refund, sent with `OrderRefunded`).
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub reason: String,
+}
+
+/// A validated [`ReasonRequest`].
+#[derive(Debug, Clone)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+impl FromJsonObject for Reason {
+    type Schema = ReasonRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        Some(Self {
+            reason: fields.text("reason", 500)?,
+        })
+    }
+}

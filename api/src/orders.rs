@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::accounts::positive_user_id;
-use crate::body::{Fields, FromJsonObject, JsonBody};
+use crate::body::{Fields, FromJsonObject, JsonBody, Reason};
 use crate::error::{ApiError, ProblemJson};
 use crate::{utc, ApiTags};
 
@@ -172,32 +172,6 @@ pub enum CreateOrderResponse {
     /// The server failed; the body carries a correlation id.
     #[oai(status = 500)]
     Internal(ProblemJson),
-}
-
-/// Body of `POST /orders/{order_no}/refund`.
-#[derive(Debug, Clone, Object)]
-pub struct RefundOrderRequest {
-    /// Why the order is refunded (1-500 characters), kept in the saga and
-    /// sent with `OrderRefunded`.
-    #[oai(validator(min_length = 1, max_length = 500))]
-    pub reason: String,
-}
-
-/// A validated refund request.
-#[derive(Debug, Clone)]
-pub struct NewRefund {
-    /// Why.
-    pub reason: String,
-}
-
-impl FromJsonObject for NewRefund {
-    type Schema = RefundOrderRequest;
-
-    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
-        Some(Self {
-            reason: fields.text("reason", 500)?,
-        })
-    }
 }
 
 /// Responses of `POST /orders/{order_no}/refund`.
@@ -370,7 +344,7 @@ impl OrdersApi {
         &self,
         /// The order number returned when the order was placed.
         order_no: Path<String>,
-        body: JsonBody<NewRefund>,
+        body: JsonBody<Reason>,
     ) -> poem::Result<RefundOrderResponse> {
         let txn = self.db.begin().await.map_err(ApiError::from)?;
         let o = refund(&txn, &order_no.0, &body.0.reason).await?;

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::body::{Fields, FromJsonObject, JsonBody};
+use crate::body::{JsonBody, Reason};
 use crate::error::{ApiError, FieldError, ProblemJson};
 use crate::{utc, ApiTags};
 
@@ -173,31 +173,6 @@ pub struct SagaStats {
     pub by_type: Vec<TypeCounts>,
     /// The last 60 minutes, oldest first, one entry per minute.
     pub last_hour: Vec<MinuteCounts>,
-}
-
-/// Body of the operator actions.
-#[derive(Debug, Clone, Object)]
-pub struct OperatorActionRequest {
-    /// Why (1-500 characters); kept in the saga's history.
-    #[oai(validator(min_length = 1, max_length = 500))]
-    pub reason: String,
-}
-
-/// A validated operator action body.
-#[derive(Debug, Clone)]
-pub struct OperatorAction {
-    /// Why.
-    pub reason: String,
-}
-
-impl FromJsonObject for OperatorAction {
-    type Schema = OperatorActionRequest;
-
-    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
-        Some(Self {
-            reason: fields.text("reason", 500)?,
-        })
-    }
 }
 
 /// Responses of `GET /sagas`.
@@ -405,7 +380,7 @@ impl SagasApi {
         req: &Request,
         id: &str,
         request: OperatorRequest,
-        body: OperatorAction,
+        body: Reason,
     ) -> Result<ActionResponse, ApiError> {
         self.authorize(req)?;
         let id = parse_uuid(id, "id")?;
@@ -693,7 +668,7 @@ impl SagasApi {
         req: &Request,
         /// The saga's id.
         id: Path<String>,
-        body: JsonBody<OperatorAction>,
+        body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
         Ok(self.act(req, &id.0, OperatorRequest::Retry, body.0).await?)
     }
@@ -714,7 +689,7 @@ impl SagasApi {
         req: &Request,
         /// The saga's id.
         id: Path<String>,
-        body: JsonBody<OperatorAction>,
+        body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
             .act(req, &id.0, OperatorRequest::Cancel, body.0)

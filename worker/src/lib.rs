@@ -32,7 +32,7 @@ pub mod wake;
 use std::time::Duration;
 
 pub use kafka::{KafkaConfig, KafkaProbe};
-pub use local::{Actions, LocalAction, LocalContext};
+pub use local::{ActionFuture, Actions, LocalAction, LocalContext};
 pub use sagaflow_workflows::messages::Topics;
 
 /// Settings of the worker-side roles.

@@ -46,8 +46,11 @@ pub struct LocalContext<'a> {
 /// their outcome is not used.
 pub trait LocalAction: Send + Sync {
     /// Runs the action.
-    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> BoxFuture<'a, Result<Outcome, WorkerError>>;
+    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> ActionFuture<'a>;
 }
+
+/// What [`LocalAction::run`] returns: write `Box::pin(async move { .. })`.
+pub type ActionFuture<'a> = BoxFuture<'a, Result<Outcome, WorkerError>>;
 
 /// The local actions a worker can run, by name.
 #[derive(Clone, Default)]
@@ -65,7 +68,7 @@ impl fmt::Debug for Actions {
 struct OrderHook(&'static str);
 
 impl LocalAction for OrderHook {
-    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> BoxFuture<'a, Result<Outcome, WorkerError>> {
+    fn run<'a>(&'a self, ctx: LocalContext<'a>) -> ActionFuture<'a> {
         Box::pin(async move {
             let data: OrderData = serde_json::from_value(ctx.saga.data.clone()).map_err(|e| {
                 WorkerError::Corrupt {
