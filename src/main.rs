@@ -26,6 +26,29 @@ enum Command {
     Serve(Config),
     /// Apply pending schema migrations and exit.
     Migrate(Config),
+    /// Check the money and state invariants against the database; print
+    /// the report and exit 1 if any is violated.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Prints the report (the command's output) and says whether it is clean.
+#[allow(clippy::print_stdout)]
+fn print_report(report: &sagaflow_api::verify::Report, json: bool) -> anyhow::Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(report.is_clean())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -65,6 +88,16 @@ async fn main() -> anyhow::Result<()> {
             let db = app::connect(&config).await?;
             app::migrate(&db).await?;
             tracing::info!("schema is up to date");
+        }
+        Command::Verify(args) => {
+            init_tracing(args.config.log_format);
+            let db = app::connect(&args.config).await?;
+            let report = sagaflow_api::verify::verify(&db)
+                .await
+                .context("running the checks")?;
+            if !print_report(&report, args.json)? {
+                std::process::exit(1);
+            }
         }
         Command::Serve(config) => {
             init_tracing(config.log_format);

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod orders;
 pub mod params;
 pub mod sagas;
+pub mod verify;
 
 pub use error::{ApiError, FieldError, Problem};
 
@@ -97,11 +98,13 @@ pub fn app(
     probe: Arc<dyn ReadinessProbe>,
     cfg: ApiConfig,
 ) -> BoxEndpoint<'static> {
+    let operator = sagas::Operator::new(cfg.admin_token.as_deref());
     let service = OpenApiService::new(
         (
             accounts::AccountsApi::new(db.clone()),
             orders::OrdersApi::new(db.clone()),
-            sagas::SagasApi::new(db.clone(), cfg.admin_token.as_deref()),
+            sagas::SagasApi::new(db.clone(), operator.clone()),
+            verify::VerifyApi::new(db.clone(), operator),
             metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),
             health::HealthApi::new(db, probe),
         ),

@@ -251,21 +251,62 @@ pub enum ActionResponse {
     Internal(ProblemJson),
 }
 
-/// The `/sagas` operations.
+/// Checks the admin token of operator calls.
 #[derive(Clone)]
-pub struct SagasApi {
-    db: DatabaseConnection,
+pub struct Operator {
     /// SHA-256 of the admin token; `None` lets operator calls through (only
     /// with the explicit insecure development flag).
     token_digest: Option<[u8; 32]>,
 }
 
-impl std::fmt::Debug for SagasApi {
+impl std::fmt::Debug for Operator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SagasApi")
+        f.debug_struct("Operator")
             .field("token", &self.token_digest.map(|_| "[redacted]"))
             .finish()
     }
+}
+
+impl Operator {
+    /// Operator calls need `admin_token` (`None`: open, insecure mode).
+    pub fn new(admin_token: Option<&str>) -> Self {
+        Self {
+            token_digest: admin_token.map(digest),
+        }
+    }
+
+    /// Checks `Authorization: Bearer <token>`. Both sides are hashed first,
+    /// so the constant-time comparison does not leak the token's length.
+    pub fn authorize(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(expected) = self.token_digest else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "operator calls need the header `Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`"
+                        .to_owned(),
+                )
+            })?;
+        if bool::from(digest(given.trim()).ct_eq(&expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized(
+                "the bearer token is not the admin token".to_owned(),
+            ))
+        }
+    }
+}
+
+/// The `/sagas` operations.
+#[derive(Debug, Clone)]
+pub struct SagasApi {
+    db: DatabaseConnection,
+    operator: Operator,
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -340,39 +381,9 @@ struct MinuteRow {
 }
 
 impl SagasApi {
-    /// Operations on `db`; operator calls need `admin_token` (`None`: the
-    /// insecure development mode, operator calls open).
-    pub fn new(db: DatabaseConnection, admin_token: Option<&str>) -> Self {
-        Self {
-            db,
-            token_digest: admin_token.map(digest),
-        }
-    }
-
-    /// Checks `Authorization: Bearer <token>`. Both sides are hashed first,
-    /// so the constant-time comparison does not leak the token's length.
-    fn authorize(&self, req: &Request) -> Result<(), ApiError> {
-        let Some(expected) = self.token_digest else {
-            return Ok(());
-        };
-        let given = req
-            .headers()
-            .get(poem::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "operator calls need the header `Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`"
-                        .to_owned(),
-                )
-            })?;
-        if bool::from(digest(given.trim()).ct_eq(&expected)) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized(
-                "the bearer token is not the admin token".to_owned(),
-            ))
-        }
+    /// Operations on `db`; operator calls are checked by `operator`.
+    pub fn new(db: DatabaseConnection, operator: Operator) -> Self {
+        Self { db, operator }
     }
 
     async fn act(
@@ -382,7 +393,7 @@ impl SagasApi {
         request: OperatorRequest,
         body: Reason,
     ) -> Result<ActionResponse, ApiError> {
-        self.authorize(req)?;
+        self.operator.authorize(req)?;
         let id = parse_uuid(id, "id")?;
         let what = match request {
             OperatorRequest::Cancel => "cancel",

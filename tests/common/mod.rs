@@ -327,59 +327,12 @@ pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
 /// Checks ARCHITECTURE.md's money invariants on `db` and returns every
 /// violation found (empty when the books balance).
 pub async fn money_anomalies(db: &DatabaseConnection) -> Vec<String> {
-    let checks = [
-        (
-            "balance differs from deposits - debits + refunds - refund voids",
-            "SELECT a.user_id::text FROM accounts a LEFT JOIN ledger_entries l ON l.user_id = a.user_id \
-             GROUP BY a.user_id, a.balance \
-             HAVING a.balance <> COALESCE(SUM(CASE WHEN l.kind IN ('DEBIT', 'REFUND_VOID') THEN -l.amount ELSE l.amount END), 0)",
-        ),
-        (
-            "REFUNDED order without one debit and one net credit of its amount",
-            "SELECT o.order_no FROM orders o WHERE o.status = 'REFUNDED' AND ( \
-               (SELECT count(*) FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'DEBIT') <> 1 OR \
-               COALESCE((SELECT SUM(CASE l.kind WHEN 'REFUND' THEN l.amount ELSE -l.amount END) \
-                         FROM ledger_entries l WHERE l.saga_id = o.refund_saga_id), 0) <> o.amount)",
-        ),
-        (
-            "PAID order whose finished refund saga left money moved",
-            "SELECT o.order_no FROM orders o JOIN saga_instances s ON s.data->>'order_no' = o.order_no \
-             WHERE o.status = 'PAID' AND s.saga_type = 'order_refund' \
-               AND s.state IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') AND \
-               COALESCE((SELECT SUM(CASE l.kind WHEN 'REFUND' THEN l.amount ELSE -l.amount END) \
-                         FROM ledger_entries l WHERE l.saga_id = s.id), 0) <> 0",
-        ),
-        (
-            "PAID or REFUNDED order without exactly one debit, or with its payment refunded",
-            "SELECT o.order_no FROM orders o WHERE o.status IN ('PAID', 'REFUNDED') AND ( \
-               (SELECT count(*) FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'DEBIT') <> 1 OR \
-               EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = o.saga_id AND l.kind = 'REFUND'))",
-        ),
-        (
-            "FAILED/CANCELLED order that does not net to zero",
-            "SELECT o.order_no FROM orders o WHERE o.status IN ('FAILED', 'CANCELLED') AND \
-               COALESCE((SELECT SUM(CASE l.kind WHEN 'DEBIT' THEN l.amount ELSE -l.amount END) \
-                         FROM ledger_entries l WHERE l.saga_id = o.saga_id), 0) <> 0",
-        ),
-        (
-            "debit amount differs from the order amount",
-            "SELECT o.order_no FROM orders o JOIN ledger_entries l ON l.saga_id = o.saga_id \
-             WHERE l.kind = 'DEBIT' AND l.amount <> o.amount",
-        ),
-    ];
-    let mut found = Vec::new();
-    for (what, sql) in checks {
-        let rows = db
-            .query_all(Statement::from_string(
-                db.get_database_backend(),
-                sql.to_owned(),
-            ))
-            .await
-            .expect(sql);
-        for r in rows {
-            let id: String = r.try_get_by_index(0).unwrap_or_default();
-            found.push(format!("{what}: {id}"));
-        }
-    }
-    found
+    // The same checks `sagaflow verify` and `GET /verify` run.
+    sagaflow_api::verify::verify(db)
+        .await
+        .expect("verify")
+        .violations
+        .into_iter()
+        .map(|v| format!("{}: {}: {}", v.check, v.subject, v.detail))
+        .collect()
 }
