@@ -146,6 +146,12 @@ pub struct Config {
     )]
     pub kafka_session_timeout_ms: u64,
 
+    /// How long a stopping process (SIGTERM, Ctrl-C) waits for in-flight
+    /// work — steps, messages, HTTP requests — before aborting it, in
+    /// milliseconds. Leases of anything aborted expire on their own.
+    #[arg(long, env = "SAGAFLOW_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,

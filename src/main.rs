@@ -24,12 +24,55 @@ enum Command {
     /// Run everything in one process: HTTP API, claim workers, outbox relay,
     /// funds participant and reply consumer. Migrates the schema first.
     Serve(Config),
+    /// Only the HTTP API (and dashboard).
+    Api(Config),
+    /// Only the saga workers: claim loops and the reply consumer.
+    Worker(Config),
+    /// Only the outbox relay.
+    Relay(Config),
+    /// Only a participant.
+    #[command(subcommand)]
+    Participant(ParticipantCommand),
     /// Apply pending schema migrations and exit.
     Migrate(Config),
     /// Check the money and state invariants against the database; print
     /// the report and exit 1 if any is violated.
     Verify(VerifyArgs),
 }
+
+#[derive(Debug, Subcommand)]
+enum ParticipantCommand {
+    /// The funds participant: applies debits, refunds and credits.
+    Funds(Config),
+}
+
+/// Runs `roles` until SIGINT/SIGTERM or until one of them stops.
+async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
+    init_tracing(config.log_format);
+    let mut running = app::start(&config, roles)
+        .await
+        .context("starting sagaflow")?;
+    if let Some(addr) = running.http_addr {
+        tracing::info!("sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)");
+    }
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = running.wait() => tracing::error!("a role stopped unexpectedly; shutting down"),
+    }
+    running
+        .stop(Duration::from_millis(config.shutdown_grace_ms))
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+const NONE: Roles = Roles {
+    api: false,
+    worker: false,
+    relay: false,
+    funds: false,
+    replies: false,
+};
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
@@ -54,7 +97,11 @@ fn print_report(report: &sagaflow_api::verify::Report, json: bool) -> anyhow::Re
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: stdout is the output of commands such as `verify`.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -99,21 +146,38 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Serve(config) => {
-            init_tracing(config.log_format);
-            let mut running = app::start(&config, Roles::ALL)
-                .await
-                .context("starting sagaflow")?;
-            if let Some(addr) = running.http_addr {
-                tracing::info!(
-                    "sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)"
-                );
-            }
-            tokio::select! {
-                _ = shutdown_signal() => tracing::info!("shutting down"),
-                _ = running.wait() => tracing::error!("a role stopped unexpectedly; shutting down"),
-            }
-            running.stop(Duration::from_secs(10)).await;
+        Command::Serve(config) => run(config, Roles::ALL).await?,
+        Command::Api(config) => run(config, Roles { api: true, ..NONE }).await?,
+        Command::Worker(config) => {
+            run(
+                config,
+                Roles {
+                    worker: true,
+                    replies: true,
+                    ..NONE
+                },
+            )
+            .await?
+        }
+        Command::Relay(config) => {
+            run(
+                config,
+                Roles {
+                    relay: true,
+                    ..NONE
+                },
+            )
+            .await?
+        }
+        Command::Participant(ParticipantCommand::Funds(config)) => {
+            run(
+                config,
+                Roles {
+                    funds: true,
+                    ..NONE
+                },
+            )
+            .await?
         }
     }
     Ok(())

@@ -219,4 +219,29 @@ pub async fn run(
         });
     }
     while tasks.join_next().await.is_some() {}
+    // Hand back whatever this process still holds (a saga whose step
+    // failed keeps its lease until expiry otherwise), so that another
+    // worker takes it at once instead of after the lease.
+    match db
+        .execute(stmt(RELEASE_SQL, [cfg.worker_id.clone().into()]))
+        .await
+    {
+        Ok(r) if r.rows_affected() > 0 => {
+            tracing::info!(
+                released = r.rows_affected(),
+                "handed back leased sagas on shutdown"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hand back leases; they expire on their own")
+        }
+    }
 }
+
+/// Releases every lease `$1` holds and makes those sagas due now; the
+/// version bump voids any write this worker might still attempt.
+pub const RELEASE_SQL: &str = "\
+UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = now(), \
+       version = version + 1, updated_at = now() \
+WHERE lease_owner = $1";
