@@ -35,9 +35,86 @@ enum Command {
     Participant(ParticipantCommand),
     /// Apply pending schema migrations and exit.
     Migrate(Config),
+    /// Look at and replay the dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Check the money and state invariants against the database; print
     /// the report and exit 1 if any is violated.
     Verify(VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print every parked message: where it came from, why, and what it is.
+    List(DlqListArgs),
+    /// Publish parked messages again to the topics they came from.
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqListArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqReplayArgs {
+    /// A dead-letter position to replay, as PARTITION@OFFSET (as `dlq list`
+    /// shows it); repeat for several.
+    #[arg(
+        long = "at",
+        value_name = "PARTITION@OFFSET",
+        required_unless_present = "all"
+    )]
+    at: Vec<String>,
+    /// Replay every parked message.
+    #[arg(long, conflicts_with = "at")]
+    all: bool,
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Prints the dead letters (the command's output).
+#[allow(clippy::print_stdout)]
+fn print_dead_letters(
+    letters: &[sagaflow_worker::dlq::DeadLetter],
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(letters)?);
+        return Ok(());
+    }
+    if letters.is_empty() {
+        println!("the dead-letter topic is empty");
+    }
+    for d in letters {
+        let payload: String = d.payload.chars().take(160).collect();
+        println!(
+            "{}@{}  from {} {}{}\n    reason:  {}\n    key:     {}\n    payload: {}",
+            d.partition,
+            d.offset,
+            d.original_topic,
+            d.original_position,
+            d.replayed_from
+                .as_deref()
+                .map(|r| format!(" (replayed from {r})"))
+                .unwrap_or_default(),
+            d.reason,
+            d.key,
+            payload
+        );
+    }
+    Ok(())
+}
+
+async fn dead_letters(config: &Config) -> anyhow::Result<Vec<sagaflow_worker::dlq::DeadLetter>> {
+    let (kafka, topics) = (config.kafka(), config.topics());
+    tokio::task::spawn_blocking(move || sagaflow_worker::dlq::list(&kafka, &topics))
+        .await?
+        .context("reading the dead-letter topic")
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +212,31 @@ async fn main() -> anyhow::Result<()> {
             let db = app::connect(&config).await?;
             app::migrate(&db).await?;
             tracing::info!("schema is up to date");
+        }
+        Command::Dlq(DlqCommand::List(args)) => {
+            init_tracing(args.config.log_format);
+            print_dead_letters(&dead_letters(&args.config).await?, args.json)?;
+        }
+        Command::Dlq(DlqCommand::Replay(args)) => {
+            init_tracing(args.config.log_format);
+            let letters = dead_letters(&args.config).await?;
+            let chosen: Vec<_> = if args.all {
+                letters
+            } else {
+                let mut chosen = Vec::new();
+                for at in &args.at {
+                    let found = letters
+                        .iter()
+                        .find(|d| format!("{}@{}", d.partition, d.offset) == *at)
+                        .with_context(|| {
+                            format!("no dead letter at {at} (see `sagaflow dlq list`)")
+                        })?;
+                    chosen.push(found.clone());
+                }
+                chosen
+            };
+            let sent = sagaflow_worker::dlq::replay(&args.config.kafka(), &chosen).await?;
+            tracing::info!(sent, "replayed dead letters to their original topics");
         }
         Command::Verify(args) => {
             init_tracing(args.config.log_format);

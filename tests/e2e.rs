@@ -468,3 +468,89 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     }
     app.stop().await;
 }
+
+fn dlq_cli(app: &TestApp, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .arg("dlq")
+        .args(args)
+        .args([
+            "--kafka-bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topic-prefix",
+            &app.prefix,
+            "--group-prefix",
+            &app.prefix,
+        ])
+        .output()
+        .expect("run sagaflow dlq");
+    assert!(
+        out.status.success(),
+        "dlq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_list_and_replay_dead_letters() {
+    let app = TestApp::start().await;
+    let commands = app.topic("funds.commands");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .create()
+        .unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(&commands)
+                .key("k-1")
+                .payload(&b"{\"type\": \"funds.teleport\"}"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("publish");
+    await_committed(
+        &app,
+        "sagaflow-funds",
+        &commands,
+        delivery.partition,
+        delivery.offset,
+    )
+    .await;
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&dlq_cli(&app, &["list", "--json"])).unwrap();
+    let parked = listed.as_array().unwrap();
+    assert_eq!(parked.len(), 1, "{listed}");
+    assert_eq!(parked[0]["original_topic"], commands.as_str());
+    assert_eq!(parked[0]["key"], "k-1");
+    assert!(parked[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not a funds command"));
+    let at = format!("{}@{}", parked[0]["partition"], parked[0]["offset"]);
+    let text = dlq_cli(&app, &["list"]);
+    assert!(
+        text.contains(&at) && text.contains("funds.teleport"),
+        "{text}"
+    );
+
+    // Replayed, it goes back to funds.commands, is refused again, and is
+    // parked a second time, marked as a replay.
+    dlq_cli(&app, &["replay", "--at", &at]);
+    let until = tokio::time::Instant::now() + SETTLE;
+    let again = loop {
+        let listed: serde_json::Value =
+            serde_json::from_str(&dlq_cli(&app, &["list", "--json"])).unwrap();
+        if listed.as_array().unwrap().len() == 2 {
+            break listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "replay never parked again: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(again[1]["replayed_from"], at.as_str(), "{again}");
+    assert_eq!(again[1]["key"], "k-1");
+    app.stop().await;
+}

@@ -19,6 +19,7 @@
 
 pub mod claim;
 pub mod consumer;
+pub mod dlq;
 mod executor;
 pub mod kafka;
 pub mod local;
