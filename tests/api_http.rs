@@ -1010,3 +1010,45 @@ async fn serve_answers_on_a_real_socket_and_refuses_big_chunked_bodies() {
     stop.send(()).ok();
     server.await.expect("join").expect("server stopped cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_a_4xx_never_a_500() {
+    // PostgreSQL cannot store or compare U+0000; every way in is refused
+    // before a query sees it (schemathesis found the first of these).
+    let (db, cli) = setup().await;
+    create_account(&cli, 7).await;
+    let before = counts(&db.conn).await;
+    for path in [
+        "/orders/ORD%00x",
+        "/sagas?order_no=a%00b",
+        "/sagas?type=a%00b",
+        "/sagas?state=%00",
+    ] {
+        let r = send(cli.get(path)).await;
+        assert!(
+            r.status.is_client_error(),
+            "{path}: {} {}",
+            r.status,
+            r.text
+        );
+        assert!(
+            r.content_type.starts_with("application/problem+json"),
+            "{path}"
+        );
+    }
+    let r = post_json(&cli, "/orders/ORD%00x/refund", json!({ "reason": "x" })).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = post_json(
+        &cli,
+        "/orders/ORD-1/refund",
+        json!({ "reason": "bad\u{0}reason" }),
+    )
+    .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("reason"),
+        "NUL in a reason",
+    );
+    assert_eq!(counts(&db.conn).await, before, "nothing written");
+}

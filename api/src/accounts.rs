@@ -64,7 +64,9 @@ pub struct DepositRequest {
     /// The amount paid in, as a decimal string with at most two decimal
     /// places, greater than 0 and at most "1000000000.00" (e.g. "100.00").
     /// JSON numbers are refused with 422 so that no amount is ever rounded.
-    #[oai(validator(pattern = r"^[0-9]+(\.[0-9]{1,2})?$"))]
+    #[oai(validator(
+        pattern = r"^0*(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|1000000000(?:\.0{1,2})?)$|^0+\.(?:0[1-9]|[1-9][0-9]?)$"
+    ))]
     pub amount: String,
 }
 
@@ -156,6 +158,7 @@ pub struct LedgerEntryView {
     /// The balance right after this entry, with two decimal places.
     pub balance_after: String,
     /// The saga that debited or refunded; absent for deposits.
+    #[oai(nullable)]
     pub saga_id: Option<Uuid>,
     /// When the entry was recorded.
     pub created_at: DateTime<Utc>,

@@ -121,6 +121,18 @@ impl<T: FromJsonObject> ParsePayload for JsonBody<T> {
 
 poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: FromJsonObject);
 
+/// Why text with a NUL character is refused: PostgreSQL cannot store it.
+pub const NUL_REASON: &str = "must not contain NUL characters (U+0000)";
+
+/// Refuses a text parameter holding a NUL character (PostgreSQL cannot
+/// store or compare it) with a 422 naming `name`.
+pub fn refuse_nul(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::field(name, NUL_REASON));
+    }
+    Ok(())
+}
+
 /// Parses `bytes` as a JSON object and reads a `T` from it.
 pub fn parse_json_body<T: FromJsonObject>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -216,6 +228,7 @@ impl<'a> Fields<'a> {
     pub fn text(&mut self, name: &'static str, max: usize) -> Option<String> {
         let reason = match self.required(name)? {
             Value::String(s) if s.trim().is_empty() => "must not be blank".to_owned(),
+            Value::String(s) if s.contains('\0') => NUL_REASON.to_owned(),
             Value::String(s) if s.chars().count() > max => {
                 format!("must be at most {max} characters long")
             }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod orders;
 pub mod params;
 pub mod sagas;
+pub mod spec;
 pub mod verify;
 
 pub use error::{ApiError, FieldError, Problem};
@@ -118,15 +119,23 @@ pub fn app(
          Money is always a decimal string with at most two decimal places (e.g. \"19.99\") and is \
          answered with exactly two. Every error is an RFC 9457 `application/problem+json` document.",
     );
-    let spec = service.spec_endpoint();
+    let doc = spec::close_request_bodies(&service.spec());
+    let allowed = spec::AllowedMethods::from_spec(&doc);
+    let spec_json = doc.to_string();
+    let spec_endpoint = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec_json.clone())
+    });
     let docs = service.swagger_ui();
     Route::new()
-        .at("/openapi.json", spec)
+        .at("/openapi.json", spec_endpoint)
         .nest("/docs", docs)
         .nest("/ui", dashboard::assets())
         .nest("/", service)
         .with(body::BodyLimit::new(cfg.body_limit_bytes))
         .with(error::ProblemLayer)
+        .with(allowed)
         .with(metrics::HttpTiming)
         .boxed()
 }

@@ -35,7 +35,9 @@ pub struct CreateOrderRequest {
     /// The order's amount, as a decimal string with at most two decimal
     /// places, greater than 0 and at most "1000000000.00" (e.g. "19.99").
     /// JSON numbers are refused with 422 so that no amount is ever rounded.
-    #[oai(validator(pattern = r"^[0-9]+(\.[0-9]{1,2})?$"))]
+    #[oai(validator(
+        pattern = r"^0*(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|1000000000(?:\.0{1,2})?)$|^0+\.(?:0[1-9]|[1-9][0-9]?)$"
+    ))]
     pub amount: String,
 }
 
@@ -117,9 +119,11 @@ pub struct OrderView {
     /// The payment saga driving this order.
     pub saga_id: Uuid,
     /// Why the order failed, when it did.
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// The refund saga, once a refund was asked for (cleared again if that
     /// refund was abandoned).
+    #[oai(nullable)]
     pub refund_saga_id: Option<Uuid>,
     /// When the order was placed.
     pub created_at: DateTime<Utc>,
@@ -346,6 +350,10 @@ impl OrdersApi {
         order_no: Path<String>,
         body: JsonBody<Reason>,
     ) -> poem::Result<RefundOrderResponse> {
+        if order_no.0.contains('\0') {
+            // No order number holds one; Postgres could not even compare it.
+            return Err(ApiError::NotFound(format!("there is no order {:?}", order_no.0)).into());
+        }
         let txn = self.db.begin().await.map_err(ApiError::from)?;
         let o = refund(&txn, &order_no.0, &body.0.reason).await?;
         txn.commit().await.map_err(ApiError::from)?;
@@ -363,6 +371,10 @@ impl OrdersApi {
         /// The order number returned when the order was placed.
         order_no: Path<String>,
     ) -> poem::Result<GetOrderResponse> {
+        if order_no.0.contains('\0') {
+            // No order number holds one; Postgres could not even compare it.
+            return Err(ApiError::NotFound(format!("there is no order {:?}", order_no.0)).into());
+        }
         let found = order::Entity::find_by_id(order_no.0.clone())
             .one(&self.db)
             .await

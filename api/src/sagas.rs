@@ -48,16 +48,22 @@ pub struct SagaView {
     /// Attempts made at that step in the current direction.
     pub attempt: i32,
     /// When a worker looks at it next (null when finished).
+    #[oai(nullable)]
     pub next_run_at: Option<DateTime<Utc>>,
     /// While a command is out: when it counts as timed out.
+    #[oai(nullable)]
     pub deadline: Option<DateTime<Utc>>,
     /// Why the last attempt failed.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Why the saga compensates (or compensated).
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// An operator's request that no worker has applied yet.
+    #[oai(nullable)]
     pub operator_request: Option<String>,
     /// The order it is about, if any.
+    #[oai(nullable)]
     pub order_no: Option<String>,
     /// When it started.
     pub created_at: DateTime<Utc>,
@@ -96,6 +102,7 @@ pub struct SagaPage {
     /// The sagas, newest first.
     pub items: Vec<SagaView>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -110,14 +117,19 @@ pub struct SagaEventView {
     /// RETRY_SCHEDULED, COMPENSATION_STARTED, OPERATOR_REQUEST, ...).
     pub kind: String,
     /// The step concerned.
+    #[oai(nullable)]
     pub step: Option<i32>,
     /// The attempt concerned.
+    #[oai(nullable)]
     pub attempt: Option<i32>,
     /// State before.
+    #[oai(nullable)]
     pub from_state: Option<String>,
     /// State after.
+    #[oai(nullable)]
     pub to_state: Option<String>,
     /// Who: `api`, a worker id, a consumer, or the operator.
+    #[oai(nullable)]
     pub actor: Option<String>,
     /// Details (reasons, deadlines, outcomes).
     pub detail: serde_json::Value,
@@ -132,8 +144,10 @@ pub struct SagaDetail {
     /// Its input.
     pub data: serde_json::Value,
     /// The worker holding it right now, if any.
+    #[oai(nullable)]
     pub lease_owner: Option<String>,
     /// Until when that worker holds it.
+    #[oai(nullable)]
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Its history, oldest first.
     pub events: Vec<SagaEventView>,
@@ -455,7 +469,24 @@ impl SagasApi {
         cursor: Query<Option<String>>,
     ) -> poem::Result<ListResponse> {
         let mut errors = Vec::new();
-        let state = state.0.filter(|s| !s.is_empty());
+        // An empty parameter (`?state=`) means "no filter", as forms send it.
+        let given = |q: Option<String>| q.filter(|s| !s.is_empty());
+        let (created_after, created_before, limit, cursor) = (
+            given(created_after.0),
+            given(created_before.0),
+            given(limit.0),
+            given(cursor.0),
+        );
+        let state = given(state.0);
+        let saga_type = given(saga_type.0);
+        let order_no = given(order_no.0);
+        for (name, value) in [("type", &saga_type), ("order_no", &order_no)] {
+            if let Some(Err(ApiError::Validation(mut e))) =
+                value.as_deref().map(|v| crate::body::refuse_nul(name, v))
+            {
+                errors.append(&mut e);
+            }
+        }
         if let Some(s) = &state {
             if !SagaState::ALL.iter().any(|v| v.as_str() == s) {
                 let states: Vec<&str> = SagaState::ALL.iter().map(|v| v.as_str()).collect();
@@ -466,15 +497,15 @@ impl SagasApi {
             }
         }
         let after = keep(
-            parse_time(created_after.0.as_deref(), "created_after"),
+            parse_time(created_after.as_deref(), "created_after"),
             &mut errors,
         );
         let before = keep(
-            parse_time(created_before.0.as_deref(), "created_before"),
+            parse_time(created_before.as_deref(), "created_before"),
             &mut errors,
         );
         let limit = keep(
-            match limit.0.as_deref() {
+            match limit.as_deref() {
                 None => Ok(DEFAULT_LIMIT),
                 Some(raw) => raw
                     .parse::<u32>()
@@ -490,7 +521,7 @@ impl SagasApi {
             &mut errors,
         );
         let cursor = keep(
-            cursor.0.as_deref().map(decode_cursor).transpose(),
+            cursor.as_deref().map(decode_cursor).transpose(),
             &mut errors,
         );
         let (Some(after), Some(before), Some(limit), Some(cursor)) = (after, before, limit, cursor)
@@ -513,8 +544,8 @@ impl SagasApi {
                  ORDER BY created_at DESC, id DESC LIMIT $8",
                 [
                     state.into(),
-                    saga_type.0.filter(|s| !s.is_empty()).into(),
-                    order_no.0.filter(|s| !s.is_empty()).into(),
+                    saga_type.into(),
+                    order_no.into(),
                     after.into(),
                     before.into(),
                     cursor.map(|c| c.0).into(),

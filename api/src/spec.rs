@@ -1,0 +1,120 @@
+//! What the generated OpenAPI document does not say on its own, added
+//! once at start-up: request bodies refuse unknown members (the parser
+//! answers 422 for them, so the schema says `additionalProperties: false`),
+//! and a 405 names the methods the path does allow (`Allow`, RFC 9110).
+
+use poem::http::{header, HeaderValue, StatusCode};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use serde_json::Value;
+
+/// The spec with every request body schema closed to unknown members.
+pub fn close_request_bodies(spec: &str) -> Value {
+    let mut doc: Value = serde_json::from_str(spec).unwrap_or(Value::Null);
+    let mut names = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for ops in paths.values() {
+            for op in ops.as_object().into_iter().flat_map(|o| o.values()) {
+                for media in op["requestBody"]["content"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|c| c.values())
+                {
+                    if let Some(r) = media["schema"]["$ref"].as_str() {
+                        names.push(r.trim_start_matches("#/components/schemas/").to_owned());
+                    }
+                }
+            }
+        }
+    }
+    for name in names {
+        if let Some(schema) = doc["components"]["schemas"].get_mut(&name) {
+            schema["additionalProperties"] = Value::Bool(false);
+        }
+    }
+    doc
+}
+
+/// Each path template's segments (`None` for a `{parameter}`) and the
+/// methods it serves, static paths first so that `/sagas/stats` wins over
+/// `/sagas/{id}`.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedMethods(Vec<(Vec<Option<String>>, String)>);
+
+impl AllowedMethods {
+    /// Reads the paths of `doc`.
+    pub fn from_spec(doc: &Value) -> Self {
+        let mut routes: Vec<(Vec<Option<String>>, String)> = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.iter())
+            .map(|(path, ops)| {
+                let segments = path
+                    .split('/')
+                    .skip(1)
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+                    .collect();
+                let mut methods: Vec<String> = ops
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                    .map(|m| m.to_uppercase())
+                    .collect();
+                methods.sort();
+                (segments, methods.join(", "))
+            })
+            .collect();
+        routes.sort_by_key(|(segs, _)| segs.iter().filter(|s| s.is_none()).count());
+        Self(routes)
+    }
+
+    fn for_path(&self, path: &str) -> Option<&str> {
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        self.0
+            .iter()
+            .find(|(segs, _)| {
+                segs.len() == parts.len()
+                    && segs
+                        .iter()
+                        .zip(&parts)
+                        .all(|(s, p)| s.as_deref().is_none_or(|s| s == *p))
+            })
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for AllowedMethods {
+    type Output = AllowEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        AllowEndpoint {
+            inner: ep,
+            allowed: self.clone(),
+        }
+    }
+}
+
+/// The endpoint produced by [`AllowedMethods`].
+#[derive(Debug)]
+pub struct AllowEndpoint<E> {
+    inner: E,
+    allowed: AllowedMethods,
+}
+
+impl<E: Endpoint> Endpoint for AllowEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
+        let path = req.uri().path().to_owned();
+        let mut resp = self.inner.call(req).await?.into_response();
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(v) = self
+                .allowed
+                .for_path(&path)
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+        Ok(resp)
+    }
+}
