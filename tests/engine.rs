@@ -449,12 +449,14 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
-    // One quick debit attempt, then two quick refund attempts, nobody home.
+    // One quick debit attempt, then two refund attempts, nobody home. The
+    // refund's deadline leaves room for a loaded machine to answer once the
+    // participant is back (each round trip crosses the relay twice).
     let tuning = r#"{
       "order_payment.debit": {
         "timeout_ms": 200,
         "retry": {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0},
-        "compensation_timeout_ms": 200,
+        "compensation_timeout_ms": 1500,
         "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
       }
     }"#;
