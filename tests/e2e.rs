@@ -554,3 +554,115 @@ async fn operators_list_and_replay_dead_letters() {
     assert_eq!(again[1]["key"], "k-1");
     app.stop().await;
 }
+
+/// Counts that any effect would change: ledger rows, history rows, inbox
+/// rows, the money in all accounts, paid orders.
+async fn snapshot(app: &TestApp) -> (i64, i64, i64, i64, i64) {
+    (
+        app.scalar_i64("SELECT count(*) FROM ledger_entries").await,
+        app.scalar_i64("SELECT count(*) FROM saga_events").await,
+        app.scalar_i64("SELECT count(*) FROM inbox").await,
+        app.scalar_i64("SELECT (sum(balance) * 100)::bigint FROM accounts")
+            .await,
+        app.scalar_i64("SELECT count(*) FROM orders WHERE status = 'PAID'")
+            .await,
+    )
+}
+
+/// Every message on `topic`, from the start to the high watermark of each
+/// partition as it is now.
+fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut left = 0;
+    for p in meta.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        left += high - low;
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while left > 0 {
+        let m = consumer
+            .poll(Duration::from_secs(10))
+            .expect("a message before the watermark")
+            .unwrap();
+        out.push(m.detach());
+        left -= 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn republishing_every_command_and_reply_of_a_run_changes_nothing() {
+    let app = TestApp::start().await;
+    for user in 1..=5 {
+        app.funded_account(user, "10.00").await;
+    }
+    let mut orders = Vec::new();
+    for n in 0..30 {
+        // Each account can pay for 3 of its 6 orders of 3.00.
+        let (status, order) = app.place_order(1 + n % 5, "3.00", None).await;
+        assert_eq!(status, 201, "{order}");
+        orders.push(order["order_no"].as_str().unwrap().to_owned());
+    }
+    for o in &orders {
+        app.settled_order(o, SETTLE).await;
+    }
+    let before = snapshot(&app).await;
+    assert_eq!(before.4, 15, "3 paid orders per account");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .create()
+        .unwrap();
+    for (name, group) in [
+        ("funds.commands", "sagaflow-funds"),
+        ("saga.replies", "sagaflow-replies"),
+    ] {
+        let topic = app.topic(name);
+        let all = read_all(&topic);
+        assert!(all.len() >= 30, "{topic}: {} messages", all.len());
+        let mut last = std::collections::HashMap::new();
+        for m in &all {
+            let mut headers = OwnedHeaders::new();
+            for h in m
+                .headers()
+                .map(|h| h.iter().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                headers = headers.insert(h);
+            }
+            let d = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(m.key().unwrap_or_default())
+                        .payload(m.payload().unwrap_or_default())
+                        .headers(headers)
+                        .partition(m.partition()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("republish");
+            last.insert(d.partition, d.offset);
+        }
+        for (partition, offset) in last {
+            await_committed(&app, group, &topic, partition, offset).await;
+        }
+    }
+    assert_eq!(snapshot(&app).await, before, "a duplicate had an effect");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
