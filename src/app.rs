@@ -287,6 +287,7 @@ pub async fn start_extended(
             body_limit_bytes: cfg.body_limit_bytes,
             admin_token,
             metrics: Some(metrics),
+            registry: Some(Arc::clone(&worker_cfg.registry)),
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();

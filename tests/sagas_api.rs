@@ -129,6 +129,10 @@ async fn filters_select_exactly_the_matching_sagas() {
     assert_eq!(ids(&page), [failed.to_string()]);
     assert_eq!(page["items"][0]["order_no"], "ORD-1");
     assert_eq!(page["items"][0]["type"], "order_payment");
+    assert_eq!(
+        page["items"][0]["step_name"], "debit",
+        "named from the definition"
+    );
     assert_eq!(page["next_cursor"], Value::Null);
 
     let (_, page) = get(&cli, "/sagas?order_no=ORD-1").await;
@@ -326,6 +330,7 @@ async fn operator_actions_need_the_token_and_the_right_state() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["operator_request"], "CANCEL");
+    assert_eq!(body["operator_reason"], "customer called");
     let (status, body) = act(
         &cli,
         &format!("/sagas/{waiting}/retry"),

@@ -47,6 +47,9 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// The process's metrics recorder, rendered by `GET /metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The saga definitions the workers run (for step names); the built-in
+    /// ones when absent.
+    pub registry: Option<Arc<sagaflow_workflows::Registry>>,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +58,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 64 * 1024,
             admin_token: None,
             metrics: None,
+            registry: None,
         }
     }
 }
@@ -104,7 +108,13 @@ pub fn app(
         (
             accounts::AccountsApi::new(db.clone()),
             orders::OrdersApi::new(db.clone()),
-            sagas::SagasApi::new(db.clone(), operator.clone()),
+            sagas::SagasApi::new(
+                db.clone(),
+                operator.clone(),
+                cfg.registry
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(sagaflow_workflows::Registry::builtin())),
+            ),
             verify::VerifyApi::new(db.clone(), operator),
             metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),
             health::HealthApi::new(db, probe),

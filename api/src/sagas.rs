@@ -45,6 +45,10 @@ pub struct SagaView {
     pub state: String,
     /// Forward: the step being run; compensating: the step being undone.
     pub current_step: i32,
+    /// That step's name in the saga's definition (e.g. `debit`), when the
+    /// definition is known to this server.
+    #[oai(nullable)]
+    pub step_name: Option<String>,
     /// Attempts made at that step in the current direction.
     pub attempt: i32,
     /// When a worker looks at it next (null when finished).
@@ -62,6 +66,9 @@ pub struct SagaView {
     /// An operator's request that no worker has applied yet.
     #[oai(nullable)]
     pub operator_request: Option<String>,
+    /// The reason given with that request.
+    #[oai(nullable)]
+    pub operator_reason: Option<String>,
     /// The order it is about, if any.
     #[oai(nullable)]
     pub order_no: Option<String>,
@@ -84,12 +91,14 @@ impl From<saga_instance::Model> for SagaView {
             version: s.definition_version,
             state: s.state.as_str().to_owned(),
             current_step: s.current_step,
+            step_name: None,
             attempt: s.attempt,
             next_run_at: s.next_run_at.map(utc),
             deadline: s.deadline.map(utc),
             last_error: s.last_error,
             failure_reason: s.failure_reason,
             operator_request: s.operator_request.map(|r| r.as_str().to_owned()),
+            operator_reason: s.operator_reason,
             created_at: utc(s.created_at),
             updated_at: utc(s.updated_at),
         }
@@ -321,6 +330,7 @@ impl Operator {
 pub struct SagasApi {
     db: DatabaseConnection,
     operator: Operator,
+    registry: std::sync::Arc<sagaflow_workflows::Registry>,
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -395,9 +405,31 @@ struct MinuteRow {
 }
 
 impl SagasApi {
-    /// Operations on `db`; operator calls are checked by `operator`.
-    pub fn new(db: DatabaseConnection, operator: Operator) -> Self {
-        Self { db, operator }
+    /// Operations on `db`; operator calls are checked by `operator`; step
+    /// names come from `registry`.
+    pub fn new(
+        db: DatabaseConnection,
+        operator: Operator,
+        registry: std::sync::Arc<sagaflow_workflows::Registry>,
+    ) -> Self {
+        Self {
+            db,
+            operator,
+            registry,
+        }
+    }
+
+    /// The view of `s`, with its step's name.
+    fn view(&self, s: saga_instance::Model) -> SagaView {
+        let name = self
+            .registry
+            .get(&s.saga_type, s.definition_version)
+            .and_then(|d| d.step(u32::try_from(s.current_step).ok()?))
+            .map(|step| step.name.to_owned());
+        SagaView {
+            step_name: name,
+            ..s.into()
+        }
     }
 
     async fn act(
@@ -414,7 +446,7 @@ impl SagasApi {
             OperatorRequest::Retry => "retry",
         };
         match saga_instance::file_request(&self.db, id, request, &body.reason, "operator").await? {
-            Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json((*saga).into()))),
+            Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json(self.view(*saga)))),
             Filed::NotFound => Err(ApiError::NotFound(format!("there is no saga {id}"))),
             Filed::Pending(p) => Err(ApiError::Conflict(format!(
                 "saga {id} already has a {} request that no worker has applied yet; wait a moment",
@@ -565,7 +597,7 @@ impl SagasApi {
             None
         };
         Ok(ListResponse::Ok(Json(SagaPage {
-            items: rows.into_iter().map(SagaView::from).collect(),
+            items: rows.into_iter().map(|r| self.view(r)).collect(),
             next_cursor,
         })))
     }
@@ -679,7 +711,7 @@ impl SagasApi {
             data: saga.data.clone(),
             lease_owner: saga.lease_owner.clone(),
             lease_expires_at: saga.lease_expires_at.map(utc),
-            saga: saga.into(),
+            saga: self.view(saga),
             events: events
                 .into_iter()
                 .map(|e| SagaEventView {

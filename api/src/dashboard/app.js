@@ -668,7 +668,7 @@
     h("td", null, s.type + (s.version && s.version !== 1 ? " v" + s.version : "")),
     h("td", null, badge(s.state), s.operator_request
       ? h("span", { class: "pending", title: "operator request waiting for a worker" }, " ⏳ " + s.operator_request) : null),
-    h("td", { class: "num" }, "step " + s.current_step + " · #" + s.attempt),
+    h("td", { class: "num" }, "step " + s.current_step + (s.step_name ? " " + s.step_name : "") + " · #" + s.attempt),
     h("td", { class: "mono" }, s.order_no || h("span", { class: "muted" }, "—")),
     h("td", { class: "error-text", title: s.last_error || "" }, truncate(s.last_error, 70)),
     h("td", null, timeEl(s.created_at)),
@@ -784,7 +784,8 @@
           updatedNote),
         h("p", { class: "state-hint muted", id: "saga-state-hint" }, STATE_HINT[s.state] || ""),
         s.operator_request ? h("div", { class: "banner banner-pending", id: "saga-pending" },
-          "⏳ " + s.operator_request + " requested; a worker applies it within a moment.") : null,
+          "⏳ " + s.operator_request + " requested" + (s.operator_reason ? " (“" + s.operator_reason + "”)" : "") +
+          "; a worker applies it within a moment.") : null,
         h("div", { class: "actions" }, retryBtn, cancelBtn,
           h("a", { href: "#/sagas" + query({ type: s.type }) }, "← all " + s.type + " sagas")),
         h("div", { class: "columns" },
@@ -803,7 +804,7 @@
         row("id", h("span", { class: "mono" }, s.id)),
         row("type", s.type + " (version " + s.version + ")", "saga-type"),
         row("state", badge(s.state)),
-        row("current step", String(s.current_step), "saga-step"),
+        row("current step", String(s.current_step) + (s.step_name ? " (" + s.step_name + ")" : ""), "saga-step"),
         row("attempt", String(s.attempt), "saga-attempt"),
         row("order", orderNo ? h("a", { href: "#/sagas" + query({ order_no: orderNo }), class: "mono" }, orderNo) : h("span", { class: "muted" }, "—"), "saga-order-no"),
         row("last error", s.last_error ? h("span", { class: "error-text" }, s.last_error) : h("span", { class: "muted" }, "—"), "saga-last-error"),
