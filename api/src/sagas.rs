@@ -217,7 +217,7 @@ pub enum ListResponse {
 pub enum DetailResponse {
     /// The saga and its history.
     #[oai(status = 200)]
-    Ok(Json<SagaDetail>),
+    Ok(Json<Box<SagaDetail>>),
     /// There is no such saga.
     #[oai(status = 404)]
     NotFound(ProblemJson),
@@ -707,7 +707,7 @@ impl SagasApi {
             .all(&self.db)
             .await
             .map_err(ApiError::from)?;
-        Ok(DetailResponse::Ok(Json(SagaDetail {
+        Ok(DetailResponse::Ok(Json(Box::new(SagaDetail {
             data: saga.data.clone(),
             lease_owner: saga.lease_owner.clone(),
             lease_expires_at: saga.lease_expires_at.map(utc),
@@ -726,7 +726,7 @@ impl SagasApi {
                     detail: e.detail,
                 })
                 .collect(),
-        })))
+        }))))
     }
 
     /// Retry a saga
