@@ -395,7 +395,7 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
         .await;
 
     let saga_id: uuid::Uuid = saga.parse().unwrap();
-    let filed = sagaflow_worker::operator::file_request(
+    let filed = sagaflow_entity::saga_instance::file_request(
         &app.db.conn,
         saga_id,
         OperatorRequest::Cancel,
@@ -430,7 +430,7 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
     app.await_scalar(&events(&saga, "kind = 'REPLY_IGNORED'"), SETTLE, |n| n == 1)
         .await;
     // A finished saga takes no more requests.
-    let again = sagaflow_worker::operator::file_request(
+    let again = sagaflow_entity::saga_instance::file_request(
         &app.db.conn,
         saga_id,
         OperatorRequest::Cancel,
@@ -502,7 +502,7 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
         |n| n == 2,
     )
     .await;
-    let filed = sagaflow_worker::operator::file_request(
+    let filed = sagaflow_entity::saga_instance::file_request(
         &app.db.conn,
         saga.parse().unwrap(),
         OperatorRequest::Retry,

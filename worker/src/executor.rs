@@ -14,12 +14,9 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use crate::sql::{exec, outbox_insert, traceparent};
 use crate::{LocalContext, WorkerConfig, WorkerError};
 
-/// How an advance ended, for the caller's logs and metrics.
+/// What an advance recorded, for metrics once the transaction committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Advanced {
-    pub state: SagaState,
-    pub changed: bool,
-    /// What was recorded, for metrics once the transaction committed.
     pub recorded: Vec<RecordKind>,
 }
 
@@ -269,15 +266,10 @@ pub(crate) async fn advance(
             },
         };
     }
-    let changed = cur != before;
-    if changed || row.lease_owner.is_some() || row.operator_request.is_some() {
+    if cur != before || row.lease_owner.is_some() || row.operator_request.is_some() {
         store(db, row, &cur).await?;
     }
-    Ok(Advanced {
-        state: cur.state,
-        changed,
-        recorded,
-    })
+    Ok(Advanced { recorded })
 }
 
 async fn send_command<C: ConnectionTrait>(

@@ -23,7 +23,6 @@ pub mod dlq;
 mod executor;
 pub mod kafka;
 pub mod local;
-pub mod operator;
 pub mod participant;
 pub mod relay;
 pub mod replies;
