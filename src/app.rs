@@ -74,9 +74,18 @@ impl Running {
     }
 }
 
-struct Probe(KafkaProbe);
+/// `/readyz`'s Kafka check: a metadata request through a producer.
+#[derive(Debug)]
+pub struct KafkaReadiness(KafkaProbe);
 
-impl ReadinessProbe for Probe {
+impl KafkaReadiness {
+    /// A check against the cluster `kafka` describes.
+    pub fn new(kafka: &sagaflow_worker::KafkaConfig) -> anyhow::Result<Self> {
+        Ok(Self(KafkaProbe::new(kafka.producer()?)))
+    }
+}
+
+impl ReadinessProbe for KafkaReadiness {
     fn kafka_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(self.0.ready())
     }
@@ -282,7 +291,8 @@ pub async fn start_extended(
     }
     let mut http_addr = None;
     if roles.api {
-        let probe: Arc<dyn ReadinessProbe> = Arc::new(Probe(KafkaProbe::new(producer.clone())));
+        let probe: Arc<dyn ReadinessProbe> =
+            Arc::new(KafkaReadiness(KafkaProbe::new(producer.clone())));
         let api_cfg = ApiConfig {
             body_limit_bytes: cfg.body_limit_bytes,
             admin_token,

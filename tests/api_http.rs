@@ -1,36 +1,26 @@
 //! The HTTP API driven through `poem::test::TestClient` (and once through a
-//! real socket) against a fresh, migrated Postgres database per test.
+//! real socket) against a fresh, migrated Postgres database per test, with
+//! the real Kafka readiness check (against the test broker, or a dead port).
 
 mod common;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use poem::endpoint::BoxEndpoint;
 use poem::http::{HeaderValue, StatusCode};
 use poem::test::{TestClient, TestRequestBuilder};
 use poem::Body;
-use sagaflow_api::{ApiConfig, ReadinessProbe};
+use sagaflow_api::ApiConfig;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{json, Value};
-
-/// Stands in for the Kafka check: answers a fixed value.
-struct FixedProbe(bool);
-
-impl ReadinessProbe for FixedProbe {
-    fn kafka_ready(&self) -> BoxFuture<'_, bool> {
-        let ready = self.0;
-        Box::pin(async move { ready })
-    }
-}
 
 type Client = TestClient<BoxEndpoint<'static>>;
 
 fn client(db: &DatabaseConnection, kafka_ready: bool) -> Client {
     TestClient::new(sagaflow_api::app(
         db.clone(),
-        Arc::new(FixedProbe(kafka_ready)),
+        common::kafka_readiness(kafka_ready),
         ApiConfig::default(),
     ))
 }
@@ -965,7 +955,7 @@ async fn serve_answers_on_a_real_socket_and_refuses_big_chunked_bodies() {
     let db = common::fresh_database().await;
     let app = sagaflow_api::app(
         db.conn.clone(),
-        Arc::new(FixedProbe(true)),
+        common::kafka_readiness(true),
         ApiConfig::default(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -8,11 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use poem::endpoint::BoxEndpoint;
 use poem::http::StatusCode;
 use poem::test::TestClient;
-use sagaflow_api::{ApiConfig, ReadinessProbe};
+use sagaflow_api::ApiConfig;
 use sagaflow_entity::saga_instance;
 use sagaflow_worker::claim;
 use sagaflow_worker::{Actions, Topics, WorkerConfig, WorkerError};
@@ -20,20 +19,12 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-struct Ready;
-
-impl ReadinessProbe for Ready {
-    fn kafka_ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-}
-
 const TOKEN: &str = "s3cret-operator-token";
 
 fn client(db: &DatabaseConnection) -> TestClient<BoxEndpoint<'static>> {
     TestClient::new(sagaflow_api::app(
         db.clone(),
-        Arc::new(Ready),
+        common::kafka_readiness(true),
         ApiConfig {
             admin_token: Some(TOKEN.to_owned()),
             ..ApiConfig::default()

@@ -5,21 +5,11 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use poem::http::StatusCode;
 use poem::test::TestClient;
-use sagaflow_api::{ApiConfig, ReadinessProbe};
+use sagaflow_api::ApiConfig;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-
-struct Ready;
-
-impl ReadinessProbe for Ready {
-    fn kafka_ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-}
 
 async fn exec(db: &DatabaseConnection, sql: &str) {
     db.execute(Statement::from_string(
@@ -127,7 +117,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
     // The API gives the same report to an operator only.
     let api = TestClient::new(sagaflow_api::app(
         db.conn.clone(),
-        Arc::new(Ready),
+        common::kafka_readiness(true),
         ApiConfig {
             admin_token: Some("verify-token".to_owned()),
             ..ApiConfig::default()

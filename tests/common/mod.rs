@@ -67,6 +67,24 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{}/{db}{rest}", &base[..cut])
 }
 
+/// `/readyz`'s real Kafka check, against the test broker, or (when
+/// `reachable` is false) against a port where no broker listens.
+pub fn kafka_readiness(reachable: bool) -> std::sync::Arc<dyn sagaflow_api::ReadinessProbe> {
+    let bootstrap = if reachable {
+        kafka_bootstrap()
+    } else {
+        "127.0.0.1:1".to_owned()
+    };
+    let kafka = sagaflow_worker::KafkaConfig {
+        bootstrap_servers: bootstrap,
+        group_prefix: String::new(),
+        partitions: 1,
+        replication: 1,
+        session_timeout: std::time::Duration::from_secs(6),
+    };
+    std::sync::Arc::new(sagaflow::app::KafkaReadiness::new(&kafka).expect("kafka client"))
+}
+
 /// The operator token every [`TestApp`] runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
