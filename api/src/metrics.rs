@@ -56,9 +56,9 @@ impl MetricsApi {
         Self { db, handle }
     }
 
-    async fn database_gauges(&self) -> Result<Vec<(String, f64)>, ApiError> {
+    /// The gauges that describe the database, in the text format.
+    async fn database_gauges(&self) -> Result<String, ApiError> {
         let pg = DbBackend::Postgres;
-        let mut gauges: Vec<(String, f64)> = Vec::new();
         let rows = self
             .db
             .query_all(Statement::from_string(
@@ -66,15 +66,18 @@ impl MetricsApi {
                 "SELECT state, count(*)::bigint AS n FROM saga_instances GROUP BY state",
             ))
             .await?;
+        let mut text = String::from(
+            "# HELP sagaflow_sagas Sagas by state, from the database.\n# TYPE sagaflow_sagas gauge\n",
+        );
         for state in SagaState::ALL {
             let n = rows
                 .iter()
                 .find(|r| r.try_get::<String>("", "state").ok().as_deref() == Some(state.as_str()))
                 .and_then(|r| r.try_get::<i64>("", "n").ok())
                 .unwrap_or(0);
-            gauges.push((
-                format!("sagaflow_sagas{{state=\"{}\"}}", state.as_str()),
-                n as f64,
+            text.push_str(&format!(
+                "sagaflow_sagas{{state=\"{}\"}} {n}\n",
+                state.as_str()
             ));
         }
         let outbox = self
@@ -86,13 +89,22 @@ impl MetricsApi {
                  FROM outbox",
             ))
             .await?;
-        if let Some(r) = outbox {
-            let n: i64 = r.try_get("", "n").unwrap_or(0);
-            let age: f64 = r.try_get("", "age").unwrap_or(0.0);
-            gauges.push(("sagaflow_outbox_backlog".to_owned(), n as f64));
-            gauges.push(("sagaflow_outbox_oldest_age_seconds".to_owned(), age));
-        }
-        Ok(gauges)
+        let (n, age) = outbox
+            .map(|r| {
+                (
+                    r.try_get("", "n").unwrap_or(0_i64),
+                    r.try_get("", "age").unwrap_or(0.0_f64),
+                )
+            })
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "# HELP sagaflow_outbox_backlog Outbox rows not yet published.\n# TYPE sagaflow_outbox_backlog gauge\n\
+             sagaflow_outbox_backlog {n}\n\
+             # HELP sagaflow_outbox_oldest_age_seconds Age of the oldest unpublished outbox row.\n\
+             # TYPE sagaflow_outbox_oldest_age_seconds gauge\n\
+             sagaflow_outbox_oldest_age_seconds {age}\n"
+        ));
+        Ok(text)
     }
 }
 
@@ -107,21 +119,7 @@ impl MetricsApi {
     /// sizes and HTTP request durations.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
     async fn metrics(&self) -> poem::Result<MetricsResponse> {
-        let gauges = self.database_gauges().await?;
-        let mut text = String::new();
-        text.push_str("# HELP sagaflow_sagas Sagas by state, from the database.\n# TYPE sagaflow_sagas gauge\n");
-        for (name, value) in &gauges {
-            if name.starts_with("sagaflow_sagas{") {
-                text.push_str(&format!("{name} {value}\n"));
-            }
-        }
-        text.push_str("# HELP sagaflow_outbox_backlog Outbox rows not yet published.\n# TYPE sagaflow_outbox_backlog gauge\n");
-        text.push_str("# HELP sagaflow_outbox_oldest_age_seconds Age of the oldest unpublished outbox row.\n# TYPE sagaflow_outbox_oldest_age_seconds gauge\n");
-        for (name, value) in &gauges {
-            if name.starts_with("sagaflow_outbox") {
-                text.push_str(&format!("{name} {value}\n"));
-            }
-        }
+        let mut text = self.database_gauges().await?;
         if let Some(h) = &self.handle {
             h.run_upkeep();
             text.push_str(&h.render());
