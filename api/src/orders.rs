@@ -350,10 +350,7 @@ impl OrdersApi {
         order_no: Path<String>,
         body: JsonBody<Reason>,
     ) -> poem::Result<RefundOrderResponse> {
-        if order_no.0.contains('\0') {
-            // No order number holds one; Postgres could not even compare it.
-            return Err(ApiError::NotFound(format!("there is no order {:?}", order_no.0)).into());
-        }
+        known_order_no(&order_no.0)?;
         let txn = self.db.begin().await.map_err(ApiError::from)?;
         let o = refund(&txn, &order_no.0, &body.0.reason).await?;
         txn.commit().await.map_err(ApiError::from)?;
@@ -371,10 +368,7 @@ impl OrdersApi {
         /// The order number returned when the order was placed.
         order_no: Path<String>,
     ) -> poem::Result<GetOrderResponse> {
-        if order_no.0.contains('\0') {
-            // No order number holds one; Postgres could not even compare it.
-            return Err(ApiError::NotFound(format!("there is no order {:?}", order_no.0)).into());
-        }
+        known_order_no(&order_no.0)?;
         let found = order::Entity::find_by_id(order_no.0.clone())
             .one(&self.db)
             .await
@@ -553,6 +547,17 @@ async fn place(
     )
     .await?;
     Ok(Some(Placed::New(inserted)))
+}
+
+/// An order number no order can have: one with a NUL character, which
+/// Postgres could not even compare. Refused as unknown before any query.
+fn known_order_no(order_no: &str) -> Result<(), ApiError> {
+    if order_no.contains('\0') {
+        return Err(ApiError::NotFound(format!(
+            "there is no order {order_no:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn unknown_user(user_id: i64) -> ApiError {
