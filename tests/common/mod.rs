@@ -228,35 +228,33 @@ impl TestApp {
         format!("{}{name}", self.prefix)
     }
 
-    /// `POST /accounts` and a deposit of `amount` (if not "0").
-    pub async fn funded_account(&self, user_id: i64, amount: &str) {
+    /// POSTs `body` to `path` and asserts a 201.
+    async fn post_created(&self, path: &str, body: serde_json::Value) {
         let r = self
             .http
-            .post(format!("{}/accounts", self.base))
-            .json(&serde_json::json!({ "user_id": user_id }))
+            .post(format!("{}{path}", self.base))
+            .json(&body)
             .send()
             .await
             .unwrap();
         assert_eq!(
             r.status(),
             201,
-            "create account: {}",
+            "POST {path}: {}",
             r.text().await.unwrap_or_default()
         );
+    }
+
+    /// `POST /accounts` and a deposit of `amount` (if not "0").
+    pub async fn funded_account(&self, user_id: i64, amount: &str) {
+        self.post_created("/accounts", serde_json::json!({ "user_id": user_id }))
+            .await;
         if amount != "0" {
-            let r = self
-                .http
-                .post(format!("{}/accounts/{user_id}/deposits", self.base))
-                .json(&serde_json::json!({ "amount": amount }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                r.status(),
-                201,
-                "deposit: {}",
-                r.text().await.unwrap_or_default()
-            );
+            self.post_created(
+                &format!("/accounts/{user_id}/deposits"),
+                serde_json::json!({ "amount": amount }),
+            )
+            .await;
         }
     }
 
