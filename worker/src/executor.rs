@@ -165,35 +165,31 @@ pub(crate) async fn advance(
     let mut cur = before.clone();
     // The request goes first; a claim's `Due` after it is redundant, since
     // the request's own round already runs whatever became due.
-    let (mut event, mut queued) = match operator_event(row) {
-        Some(request) if event == Event::Due => (request, Vec::new()),
-        Some(request) => (request, vec![event]),
-        None => (event, Vec::new()),
+    let (mut event, mut then) = match operator_event(row) {
+        Some(request) if event == Event::Due => (request, None),
+        Some(request) => (request, Some(event)),
+        None => (event, None),
     };
     let mut recorded = Vec::new();
+    // History rows are written at the end in one statement, in order.
+    let mut history: Vec<sea_orm::Value> = Vec::new();
     // Each round either waits (remote command out), finishes, or moves one
     // step; twice the steps plus slack bounds a definition's whole run.
-    for _ in 0..(def.steps.len() * 2 + 4 + queued.len() * 2) {
+    for _ in 0..(def.steps.len() * 2 + 6) {
         let t = transition(def, &cur, &event, clock(now));
         recorded.extend(t.history.iter().map(|r| r.kind));
         let mut next_event = None;
         for rec in &t.history {
-            exec(
-                db,
-                "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [
-                    row.id.into(),
-                    rec.kind.as_str().into(),
-                    to_i32(rec.step).into(),
-                    to_i32(rec.attempt).into(),
-                    cur.state.as_str().into(),
-                    t.next.state.as_str().into(),
-                    rec.detail.clone().into(),
-                    actor.into(),
-                ],
-            )
-            .await?;
+            history.extend([
+                row.id.into(),
+                rec.kind.as_str().into(),
+                to_i32(rec.step).into(),
+                to_i32(rec.attempt).into(),
+                cur.state.as_str().into(),
+                t.next.state.as_str().into(),
+                rec.detail.clone().into(),
+                actor.into(),
+            ]);
         }
         for effect in &t.effects {
             match effect {
@@ -260,16 +256,43 @@ pub(crate) async fn advance(
         event = match next_event {
             Some(e) => e,
             None if due_now(&cur, now) => Event::Due,
-            None => match queued.pop() {
+            None => match then.take() {
                 Some(e) => e,
                 None => break,
             },
         };
     }
+    insert_history(db, history).await?;
     if cur != before || row.lease_owner.is_some() || row.operator_request.is_some() {
         store(db, row, &cur).await?;
     }
     Ok(Advanced { recorded })
+}
+
+/// Writes history rows (eight values each, in `saga_events` column order)
+/// with one statement: one round trip per advance however many rows.
+async fn insert_history<C: ConnectionTrait>(
+    db: &C,
+    values: Vec<sea_orm::Value>,
+) -> Result<(), WorkerError> {
+    const COLUMNS: usize = 8;
+    if values.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..values.len() / COLUMNS)
+        .map(|r| {
+            let p: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("${}", r * COLUMNS + c))
+                .collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) VALUES {}",
+        rows.join(", ")
+    );
+    exec(db, &sql, values).await?;
+    Ok(())
 }
 
 async fn send_command<C: ConnectionTrait>(
