@@ -914,6 +914,38 @@ async fn openapi_spec_docs_and_start_page() {
         .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
     assert!(r.body["components"]["schemas"]["Problem"].is_object());
 
+    // Every operation, parameter and schema property is described.
+    let mut undocumented = Vec::new();
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["summary"].as_str().unwrap_or("").is_empty()
+                || op["description"].as_str().unwrap_or("").is_empty()
+            {
+                undocumented.push(format!("{method} {path}"));
+            }
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                if param["description"].as_str().unwrap_or("").is_empty() {
+                    undocumented.push(format!("{method} {path} parameter {}", param["name"]));
+                }
+            }
+        }
+    }
+    for (name, schema) in r.body["components"]["schemas"].as_object().unwrap() {
+        for (field, prop) in schema["properties"].as_object().into_iter().flatten() {
+            let described = prop["description"].as_str().is_some_and(|d| !d.is_empty())
+                || prop["$ref"].is_string()
+                || prop["allOf"].is_array();
+            if !described {
+                undocumented.push(format!("{name}.{field}"));
+            }
+        }
+    }
+    assert_eq!(
+        undocumented,
+        Vec::<String>::new(),
+        "undocumented parts of the spec"
+    );
+
     let docs = send(cli.get("/docs")).await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.content_type.starts_with("text/html"));
