@@ -523,6 +523,124 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     app.stop().await;
 }
 
+/// One quick debit attempt and two quick refund attempts, so that a saga
+/// nobody answers is FAILED within a second or two.
+const GIVES_UP: &str = r#"{
+  "order_payment.debit": {
+    "timeout_ms": 200,
+    "retry": {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0},
+    "compensation_timeout_ms": 200,
+    "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
+  }
+}"#;
+
+/// A saga FAILED with its three commands (one debit, two refunds) in the
+/// fake participant's hands and none applied.
+async fn failed_saga(
+    app: &TestApp,
+    fake: &FakeParticipant,
+    user_id: i64,
+) -> (String, String, Vec<Vec<u8>>) {
+    app.funded_account(user_id, "10.00").await;
+    let (order_no, saga) = order_for(app, user_id, "3.00").await;
+    let mut commands = Vec::new();
+    for expected in ["funds.debit", "funds.refund", "funds.refund"] {
+        let (cmd, payload) = fake.next_command().await;
+        assert_eq!(cmd.kind.as_str(), expected);
+        assert_eq!(cmd.epoch, 0);
+        commands.push(payload);
+    }
+    app.await_saga_state(&saga, "FAILED", SETTLE).await;
+    (order_no, saga, commands)
+}
+
+async fn participant(app: &TestApp, payload: &[u8]) {
+    sagaflow_worker::participant::handle(&app.db.conn, &app.config.topics(), payload)
+        .await
+        .unwrap();
+}
+
+async fn force_forward(app: &TestApp, saga: &str) {
+    let filed = sagaflow_entity::saga_instance::file_request(
+        &app.db.conn,
+        saga.parse().unwrap(),
+        OperatorRequest::ForceForward,
+        "the debit went through",
+        "test-operator",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(filed, Filed::Filed(_)), "{filed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_saga_forced_forward_is_paid_and_its_old_refunds_are_fenced() {
+    let app = start(GIVES_UP, NO_FUNDS).await;
+    let fake = FakeParticipant::new(&app);
+    let (order_no, saga, old) = failed_saga(&app, &fake, 21).await;
+    // The debit did land, late: after the saga had given it up.
+    participant(&app, &old[0]).await;
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+
+    force_forward(&app, &saga).await;
+    let (again, payload) = fake.next_command().await;
+    assert_eq!(
+        (again.kind.as_str(), again.epoch, again.attempt),
+        ("funds.debit", 1, 1)
+    );
+    participant(&app, &payload).await;
+    app.await_saga_state(&saga, "COMPLETED", SETTLE).await;
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    assert_eq!(count(&app, &saga, "kind = 'FORCED_FORWARD'").await, 1);
+
+    // The refunds sent before the force reach the participant now: they
+    // must not undo the debit the PAID order rests on.
+    participant(&app, &old[1]).await;
+    participant(&app, &old[2]).await;
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 0);
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(app.account(21).await["balance"], "7.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forcing_forward_a_saga_whose_debit_was_refunded_ends_compensated() {
+    let app = start(GIVES_UP, NO_FUNDS).await;
+    let fake = FakeParticipant::new(&app);
+    let (order_no, saga, old) = failed_saga(&app, &fake, 22).await;
+    // Both the debit and a refund landed after the saga gave up.
+    participant(&app, &old[0]).await;
+    participant(&app, &old[1]).await;
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
+
+    force_forward(&app, &saga).await;
+    let (again, payload) = fake.next_command().await;
+    assert_eq!((again.kind.as_str(), again.epoch), ("funds.debit", 1));
+    // Refused, since the money went back: the step nets to nothing, so the
+    // saga ends COMPENSATED with no further refund.
+    participant(&app, &payload).await;
+    app.await_saga_state(&saga, "COMPENSATED", SETTLE).await;
+    assert_eq!(
+        app.settled_order(&order_no, SETTLE).await["status"],
+        "FAILED"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'REPLY_RECEIVED' AND detail->'outcome'->>'reason' LIKE '%already reversed%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
+    assert_eq!(app.account(22).await["balance"], "10.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
 /// An application's own local action: writes a note in the engine's
 /// transaction; `refuse` makes it refuse instead (a business rejection).
 struct Note {

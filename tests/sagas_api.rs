@@ -261,6 +261,14 @@ async fn operator_actions_need_the_token_and_the_right_state() {
     }
     let (status, _) = act(
         &cli,
+        &format!("/sagas/{failed}/force-forward"),
+        None,
+        reason.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = act(
+        &cli,
         &format!("/sagas/{failed}/retry"),
         Some("s3cret"),
         reason.clone(),
@@ -284,8 +292,16 @@ async fn operator_actions_need_the_token_and_the_right_state() {
     for (path, why) in [
         (format!("/sagas/{completed}/cancel"), "COMPLETED"),
         (format!("/sagas/{completed}/retry"), "COMPLETED"),
-        (format!("/sagas/{failed}/cancel"), "retry it instead"),
+        (
+            format!("/sagas/{failed}/cancel"),
+            "retry it or force it forward",
+        ),
         (format!("/sagas/{running}/retry"), "already due"),
+        (
+            format!("/sagas/{waiting}/force-forward"),
+            "applies only to FAILED; to run its current step again, retry it",
+        ),
+        (format!("/sagas/{completed}/force-forward"), "COMPLETED"),
     ] {
         let (status, body) = act(&cli, &path, Some(TOKEN), reason.clone()).await;
         assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
@@ -357,6 +373,18 @@ async fn operator_actions_need_the_token_and_the_right_state() {
     assert_eq!(request["actor"], "operator");
     assert_eq!(request["detail"]["reason"], "customer called");
     assert_eq!(request["detail"]["request"], "RETRY");
+
+    let forced = saga(&db.conn, "order_payment", "ORD-FF", "FAILED").await;
+    let (status, body) = act(
+        &cli,
+        &format!("/sagas/{forced}/force-forward"),
+        Some(TOKEN),
+        reason.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["operator_request"], "FORCE_FORWARD");
+    assert!(body["next_run_at"].is_string(), "due now: {body}");
 }
 
 fn worker(id: &str) -> WorkerConfig {

@@ -444,6 +444,7 @@ impl SagasApi {
         let what = match request {
             OperatorRequest::Cancel => "cancel",
             OperatorRequest::Retry => "retry",
+            OperatorRequest::ForceForward => "force forward",
         };
         match saga_instance::file_request(&self.db, id, request, &body.reason, "operator").await? {
             Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json(self.view(*saga)))),
@@ -456,9 +457,13 @@ impl SagasApi {
                 let allowed: Vec<&str> = request.allowed_in().iter().map(|s| s.as_str()).collect();
                 let hint = match (request, state) {
                     (OperatorRequest::Cancel, SagaState::Failed) => {
-                        "; its compensation gave up: retry it instead"
+                        "; its compensation gave up: retry it or force it forward instead"
                     }
                     (OperatorRequest::Retry, SagaState::Running) => "; it is already due to run",
+                    (
+                        OperatorRequest::ForceForward,
+                        SagaState::Waiting | SagaState::Compensating,
+                    ) => "; to run its current step again, retry it",
                     _ => "",
                 };
                 Err(ApiError::Conflict(format!(
@@ -735,7 +740,8 @@ impl SagasApi {
     /// FAILED saga (its compensation gave up) resumes compensating; a saga
     /// stuck in WAITING or COMPENSATING runs its current step again now.
     /// Either way the step's attempts start over. Recorded in the history
-    /// with the reason.
+    /// with the reason. To take a FAILED saga forward instead, see
+    /// `force-forward`.
     #[oai(path = "/sagas/:id/retry", method = "post", operation_id = "retrySaga")]
     async fn retry(
         &self,
@@ -745,6 +751,34 @@ impl SagasApi {
         body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
         Ok(self.act(req, &id.0, OperatorRequest::Retry, body.0).await?)
+    }
+
+    /// Force a FAILED saga forward
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). A
+    /// FAILED saga (its compensation gave up) runs forward again from the
+    /// step whose compensation gave up, with fresh attempts, and goes on to
+    /// COMPLETED (an order becomes PAID) if the participants agree. It is
+    /// safe whatever happened meanwhile: a participant refuses the forward
+    /// command if it had undone the step after all (the saga then
+    /// compensates again), and refuses any compensation sent before the
+    /// force. Recorded in the history with the reason. Only FAILED sagas;
+    /// anything else is a 409.
+    #[oai(
+        path = "/sagas/:id/force-forward",
+        method = "post",
+        operation_id = "forceForwardSaga"
+    )]
+    async fn force_forward(
+        &self,
+        req: &Request,
+        /// The saga's id.
+        id: Path<String>,
+        body: JsonBody<Reason>,
+    ) -> poem::Result<ActionResponse> {
+        Ok(self
+            .act(req, &id.0, OperatorRequest::ForceForward, body.0)
+            .await?)
     }
 
     /// Cancel a saga

@@ -92,14 +92,19 @@ pub enum OperatorRequest {
     /// Run the current step (or compensation) again now, attempts reset.
     #[sea_orm(string_value = "RETRY")]
     Retry,
+    /// Take a FAILED saga forward again, from the step whose compensation
+    /// gave up, in a new epoch.
+    #[sea_orm(string_value = "FORCE_FORWARD")]
+    ForceForward,
 }
 
 impl StateValues for OperatorRequest {
-    const ALL: &'static [Self] = &[Self::Cancel, Self::Retry];
+    const ALL: &'static [Self] = &[Self::Cancel, Self::Retry, Self::ForceForward];
     fn as_str(&self) -> &'static str {
         match self {
             Self::Cancel => "CANCEL",
             Self::Retry => "RETRY",
+            Self::ForceForward => "FORCE_FORWARD",
         }
     }
 }
@@ -107,7 +112,8 @@ impl StateValues for OperatorRequest {
 impl OperatorRequest {
     /// The states in which an operator may file this request: a cancel
     /// while the saga is active; a retry of a saga that is FAILED (its
-    /// compensation gave up) or stuck waiting (WAITING, COMPENSATING).
+    /// compensation gave up) or stuck waiting (WAITING, COMPENSATING); a
+    /// force forward only of a FAILED saga.
     pub fn allowed_in(self) -> &'static [SagaState] {
         match self {
             Self::Cancel => &[
@@ -120,6 +126,7 @@ impl OperatorRequest {
                 SagaState::Waiting,
                 SagaState::Compensating,
             ],
+            Self::ForceForward => &[SagaState::Failed],
         }
     }
 }
@@ -252,6 +259,9 @@ pub struct Model {
     /// `attempt` at the last operator retry; the policy counts from it.
     pub attempt_base: i32,
     pub cancel_requested: bool,
+    /// Force-forward count: the fencing token on every command (see the
+    /// state machine's `Instance::epoch`).
+    pub epoch: i32,
     pub next_run_at: Option<DateTimeWithTimeZone>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTimeWithTimeZone>,

@@ -10,6 +10,7 @@ mod m20261125_000001_create_core_tables;
 mod m20261125_000002_refunds_and_operator_requests;
 mod m20261125_000003_operator_queries;
 mod m20261125_000004_attempt_base;
+mod m20261126_000005_force_forward;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_refunds_and_operator_requests::Migration),
             Box::new(m20261125_000003_operator_queries::Migration),
             Box::new(m20261125_000004_attempt_base::Migration),
+            Box::new(m20261126_000005_force_forward::Migration),
         ]
     }
 }

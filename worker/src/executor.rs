@@ -84,6 +84,7 @@ fn instance_of(row: &saga_instance::Model) -> Instance {
         attempt: u32::try_from(row.attempt).unwrap_or(0),
         attempt_base: u32::try_from(row.attempt_base).unwrap_or(0),
         cancel_requested: row.cancel_requested,
+        epoch: u32::try_from(row.epoch).unwrap_or(0),
         next_run_at: row.next_run_at.map(|t| t.with_timezone(&Utc)),
         deadline: row.deadline.map(|t| t.with_timezone(&Utc)),
         last_error: row.last_error.clone(),
@@ -132,6 +133,7 @@ fn operator_event(row: &saga_instance::Model) -> Option<Event> {
     row.operator_request.map(|r| match r {
         OperatorRequest::Cancel => Event::Cancel { reason },
         OperatorRequest::Retry => Event::Retry { reason },
+        OperatorRequest::ForceForward => Event::ForceForward { reason },
     })
 }
 
@@ -213,6 +215,7 @@ pub(crate) async fn advance(
                         message_id: CommandEnvelope::message_id_for(row.id, *step, *compensation),
                         kind: *command,
                         saga_id: row.id,
+                        epoch: t.next.epoch,
                         step: *step,
                         attempt: *attempt,
                         compensation: *compensation,
@@ -308,13 +311,19 @@ async fn send_command<C: ConnectionTrait>(
         "message_id": env.message_id.to_string(),
         "saga_id": env.saga_id.to_string(),
         "type": env.kind.as_str(),
+        "epoch": env.epoch.to_string(),
         "step": env.step.to_string(),
         "attempt": env.attempt.to_string(),
         "traceparent": traceparent(env.saga_id),
     });
     // A retry reuses the command's message id; the previous attempt's row
-    // may still be unpublished, so give each attempt its own outbox id.
-    let outbox_id = uuid::Uuid::new_v5(&env.message_id, env.attempt.to_string().as_bytes());
+    // may still be unpublished, so give each attempt (of each epoch) its
+    // own outbox id.
+    let attempt = match env.epoch {
+        0 => env.attempt.to_string(),
+        epoch => format!("{epoch}/{}", env.attempt),
+    };
+    let outbox_id = uuid::Uuid::new_v5(&env.message_id, attempt.as_bytes());
     outbox_insert(
         db,
         outbox_id,
@@ -338,7 +347,7 @@ async fn store<C: ConnectionTrait>(
         db,
         "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \
              next_run_at = $5, deadline = $6, last_error = $7, lease_owner = NULL, lease_expires_at = NULL, \
-             operator_request = NULL, operator_reason = NULL, failure_reason = $10, attempt_base = $11, \
+             operator_request = NULL, operator_reason = NULL, failure_reason = $10, attempt_base = $11, epoch = $12, \
              version = version + 1, updated_at = now() \
          WHERE id = $8 AND version = $9",
         [
@@ -353,6 +362,7 @@ async fn store<C: ConnectionTrait>(
             row.version.into(),
             i.failure.clone().into(),
             to_i32(i.attempt_base).into(),
+            to_i32(i.epoch).into(),
         ],
     )
     .await?;

@@ -10,6 +10,11 @@
 //! lock instead of failing or overdrawing. A compensation that finds
 //! nothing to undo leaves its inbox row as a fence against the late
 //! arrival of the command it compensates.
+//!
+//! An operator's force forward starts a new epoch of the saga (commands
+//! carry it): a command of a later epoch than the one the inbox answered is
+//! decided anew, a compensation of an earlier epoch than an applied forward
+//! command is refused, and a reversed entry is never taken again.
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
@@ -30,10 +35,13 @@ pub const CONSUMER: &str = "funds";
 /// Consumer group (after the configured prefix).
 pub const GROUP: &str = "sagaflow-funds";
 
-/// What the inbox keeps of a command: its answer, and the highest attempt
-/// answered, so a redelivery of that attempt is recognised.
+/// What the inbox keeps of a command: its answer, and the epoch and
+/// highest attempt answered, so a redelivery of that attempt is recognised
+/// and a command of a later epoch is decided anew.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Stored {
+    #[serde(default)]
+    epoch: u32,
     attempt: u32,
     outcome: ReplyOutcome,
 }
@@ -61,14 +69,29 @@ async fn apply(
     let tx = db.begin().await?;
     let inserted = inbox_insert(&tx, CONSUMER, cmd.message_id).await?;
     if !inserted {
-        let handled = answer_again(&tx, topics, &cmd).await?;
-        tx.commit().await?;
-        return Ok(handled);
+        match stored(&tx, cmd.message_id, true).await? {
+            // An operator forced the saga forward since: decide anew.
+            Some(s) if cmd.epoch > s.epoch => {}
+            // A later attempt (the saga retried after a timeout) gets the
+            // stored answer again under its own attempt number.
+            Some(s) if cmd.epoch == s.epoch && cmd.attempt > s.attempt => {
+                store_and_reply(&tx, topics, &cmd, s.outcome).await?;
+                tx.commit().await?;
+                return Ok(Handled::Applied);
+            }
+            // A redelivery of an attempt already answered changes nothing.
+            _ => {
+                tx.commit().await?;
+                return Ok(Handled::Duplicate);
+            }
+        }
     }
     let outcome = match cmd.kind {
-        CommandKind::FundsDebit => forward(&tx, &cmd, "DEBIT", Direction::Take).await?,
+        CommandKind::FundsDebit => forward(&tx, &cmd, ("DEBIT", "REFUND"), Direction::Take).await?,
         CommandKind::FundsRefund => undo(&tx, &cmd, "DEBIT", "REFUND", Direction::Give).await?,
-        CommandKind::FundsCredit => forward(&tx, &cmd, "REFUND", Direction::Give).await?,
+        CommandKind::FundsCredit => {
+            forward(&tx, &cmd, ("REFUND", "REFUND_VOID"), Direction::Give).await?
+        }
         CommandKind::FundsCreditVoid => {
             undo(&tx, &cmd, "REFUND", "REFUND_VOID", Direction::Take).await?
         }
@@ -78,34 +101,34 @@ async fn apply(
     Ok(Handled::Applied)
 }
 
-/// A command id seen before: a redelivery of an attempt already answered
-/// changes nothing; a later attempt (the saga retried after a timeout) gets
-/// the stored answer again under its own attempt number.
-async fn answer_again<C: ConnectionTrait>(
+/// What the inbox answered for `message_id`, if it saw it (`lock` takes
+/// the row, so concurrent deliveries of one command queue on it).
+async fn stored<C: ConnectionTrait>(
     tx: &C,
-    topics: &Topics,
-    cmd: &CommandEnvelope,
-) -> Result<Handled, WorkerError> {
-    let row = one(
-        tx,
-        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2 FOR UPDATE",
-        [CONSUMER.into(), cmd.message_id.into()],
-    )
-    .await?;
-    let stored: Option<Stored> = row
-        .and_then(|r| {
-            r.try_get::<Option<serde_json::Value>>("", "result")
-                .ok()
-                .flatten()
-        })
-        .and_then(|v| serde_json::from_value(v).ok());
-    match stored {
-        Some(s) if cmd.attempt > s.attempt => {
-            store_and_reply(tx, topics, cmd, s.outcome).await?;
-            Ok(Handled::Applied)
-        }
-        _ => Ok(Handled::Duplicate),
-    }
+    message_id: uuid::Uuid,
+    lock: bool,
+) -> Result<Option<Stored>, WorkerError> {
+    let sql = if lock {
+        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2 FOR UPDATE"
+    } else {
+        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2"
+    };
+    let Some(row) = one(tx, sql, [CONSUMER.into(), message_id.into()]).await? else {
+        return Ok(None);
+    };
+    // The answer is written in the transaction that inserts the row, so an
+    // unreadable one can only come from an older release: it counts as
+    // answered in epoch 0 (which keeps it a fence) with nothing to replay.
+    let result: Option<serde_json::Value> = row.try_get("", "result").ok().flatten();
+    Ok(Some(
+        result
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or(Stored {
+                epoch: 0,
+                attempt: u32::MAX,
+                outcome: ReplyOutcome::Ok,
+            }),
+    ))
 }
 
 async fn store_and_reply<C: ConnectionTrait>(
@@ -115,6 +138,7 @@ async fn store_and_reply<C: ConnectionTrait>(
     outcome: ReplyOutcome,
 ) -> Result<(), WorkerError> {
     let stored = serde_json::to_value(Stored {
+        epoch: cmd.epoch,
         attempt: cmd.attempt,
         outcome: outcome.clone(),
     })
@@ -228,11 +252,11 @@ async fn refusal<C: ConnectionTrait>(
 }
 
 /// A forward command (debit, credit): moves the command's amount once per
-/// saga, unless the saga's compensation of this step already ran.
+/// saga, unless the step was compensated already.
 async fn forward<C: ConnectionTrait>(
     tx: &C,
     cmd: &CommandEnvelope,
-    kind: &str,
+    (kind, undo_kind): (&str, &str),
     dir: Direction,
 ) -> Result<ReplyOutcome, WorkerError> {
     if cmd.amount <= Decimal::ZERO {
@@ -240,17 +264,21 @@ async fn forward<C: ConnectionTrait>(
             reason: format!("amount {} is not positive", cmd.amount),
         });
     }
-    // Fence: once this step's compensation was processed, a late forward
-    // command (one its own compensation overtook) must not move money.
+    // Undone money stays undone: the ledger holds one entry per saga and
+    // kind, so not even a forced forward can move it again.
+    if has_entry(tx, cmd.saga_id, undo_kind).await? {
+        return Ok(ReplyOutcome::Rejected {
+            reason: format!("the saga's {kind} was already reversed"),
+        });
+    }
+    // Fence: once this step's compensation of this epoch (or a later one)
+    // was processed, a late forward command (one its own compensation
+    // overtook) must not move money.
     let undo_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
-    let fenced = one(
-        tx,
-        "SELECT 1 AS x FROM inbox WHERE consumer = $1 AND message_id = $2",
-        [CONSUMER.into(), undo_id.into()],
-    )
-    .await?
-    .is_some();
-    if fenced {
+    if stored(tx, undo_id, false)
+        .await?
+        .is_some_and(|u| u.epoch >= cmd.epoch)
+    {
         return Ok(ReplyOutcome::Rejected {
             reason: "the saga was already compensated".to_owned(),
         });
@@ -275,6 +303,20 @@ async fn undo<C: ConnectionTrait>(
     kind: &str,
     dir: Direction,
 ) -> Result<ReplyOutcome, WorkerError> {
+    // Fence: an operator forced the saga forward and its forward command
+    // of that later epoch was applied; this compensation was sent before
+    // the force and must not undo what the saga now relies on.
+    let forward_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, false);
+    if let Some(f) = stored(tx, forward_id, false).await? {
+        if f.epoch > cmd.epoch {
+            return Ok(ReplyOutcome::Rejected {
+                reason: format!(
+                    "superseded: the saga was forced forward (epoch {})",
+                    f.epoch
+                ),
+            });
+        }
+    }
     if has_entry(tx, cmd.saga_id, kind).await? {
         return Ok(ReplyOutcome::Ok);
     }

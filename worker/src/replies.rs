@@ -56,6 +56,7 @@ pub async fn handle(
     let span = tracing::info_span!("saga_reply", saga_id = %row.id, saga_type = %row.saga_type,
         order_no = executor::order_no(&row), step = reply.step, attempt = reply.attempt);
     let event = Event::Reply {
+        epoch: reply.epoch,
         step: reply.step,
         attempt: reply.attempt,
         compensation: reply.compensation,

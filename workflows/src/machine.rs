@@ -25,6 +25,12 @@ pub struct Instance {
     pub attempt_base: u32,
     /// Set by an operator's cancel: compensation then ends in CANCELLED.
     pub cancel_requested: bool,
+    /// How many times an operator forced this saga forward out of FAILED.
+    /// Every command carries it and every reply echoes it: it is the
+    /// fencing token that lets a participant refuse a compensation sent
+    /// before the force (and the saga ignore replies to one), since message
+    /// ids and attempt numbers start over with each epoch.
+    pub epoch: u32,
     /// When a worker should look at the saga again; `None` when terminal.
     pub next_run_at: Option<DateTime<Utc>>,
     /// Set while a remote command is out: when it counts as timed out.
@@ -46,6 +52,7 @@ impl Instance {
             attempt: 0,
             attempt_base: 0,
             cancel_requested: false,
+            epoch: 0,
             next_run_at: Some(now),
             deadline: None,
             last_error: None,
@@ -96,6 +103,8 @@ pub enum Event {
     },
     /// A participant's reply arrived.
     Reply {
+        /// Epoch of the command (see [`Instance::epoch`]).
+        epoch: u32,
         /// Step the command was for.
         step: u32,
         /// Attempt the command was for.
@@ -113,6 +122,15 @@ pub enum Event {
     /// An operator asked to run the current step (or compensation) again
     /// now, with its attempts reset.
     Retry {
+        /// The operator's reason.
+        reason: String,
+    },
+    /// An operator asked a FAILED saga to go forward again from the step
+    /// whose compensation gave up, in a new epoch, instead of compensating.
+    /// Participants keep it safe: a forward command is refused once the
+    /// step's effect was undone, and a compensation from an earlier epoch
+    /// is refused once the forward command of a later one was applied.
+    ForceForward {
         /// The operator's reason.
         reason: String,
     },
@@ -185,6 +203,8 @@ pub enum RecordKind {
     CancelRequested,
     /// An operator asked for a retry.
     ManualRetry,
+    /// An operator forced a FAILED saga forward.
+    ForcedForward,
     /// An event that does not apply in the current state was ignored.
     EventIgnored,
 }
@@ -206,6 +226,7 @@ impl RecordKind {
             RecordKind::Failed => "FAILED",
             RecordKind::CancelRequested => "CANCEL_REQUESTED",
             RecordKind::ManualRetry => "MANUAL_RETRY",
+            RecordKind::ForcedForward => "FORCED_FORWARD",
             RecordKind::EventIgnored => "EVENT_IGNORED",
         }
     }
@@ -261,7 +282,7 @@ pub struct Clock {
 /// once to success; a reply that does not match the step, attempt and
 /// direction the saga waits for changes nothing; attempts never exceed the
 /// policy; terminal states are never left except FAILED by an operator's
-/// retry.
+/// retry or force forward; a reply from another epoch changes nothing.
 pub fn transition(
     def: &SagaDefinition,
     instance: &Instance,
@@ -323,6 +344,11 @@ impl Machine<'_> {
                 self.cur.state = Compensating;
                 self.restart_attempts();
             }
+            (Failed, Event::ForceForward { reason }) => self.force_forward(reason),
+            (_, Event::ForceForward { .. }) => self.ignore(
+                RecordKind::EventIgnored,
+                "only a FAILED saga can be forced forward",
+            ),
             (Failed, Event::Reply { .. }) => self.ignore(
                 RecordKind::ReplyIgnored,
                 "saga failed; waits for an operator",
@@ -367,10 +393,32 @@ impl Machine<'_> {
             (
                 _,
                 Event::Reply {
+                    epoch,
+                    step,
+                    attempt,
+                    compensation,
+                    ..
+                },
+            ) if *epoch != self.cur.epoch => {
+                self.history.push(Record {
+                    kind: RecordKind::ReplyIgnored,
+                    step: *step,
+                    attempt: *attempt,
+                    detail: serde_json::json!({
+                        "ignored": "answers a command of an earlier epoch, before a force forward",
+                        "epoch": epoch,
+                        "compensation": compensation,
+                    }),
+                });
+            }
+            (
+                _,
+                Event::Reply {
                     step,
                     attempt,
                     compensation,
                     outcome,
+                    ..
                 },
             ) => self.on_outcome(*step, *attempt, *compensation, outcome, true),
             (
@@ -404,6 +452,22 @@ impl Machine<'_> {
         self.cur.attempt_base = self.cur.attempt;
         self.cur.deadline = None;
         self.cur.next_run_at = Some(self.clock.now);
+    }
+
+    /// Out of FAILED, forward again at the step whose compensation gave up
+    /// (its forward command is idempotent at the participant, or refused if
+    /// the step was undone after all), in a new epoch with fresh attempts.
+    /// The operator's decision replaces any earlier cancel or failure.
+    fn force_forward(&mut self, reason: &str) {
+        self.cur.epoch += 1;
+        self.record(
+            RecordKind::ForcedForward,
+            serde_json::json!({ "reason": reason, "epoch": self.cur.epoch }),
+        );
+        self.cur.state = SagaState::Running;
+        self.cur.cancel_requested = false;
+        self.cur.failure = None;
+        self.schedule_now();
     }
 
     /// Attempts that count against the policy.

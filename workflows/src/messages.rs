@@ -93,6 +93,13 @@ pub struct CommandEnvelope {
     pub kind: CommandKind,
     /// The saga that sent it.
     pub saga_id: Uuid,
+    /// The saga's epoch (see [`crate::Instance::epoch`]): 0 until an
+    /// operator forces the saga forward out of FAILED. A participant
+    /// refuses a compensation of an earlier epoch than a forward command it
+    /// already applied, and applies anew a command of a later epoch than
+    /// the one its inbox answered. Absent on the wire means 0.
+    #[serde(default)]
+    pub epoch: u32,
     /// The saga's step.
     pub step: u32,
     /// The attempt; echoed in the reply so stale replies can be told apart.
@@ -136,6 +143,9 @@ pub struct ReplyEnvelope {
     pub kind: ReplyKind,
     /// Echoed from the command.
     pub saga_id: Uuid,
+    /// Echoed from the command; absent on the wire means 0.
+    #[serde(default)]
+    pub epoch: u32,
     /// Echoed from the command.
     pub step: u32,
     /// Echoed from the command.
@@ -184,21 +194,25 @@ impl From<ReplyOutcome> for Outcome {
 }
 
 impl ReplyEnvelope {
-    /// The reply id for attempt `attempt` of command `command_id`.
-    pub fn message_id_for(command_id: Uuid, attempt: u32) -> Uuid {
-        Uuid::new_v5(
-            &NAMESPACE,
-            format!("reply/{command_id}/{attempt}").as_bytes(),
-        )
+    /// The reply id for attempt `attempt` of command `command_id` in
+    /// `epoch`. Epoch 0 keeps the id it had before epochs existed.
+    pub fn message_id_for(command_id: Uuid, epoch: u32, attempt: u32) -> Uuid {
+        let name = if epoch == 0 {
+            format!("reply/{command_id}/{attempt}")
+        } else {
+            format!("reply/{command_id}/{epoch}/{attempt}")
+        };
+        Uuid::new_v5(&NAMESPACE, name.as_bytes())
     }
 
     /// The reply to `command` with `outcome`.
     pub fn answering(command: &CommandEnvelope, outcome: ReplyOutcome) -> Self {
         ReplyEnvelope {
-            message_id: Self::message_id_for(command.message_id, command.attempt),
+            message_id: Self::message_id_for(command.message_id, command.epoch, command.attempt),
             correlation_id: command.message_id,
             kind: ReplyKind::FundsReply,
             saga_id: command.saga_id,
+            epoch: command.epoch,
             step: command.step,
             attempt: command.attempt,
             compensation: command.compensation,
@@ -338,6 +352,7 @@ mod tests {
             message_id: CommandEnvelope::message_id_for(saga_id, 0, false),
             kind: CommandKind::FundsDebit,
             saga_id,
+            epoch: 0,
             step: 0,
             attempt: 1,
             compensation: false,
@@ -374,6 +389,23 @@ mod tests {
         assert_eq!(
             r1.message_id,
             ReplyEnvelope::answering(&c, ReplyOutcome::Ok).message_id
+        );
+        // Attempt 1 of a later epoch is another reply, or the saga's inbox
+        // would drop it as a duplicate of the earlier epoch's.
+        let mut forced = c.clone();
+        forced.epoch = 1;
+        let r3 = ReplyEnvelope::answering(&forced, ReplyOutcome::Ok);
+        assert_ne!(r1.message_id, r3.message_id);
+        assert_eq!(r3.epoch, 1);
+    }
+
+    #[test]
+    fn a_command_without_an_epoch_is_of_epoch_0() {
+        let mut json = serde_json::to_value(command()).unwrap();
+        json.as_object_mut().unwrap().remove("epoch");
+        assert_eq!(
+            serde_json::from_value::<CommandEnvelope>(json).unwrap(),
+            command()
         );
     }
 

@@ -84,6 +84,9 @@ fn t0() -> DateTime<Utc> {
 enum Gen {
     Due,
     Reply {
+        /// Whether the reply answers a command of the epoch before the
+        /// saga's current one (a late reply across a force forward).
+        earlier_epoch: bool,
         step: u32,
         attempt: u32,
         compensation: bool,
@@ -101,16 +104,18 @@ enum Gen {
     },
     Cancel,
     Retry,
+    ForceForward,
 }
 
 fn gen_event() -> impl Strategy<Value = (Gen, u64, u32)> {
     let ev = prop_oneof![
         4 => Just(Gen::Due),
-        2 => (0u32..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(step, attempt, compensation, outcome)| Gen::Reply { step, attempt, compensation, outcome }),
+        2 => (any::<bool>(), 0u32..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(earlier_epoch, step, attempt, compensation, outcome)| Gen::Reply { earlier_epoch, step, attempt, compensation, outcome }),
         1 => (0u32..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(step, attempt, compensation, outcome)| Gen::Local { step, attempt, compensation, outcome }),
         4 => (0u8..3).prop_map(|outcome| Gen::Matching { outcome }),
         1 => Just(Gen::Cancel),
         1 => Just(Gen::Retry),
+        1 => Just(Gen::ForceForward),
     ];
     (ev, 0u64..20_000, 0u32..=Jitter::SCALE)
 }
@@ -147,6 +152,7 @@ fn matching(def: &SagaDefinition, i: &Instance, o: Outcome) -> Event {
         }
     } else {
         Event::Reply {
+            epoch: i.epoch,
             step: i.step,
             attempt: i.attempt,
             compensation,
@@ -159,11 +165,17 @@ fn to_event(def: &SagaDefinition, i: &Instance, g: &Gen) -> Event {
     match g {
         Gen::Due => Event::Due,
         Gen::Reply {
+            earlier_epoch,
             step,
             attempt,
             compensation,
             outcome: o,
         } => Event::Reply {
+            epoch: if *earlier_epoch {
+                i.epoch.saturating_sub(1)
+            } else {
+                i.epoch
+            },
             step: *step,
             attempt: *attempt,
             compensation: *compensation,
@@ -187,6 +199,9 @@ fn to_event(def: &SagaDefinition, i: &Instance, g: &Gen) -> Event {
         Gen::Retry => Event::Retry {
             reason: "operator".into(),
         },
+        Gen::ForceForward => Event::ForceForward {
+            reason: "operator".into(),
+        },
     }
 }
 
@@ -199,9 +214,9 @@ struct Log {
     compensation_started: Vec<u32>,
     /// Steps whose compensation succeeded, in order.
     compensated: Vec<u32>,
-    /// Every (step, compensation, attempt) sent as a command or handed out
-    /// as a local action.
-    sent: std::collections::HashSet<(u32, bool, u32)>,
+    /// Every (epoch, step, compensation, attempt) sent as a command or
+    /// handed out as a local action.
+    sent: std::collections::HashSet<(u32, u32, bool, u32)>,
 }
 
 struct Run<'a> {
@@ -209,7 +224,9 @@ struct Run<'a> {
     cur: Instance,
     now: DateTime<Utc>,
     log: Log,
-    operator_retried_failed: bool,
+    /// An operator took the saga out of FAILED, so compensation may start
+    /// again from a higher step.
+    operator_restarted: bool,
 }
 
 impl Run<'_> {
@@ -225,7 +242,7 @@ impl Run<'_> {
             },
         );
 
-        // An attempt number is never reused for the same step and
+        // An attempt number is never reused for the same epoch, step and
         // direction (it is on the wire: participants and the reply inbox
         // tell attempts apart by it), operator retries included.
         for e in &t.effects {
@@ -241,7 +258,7 @@ impl Run<'_> {
                     attempt,
                     compensation,
                     ..
-                } => (*step, *compensation, *attempt),
+                } => (t.next.epoch, *step, *compensation, *attempt),
                 Effect::RunHook { .. } => continue,
             };
             prop_assert!(
@@ -266,9 +283,22 @@ impl Run<'_> {
             );
         }
         if before.state == SagaState::Failed && t.next.state != SagaState::Failed {
-            let by_operator = matches!(event, Event::Retry { .. });
-            prop_assert!(by_operator, "FAILED left without an operator retry");
-            self.operator_retried_failed = true;
+            let by_operator = matches!(event, Event::Retry { .. } | Event::ForceForward { .. });
+            prop_assert!(by_operator, "FAILED left without an operator's request");
+            self.operator_restarted = true;
+        }
+        // The epoch moves only when an operator forces a FAILED saga
+        // forward, and by one; forward it goes, at the step that failed.
+        if t.next.epoch != before.epoch {
+            let forced = matches!(event, Event::ForceForward { .. });
+            prop_assert!(forced, "epoch moved on {:?}", event);
+            prop_assert_eq!(before.state, SagaState::Failed);
+            prop_assert_eq!(t.next.epoch, before.epoch + 1);
+            prop_assert_eq!(t.next.state, SagaState::Running);
+            prop_assert_eq!(t.next.step, before.step);
+            // The steps are run forward again: each may be undone again.
+            self.log.compensated.clear();
+            self.log.compensation_started.clear();
         }
         for e in &t.effects {
             match e {
@@ -398,7 +428,7 @@ fn check(def: &SagaDefinition, events: &[(Gen, u64, u32)]) -> Result<(), TestCas
         cur: Instance::new(t0()),
         now: t0(),
         log: Log::default(),
-        operator_retried_failed: false,
+        operator_restarted: false,
     };
     for (g, advance_ms, jitter) in events {
         run.now += chrono::Duration::milliseconds(i64::try_from(*advance_ms).unwrap());
@@ -408,7 +438,7 @@ fn check(def: &SagaDefinition, events: &[(Gen, u64, u32)]) -> Result<(), TestCas
     prop_assert!(run.settle()?, "not terminal after settling: {:?}", run.cur);
     // Compensations ran in reverse step order (restarted from the top only
     // after an operator's retry of a FAILED saga).
-    if !run.operator_retried_failed {
+    if !run.operator_restarted {
         prop_assert!(
             run.log.compensated.windows(2).all(|w| w[0] > w[1]),
             "compensation order {:?}",
@@ -467,6 +497,7 @@ fn happy_path_sends_one_command_then_completes() {
         def,
         &start.next,
         &Event::Reply {
+            epoch: 0,
             step: 0,
             attempt: 1,
             compensation: false,
@@ -497,6 +528,7 @@ fn rejection_compensates_without_refunding_the_rejected_step() {
         def,
         &start.next,
         &Event::Reply {
+            epoch: 0,
             step: 0,
             attempt: 1,
             compensation: false,
@@ -576,6 +608,7 @@ fn timeouts_retry_then_refund_the_uncertain_debit() {
         def,
         &refund.next,
         &Event::Reply {
+            epoch: 0,
             step: 0,
             attempt: 1,
             compensation: false,
@@ -587,4 +620,112 @@ fn timeouts_retry_then_refund_the_uncertain_debit() {
         },
     );
     assert!(late.is_noop(&refund.next));
+}
+
+/// Drives `i` with `event` at `now`.
+fn step(def: &SagaDefinition, i: &Instance, event: Event, now: DateTime<Utc>) -> Instance {
+    transition(
+        def,
+        i,
+        &event,
+        Clock {
+            now,
+            jitter: Jitter::NONE,
+        },
+    )
+    .next
+}
+
+#[test]
+fn a_failed_saga_forced_forward_runs_its_step_again_in_a_new_epoch() {
+    let def = order_payment::definition();
+    let now = t0();
+    let failed = Instance {
+        state: SagaState::Failed,
+        step: 0,
+        attempt: 10,
+        attempt_base: 0,
+        cancel_requested: true,
+        epoch: 0,
+        next_run_at: None,
+        deadline: None,
+        last_error: Some("compensation timed out".into()),
+        failure: Some("cancelled: stuck".into()),
+    };
+    let forced = transition(
+        def,
+        &failed,
+        &Event::ForceForward {
+            reason: "the debit did land".into(),
+        },
+        Clock {
+            now,
+            jitter: Jitter::NONE,
+        },
+    );
+    assert_eq!(forced.history[0].kind, RecordKind::ForcedForward);
+    let i = forced.next;
+    assert_eq!((i.state, i.step, i.epoch), (SagaState::Running, 0, 1));
+    assert_eq!((i.attempt, i.next_run_at), (0, Some(now)));
+    assert!(!i.cancel_requested && i.failure.is_none());
+
+    let sent = transition(
+        def,
+        &i,
+        &Event::Due,
+        Clock {
+            now,
+            jitter: Jitter::NONE,
+        },
+    );
+    assert!(matches!(
+        sent.effects[..],
+        [Effect::SendCommand {
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            command: CommandKind::FundsDebit,
+        }]
+    ));
+    // The answer to attempt 1 of the epoch before is not this one's.
+    let stale = Event::Reply {
+        epoch: 0,
+        step: 0,
+        attempt: 1,
+        compensation: false,
+        outcome: Outcome::Ok,
+    };
+    assert_eq!(step(def, &sent.next, stale, now), sent.next);
+    let done = step(
+        def,
+        &sent.next,
+        Event::Reply {
+            epoch: 1,
+            step: 0,
+            attempt: 1,
+            compensation: false,
+            outcome: Outcome::Ok,
+        },
+        now,
+    );
+    assert_eq!(done.state, SagaState::Completed);
+}
+
+#[test]
+fn only_a_failed_saga_can_be_forced_forward() {
+    let def = order_payment::definition();
+    let waiting = step(def, &Instance::new(t0()), Event::Due, t0());
+    let forced = transition(
+        def,
+        &waiting,
+        &Event::ForceForward {
+            reason: "no".into(),
+        },
+        Clock {
+            now: t0(),
+            jitter: Jitter::NONE,
+        },
+    );
+    assert_eq!(forced.next, waiting);
+    assert_eq!(forced.history[0].kind, RecordKind::EventIgnored);
 }
