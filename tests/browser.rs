@@ -3,8 +3,9 @@
 //! process on the real PostgreSQL and Kafka.
 //!
 //! An operator finds a FAILED saga (a compensation that gave up) through
-//! the list's filters and retries it once the cause is fixed, then cancels
-//! an order whose debit is still out. `scripts/test.sh` installs
+//! the list's filters and, its step being fine after all, retries it
+//! forward to COMPLETED; retries another one's compensation to
+//! COMPENSATED; then cancels an order whose debit is still out. `scripts/test.sh` installs
 //! `chromium` and `chromium-driver`. Screenshots go to
 //! `target/test-artifacts/`. Conditions are awaited with deadlines, never
 //! slept on.
@@ -160,7 +161,8 @@ impl Drop for Chromedriver {
 
 /// A saga of the test's own: step 0 takes a hold (its compensation,
 /// releasing it, fails while `release_works` is false, and is tried only
-/// once, so the saga ends FAILED); step 1 refuses when the data says so.
+/// once, so the saga ends FAILED); step 1 refuses when the data says so
+/// while the check service is broken.
 fn drill() -> sagaflow_workflows::SagaDefinition {
     use sagaflow_workflows::{Action, Compensation, Hooks, RetryPolicy, SagaDefinition, StepDef};
     let once = RetryPolicy::once();
@@ -196,8 +198,9 @@ enum Drill {
     Hold,
     /// Fails while the flag is false.
     Release(Arc<AtomicBool>),
-    /// Refuses when the saga's data has `"refuse": true`.
-    Check,
+    /// Refuses when the saga's data has `"refuse": true`, while the flag
+    /// (the check service is broken) is true.
+    Check(Arc<AtomicBool>),
 }
 
 impl sagaflow_worker::LocalAction for Drill {
@@ -211,10 +214,14 @@ impl sagaflow_worker::LocalAction for Drill {
             Drill::Release(_) => Outcome::Failed {
                 reason: "the hold service is down".to_owned(),
             },
-            Drill::Check if ctx.saga.data["refuse"] == true => Outcome::Rejected {
-                reason: "the check refused".to_owned(),
-            },
-            Drill::Check => Outcome::Ok,
+            Drill::Check(broken)
+                if broken.load(Ordering::SeqCst) && ctx.saga.data["refuse"] == true =>
+            {
+                Outcome::Rejected {
+                    reason: "the check refused".to_owned(),
+                }
+            }
+            Drill::Check(_) => Outcome::Ok,
         };
         Box::pin(async move { Ok(outcome) })
     }
@@ -372,8 +379,9 @@ async fn confirm(b: &Client, reason: &str, token: Option<&str>) {
 const PATIENT_DEBIT: &str = r#"{"order_payment.debit": {"timeout_ms": 120000}}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_operator_retries_a_failed_saga_and_cancels_a_waiting_order_in_the_dashboard() {
+async fn an_operator_retries_failed_sagas_and_cancels_a_waiting_order_in_the_dashboard() {
     let release_works = Arc::new(AtomicBool::new(false));
+    let check_broken = Arc::new(AtomicBool::new(true));
     let ext = sagaflow::app::Extensions {
         definitions: vec![drill()],
         actions: vec![
@@ -382,7 +390,7 @@ async fn an_operator_retries_a_failed_saga_and_cancels_a_waiting_order_in_the_da
                 "drill.release",
                 Arc::new(Drill::Release(release_works.clone())),
             ),
-            ("drill.check", Arc::new(Drill::Check)),
+            ("drill.check", Arc::new(Drill::Check(check_broken.clone()))),
         ],
     };
     // No funds participant: the order's debit stays unanswered (WAITING)
@@ -401,7 +409,7 @@ async fn an_operator_retries_a_failed_saga_and_cancels_a_waiting_order_in_the_da
     let mut driver = Chromedriver::spawn();
     driver.ready().await;
     let browser = driver.browser().await;
-    let run = AssertUnwindSafe(operate(&mut app, &browser, &release_works))
+    let run = AssertUnwindSafe(operate(&mut app, &browser, &release_works, &check_broken))
         .catch_unwind()
         .await;
     if run.is_err() {
@@ -418,14 +426,22 @@ async fn an_operator_retries_a_failed_saga_and_cancels_a_waiting_order_in_the_da
     }
 }
 
-async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
-    // a. A FAILED saga: its step 1 refuses, and releasing step 0's hold
-    //    fails, once, which is all it may. Two more that complete.
-    let stuck_no = format!("DRILL-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+async fn operate(
+    app: &mut TestApp,
+    b: &Client,
+    release_works: &AtomicBool,
+    check_broken: &AtomicBool,
+) {
+    // a. Two FAILED sagas: their step 1 refuses, and releasing step 0's
+    //    hold fails, once, which is all it may. Two more that complete.
+    let drill_no = || format!("DRILL-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (stuck_no, undo_no) = (drill_no(), drill_no());
     let stuck = start_drill(app, &stuck_no, true).await;
+    let undo = start_drill(app, &undo_no, true).await;
     let fine_a = start_drill(app, "DRILL-fine-a", false).await;
     let fine_b = start_drill(app, "DRILL-fine-b", false).await;
     app.await_saga_state(&stuck, "FAILED", WITHIN).await;
+    app.await_saga_state(&undo, "FAILED", WITHIN).await;
     app.await_saga_state(&fine_a, "COMPLETED", WITHIN).await;
     app.await_saga_state(&fine_b, "COMPLETED", WITHIN).await;
 
@@ -443,7 +459,7 @@ async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
 
     // c. The overview shows it at a glance.
     b.goto(&format!("{}/#/", app.base)).await.unwrap();
-    text_becomes(b, "#count-FAILED", "1", WITHIN).await;
+    text_becomes(b, "#count-FAILED", "2", WITHIN).await;
     text_becomes(b, "#count-WAITING", "1", WITHIN).await;
     text_becomes(b, "#count-COMPLETED", "2", WITHIN).await;
     displayed(b, "#chart-last-hour").await;
@@ -469,22 +485,32 @@ async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
         "a FAILED saga cannot be cancelled"
     );
 
-    // The hold service is fixed; the operator retries. A wrong token is
-    // refused and asked for again, the reason kept.
-    release_works.store(true, Ordering::SeqCst);
-    let retry_reason = "hold service fixed, INC-4711";
+    // The check service was wrong and is fixed: the operator retries the
+    // saga forward. A wrong token is refused and asked for again, the
+    // reason and the choice kept.
+    check_broken.store(false, Ordering::SeqCst);
+    let retry_reason = "check service fixed, INC-4711";
     click(b, "#btn-retry").await;
+    click(b, "#retry-mode-forward").await;
     confirm(b, retry_reason, Some("not-the-token")).await;
     let refused = displayed(b, "#dialog-error").await.text().await.unwrap();
     assert!(refused.contains("refused"), "{refused}");
+    assert!(
+        displayed(b, "#retry-mode-forward")
+            .await
+            .is_selected()
+            .await
+            .unwrap(),
+        "the choice is kept when the token is asked again"
+    );
     confirm(b, retry_reason, Some(ADMIN_TOKEN)).await;
-    text_becomes(b, "#saga-state", "COMPENSATED", WITHIN).await;
-    displayed(b, "tr[data-kind=\"OPERATOR_REQUEST\"]").await;
+    text_becomes(b, "#saga-state", "COMPLETED", WITHIN).await;
+    displayed(b, "tr[data-kind=\"FORCED_FORWARD\"]").await;
     screenshot(b, "dashboard-saga.png").await;
     assert_eq!(
         app.scalar_i64(&format!(
             "SELECT count(*) FROM saga_events WHERE saga_id = '{stuck}' AND kind = 'OPERATOR_REQUEST' \
-             AND detail->>'request' = 'RETRY' AND detail->>'reason' = '{retry_reason}'"
+             AND detail->>'request' = 'FORCE_FORWARD' AND detail->>'reason' = '{retry_reason}'"
         ))
         .await,
         1,
@@ -492,11 +518,27 @@ async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
     );
     assert_eq!(
         app.scalar_i64(&format!(
-            "SELECT count(*) FROM saga_events WHERE saga_id = '{stuck}' AND kind = 'MANUAL_RETRY'"
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{stuck}' AND kind = 'FORCED_FORWARD'"
         ))
         .await,
         1,
         "and the worker applying it"
+    );
+
+    // The other one's hold service is fixed: its compensation is retried
+    // (the default choice), with the token kept for the session.
+    release_works.store(true, Ordering::SeqCst);
+    find_and_open(b, "FAILED", &undo_no, &undo).await;
+    text_becomes(b, "#saga-state", "FAILED", WITHIN).await;
+    click(b, "#btn-retry").await;
+    confirm(b, "hold service fixed, INC-4712", None).await;
+    text_becomes(b, "#saga-state", "COMPENSATED", WITHIN).await;
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{undo}' AND kind = 'MANUAL_RETRY'"
+        ))
+        .await,
+        1
     );
 
     // d. The waiting order: cancelled while its debit is out.
@@ -504,6 +546,15 @@ async fn operate(app: &mut TestApp, b: &Client, release_works: &AtomicBool) {
     text_becomes(b, "#saga-state", "WAITING", WITHIN).await;
     let cancel_reason = "customer called to cancel";
     click(b, "#btn-cancel").await;
+    assert!(
+        !b.find(css("#retry-mode"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap(),
+        "only a FAILED saga's retry offers a choice"
+    );
     confirm(b, cancel_reason, None).await;
     // Applied (compensation under way) before the participant comes back.
     app.await_scalar(

@@ -19,11 +19,11 @@
     COMPENSATING: "undoing the steps done so far",
     COMPLETED: "every step done",
     COMPENSATED: "undone after a refusal, a timeout or a retry by an operator",
-    FAILED: "a compensation gave up: needs an operator (Retry resumes it)",
+    FAILED: "a compensation gave up: needs an operator (Retry resumes it, or forces the saga forward)",
     CANCELLED: "cancelled by an operator and compensated",
   };
   // Kinds of history rows that an operator caused or that need attention.
-  const OPERATOR_KINDS = new Set(["OPERATOR_REQUEST", "CANCEL_REQUESTED", "MANUAL_RETRY"]);
+  const OPERATOR_KINDS = new Set(["OPERATOR_REQUEST", "CANCEL_REQUESTED", "MANUAL_RETRY", "FORCED_FORWARD"]);
   const BAD_KINDS = new Set(["FAILED", "TIMED_OUT", "COMPENSATION_STARTED", "REPLY_IGNORED"]);
   const TOKEN_KEY = "sagaflow.adminToken";
   const PAGE_SIZE = 50;
@@ -258,6 +258,9 @@
     $("#reason-input").value = o.reason || "";
     $("#token-input").value = "";
     $("#token-field").hidden = !o.needToken;
+    // Only a FAILED saga's retry has two ways to go on.
+    $("#retry-mode").hidden = !o.chooseMode;
+    $(o.forward ? "#retry-mode-forward" : "#retry-mode-compensate").checked = true;
     $("#dialog-ok").textContent = o.ok || "OK";
     const err = $("#dialog-error");
     err.textContent = o.error || "";
@@ -289,7 +292,8 @@
     }
     // An empty token is allowed: a server without SAGAFLOW_ADMIN_TOKEN
     // takes operator calls without one, any other answers 401 (asked again).
-    closeDialog({ reason: reason, token: needToken ? token : null });
+    const forward = !$("#retry-mode").hidden && $("#retry-mode-forward").checked;
+    closeDialog({ reason: reason, token: needToken ? token : null, forward: forward });
   });
   $("#dialog-cancel").addEventListener("click", function () {
     closeDialog(null);
@@ -844,7 +848,7 @@
 
     function retryExplain(state) {
       return state === "FAILED"
-        ? "resume the compensation that gave up; the saga should end COMPENSATED"
+        ? "resume the compensation that gave up (ends COMPENSATED), or force the saga forward (ends COMPLETED)"
         : "run the current step again now, with its attempts reset";
     }
 
@@ -856,35 +860,41 @@
         ". Saga " + shortId(saga.id) + " (" + saga.type + ") is " + saga.state + " now.";
       let reason = "";
       let error = null;
+      let forward = false;
       for (;;) {
         const answer = await askOperator({
           title: what + " saga " + shortId(saga.id) + "?",
           message: message,
           reason: reason,
           needToken: !getToken(),
+          chooseMode: kind === "retry" && saga.state === "FAILED",
+          forward: forward,
           error: error,
           ok: what,
         });
         if (!answer || stopped) return;
         reason = answer.reason;
+        forward = answer.forward;
         if (answer.token) setToken(answer.token);
         const before = saga.state;
+        const endpoint = answer.forward ? "force-forward" : kind;
+        const done = answer.forward ? "Force forward" : what;
         try {
-          await api("POST", "/sagas/" + encodeURIComponent(saga.id) + "/" + kind, { reason: reason }, getToken());
+          await api("POST", "/sagas/" + encodeURIComponent(saga.id) + "/" + endpoint, { reason: reason }, getToken());
         } catch (e) {
           if (e.status === 401) {
             setToken(null);
             error = "The admin token was refused (" + e.message + "). Enter it again.";
             continue;
           }
-          showError(what + " refused: " + e.message, "action");
+          showError(done + " refused: " + e.message, "action");
           signature = null; // show what the saga is now
           p.start(true);
           return;
         }
         showError(null, "action");
-        showNotice(what + " requested (“" + reason + "”); waiting for a worker to apply it…");
-        following = { what: what, state: before, done: false };
+        showNotice(done + " requested (“" + reason + "”); waiting for a worker to apply it…");
+        following = { what: done, state: before, done: false };
         signature = null;
         p.every(SAGA_FAST_REFRESH_MS);
         p.start(true);
