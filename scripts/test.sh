@@ -23,6 +23,23 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 
+# tests/fuzz_http.rs runs schemathesis (PyPI) from a project-local
+# virtualenv; Debian's python3 needs python3-venv for that.
+SCHEMATHESIS_VERSION=4.32.5
+venv=.sagaflow/venv
+if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { echo "[test] ERROR: need root to install python3-venv" >&2; exit 1; }
+    echo "[test] apt-get install python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  echo "[test] installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+  mkdir -p .sagaflow
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 # Each integration test makes its own database (sft_*) and topics (t<12 hex>.*);
 # drop what earlier runs left behind so they don't pile up.
 stale_dbs=$(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'sft\_%'" 2>/dev/null || true)

@@ -752,7 +752,12 @@ async fn reads_with_bad_paths_are_problems() {
         "non-integer user_id",
     );
     let r = send(cli.get("/accounts/0")).await;
-    assert_problem(&r, StatusCode::NOT_FOUND, None, "user_id 0");
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("user_id"),
+        "user ids start at 1",
+    );
     let r = send(cli.get("/accounts/99999999999999999999")).await;
     assert_problem(
         &r,

@@ -479,3 +479,41 @@ async fn a_cancel_racing_a_worker_is_applied_exactly_once() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_parameters_are_documented_as_strictly_as_they_are_checked() {
+    let db = common::fresh_database().await;
+    let cli = client(&db.conn);
+    let (_, spec) = get(&cli, "/openapi.json").await;
+    let params = spec["paths"]["/sagas"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let schema = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(schema("state")["enum"].as_array().unwrap().len(), 7);
+    assert_eq!(schema("created_after")["format"], "date-time");
+    assert_eq!(schema("limit")["maximum"], 500.0);
+    assert!(schema("cursor")["pattern"].is_string());
+
+    // A typed filter sent empty is as wrong as any other bad value; an
+    // empty text filter is no filter.
+    for (query, field) in [
+        ("state=", "state"),
+        ("limit=", "limit"),
+        ("created_after=", "created_after"),
+        ("cursor=", "cursor"),
+        ("cursor=%2B1_00000000000000000000000000000000", "cursor"),
+    ] {
+        let (status, body) = get(&cli, &format!("/sagas?{query}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+    }
+    let (status, _) = get(&cli, "/sagas?type=&order_no=").await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -262,9 +262,15 @@ impl<'a> Fields<'a> {
 /// retry or cancel).
 #[derive(Debug, Clone, poem_openapi::Object)]
 pub struct ReasonRequest {
-    /// Why (1-500 characters, not blank); kept in the saga's history (and,
-    /// for a refund, sent with `OrderRefunded`).
-    #[oai(validator(min_length = 1, max_length = 500))]
+    /// Why (1-500 characters, not blank, no NUL); kept in the saga's
+    /// history (and, for a refund, sent with `OrderRefunded`).
+    // The pattern states what `Fields::text` checks: no NUL, and at least
+    // one character outside Unicode's White_Space (what `str::trim` strips).
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
     pub reason: String,
 }
 

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::accounts::positive_user_id;
 use crate::body::{Fields, FromJsonObject, JsonBody, Reason};
 use crate::error::{ApiError, ProblemJson};
+use crate::params::{IdempotencyKeyDoc, Raw};
 use crate::{utc, ApiTags};
 
 /// The header carrying a client's idempotency key.
@@ -285,7 +286,7 @@ impl OrdersApi {
         /// A client-chosen key of 1-255 visible ASCII characters (e.g. a
         /// UUID) identifying this order attempt; retries must reuse it.
         #[oai(name = "Idempotency-Key")]
-        _idempotency_key: Header<Option<String>>,
+        _idempotency_key: Header<Option<Raw<IdempotencyKeyDoc>>>,
         body: JsonBody<NewOrder>,
     ) -> poem::Result<CreateOrderResponse> {
         let new = body.0;

@@ -23,10 +23,11 @@ use uuid::Uuid;
 
 use crate::body::{JsonBody, Reason};
 use crate::error::{ApiError, FieldError, ProblemJson};
+use crate::params::{CursorDoc, DateTimeDoc, LimitDoc, Raw, StateDoc, TextDoc, UuidDoc};
 use crate::{utc, ApiTags};
 
 /// Largest page of `GET /sagas`.
-pub const MAX_LIMIT: u32 = 500;
+pub const MAX_LIMIT: u32 = LimitDoc::MAX;
 /// Page size when `limit` is absent.
 pub const DEFAULT_LIMIT: u32 = 50;
 
@@ -363,6 +364,16 @@ fn encode_cursor(s: &saga_instance::Model) -> String {
 fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let bad = || ApiError::field("cursor", "is not a cursor this API returned");
     let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    // Exactly what the documented pattern allows (`i64::from_str` would
+    // also take a `+`, `Uuid::parse_str` hyphens and braces).
+    let digits = micros.strip_prefix('-').unwrap_or(micros);
+    let well_formed = (1..=16).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return Err(bad());
+    }
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let at = Utc.timestamp_micros(micros).single().ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
@@ -490,33 +501,34 @@ impl SagasApi {
     async fn list(
         &self,
         /// Only sagas in this state.
-        state: Query<Option<String>>,
+        state: Query<Option<Raw<StateDoc>>>,
         /// Only sagas of this type (e.g. `order_payment`).
         #[oai(name = "type")]
-        saga_type: Query<Option<String>>,
+        saga_type: Query<Option<Raw<TextDoc>>>,
         /// Only sagas about this order.
-        order_no: Query<Option<String>>,
+        order_no: Query<Option<Raw<TextDoc>>>,
         /// Only sagas created at or after this RFC 3339 time.
-        created_after: Query<Option<String>>,
+        created_after: Query<Option<Raw<DateTimeDoc>>>,
         /// Only sagas created before this RFC 3339 time.
-        created_before: Query<Option<String>>,
+        created_before: Query<Option<Raw<DateTimeDoc>>>,
         /// Page size, 1-500 (default 50).
-        limit: Query<Option<String>>,
+        limit: Query<Option<Raw<LimitDoc>>>,
         /// `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Raw<CursorDoc>>>,
     ) -> poem::Result<ListResponse> {
         let mut errors = Vec::new();
-        // An empty parameter (`?state=`) means "no filter", as forms send it.
-        let given = |q: Option<String>| q.filter(|s| !s.is_empty());
+        // A typed parameter sent empty is refused like any other bad value;
+        // an empty text filter (`?type=`) is no filter.
+        let text = |q: Option<Raw<TextDoc>>| Raw::given(q).filter(|s| !s.is_empty());
         let (created_after, created_before, limit, cursor) = (
-            given(created_after.0),
-            given(created_before.0),
-            given(limit.0),
-            given(cursor.0),
+            Raw::given(created_after.0),
+            Raw::given(created_before.0),
+            Raw::given(limit.0),
+            Raw::given(cursor.0),
         );
-        let state = given(state.0);
-        let saga_type = given(saga_type.0);
-        let order_no = given(order_no.0);
+        let state = Raw::given(state.0);
+        let saga_type = text(saga_type.0);
+        let order_no = text(order_no.0);
         for (name, value) in [("type", &saga_type), ("order_no", &order_no)] {
             if let Some(Err(ApiError::Validation(mut e))) =
                 value.as_deref().map(|v| crate::body::refuse_nul(name, v))
@@ -693,9 +705,9 @@ impl SagasApi {
     async fn get(
         &self,
         /// The saga's id.
-        id: Path<String>,
+        id: Path<Raw<UuidDoc>>,
     ) -> poem::Result<DetailResponse> {
-        let id = parse_uuid(&id.0, "id")?;
+        let id = parse_uuid(id.0.as_str(), "id")?;
         let Some(saga) = saga_instance::Entity::find_by_id(id)
             .one(&self.db)
             .await
@@ -747,10 +759,12 @@ impl SagasApi {
         &self,
         req: &Request,
         /// The saga's id.
-        id: Path<String>,
+        id: Path<Raw<UuidDoc>>,
         body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
-        Ok(self.act(req, &id.0, OperatorRequest::Retry, body.0).await?)
+        Ok(self
+            .act(req, id.0.as_str(), OperatorRequest::Retry, body.0)
+            .await?)
     }
 
     /// Force a FAILED saga forward
@@ -773,11 +787,11 @@ impl SagasApi {
         &self,
         req: &Request,
         /// The saga's id.
-        id: Path<String>,
+        id: Path<Raw<UuidDoc>>,
         body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
-            .act(req, &id.0, OperatorRequest::ForceForward, body.0)
+            .act(req, id.0.as_str(), OperatorRequest::ForceForward, body.0)
             .await?)
     }
 
@@ -796,11 +810,11 @@ impl SagasApi {
         &self,
         req: &Request,
         /// The saga's id.
-        id: Path<String>,
+        id: Path<Raw<UuidDoc>>,
         body: JsonBody<Reason>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
-            .act(req, &id.0, OperatorRequest::Cancel, body.0)
+            .act(req, id.0.as_str(), OperatorRequest::Cancel, body.0)
             .await?)
     }
 }

@@ -1,0 +1,118 @@
+//! Hostile HTTP input: schemathesis (from PyPI, installed by
+//! `scripts/test.sh` into `.sagaflow/venv`) fuzzes every operation of
+//! `/openapi.json` against a whole sagaflow on the real PostgreSQL and
+//! Kafka, with every check on: no 5xx, no response that breaks the spec, no
+//! schema-valid request refused, no schema-violating one accepted.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestApp, ADMIN_TOKEN};
+
+/// A bound on the whole schemathesis run (it takes ~15 s here).
+const BOUND: Duration = Duration::from_secs(300);
+
+fn schemathesis() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".sagaflow/venv/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test.sh, which installs schemathesis into .sagaflow/venv",
+        bin.display()
+    );
+    bin
+}
+
+/// The schemathesis configuration: the one expectation the spec cannot
+/// state, and real resources so the fuzzing gets past the 404s.
+fn config(order_no: &str) -> String {
+    format!(
+        r#"
+# POST /orders answers 422 naming `user_id` when the user has no account:
+# a business rule over the database, which no schema can express. Every
+# other operation keeps schemathesis' default expectations.
+[[operations]]
+include-path = "/orders"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-path = "/orders/{{order_no}}"
+parameters = {{ "path.order_no" = "{order_no}" }}
+
+[[operations]]
+include-path = "/accounts/{{user_id}}"
+parameters = {{ "path.user_id" = 1 }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
+    let bin = schemathesis();
+    let app = TestApp::start().await;
+    app.funded_account(1, "1000.00").await;
+    let (status, order) = app.place_order(1, "10.00", None).await;
+    assert_eq!(status, 201, "{order}");
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.settled_order(&order_no, Duration::from_secs(30)).await["status"],
+        "PAID"
+    );
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{}", app.db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("schemathesis.toml");
+    std::fs::write(&cfg, config(&order_no)).unwrap();
+    // A new seed each run, printed, so that a failure can be replayed.
+    let seed = uuid::Uuid::new_v4().as_u128() as u32;
+    let log = dir.join("schemathesis.log");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config-file")
+        .arg(&cfg)
+        .arg("run")
+        .arg(format!("{}/openapi.json", app.base))
+        .args(["--checks", "all"])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .args(["--max-examples", "100", "--workers", "2"])
+        .args(["--seed", &seed.to_string()])
+        .arg("--report-dir")
+        .arg(dir.join("report"))
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run schemathesis");
+    let until = tokio::time::Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > until {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("schemathesis ran past {BOUND:?}; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out = std::fs::read(&log).unwrap();
+    let stdout = String::from_utf8_lossy(&out);
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    println!("schemathesis seed {seed}:\n{}", summary.join("\n"));
+    assert!(
+        status.success(),
+        "schemathesis found problems (seed {seed}; rerun with --seed):\n{stdout}"
+    );
+    assert!(
+        stdout.contains("No issues found") || stdout.contains("passed"),
+        "schemathesis printed no verdict:\n{stdout}"
+    );
+    app.stop().await;
+}
