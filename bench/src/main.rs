@@ -1,0 +1,369 @@
+//! `sagaflow-bench`: sagaflow's benchmark harness.
+//!
+//! Runs scenarios against the real PostgreSQL and Kafka (start them with
+//! `scripts/services.sh start`; `scripts/bench.sh` does both), each in a
+//! database of its own, with pgbench's simple-update on the same server as
+//! the run's yardstick. Writes `bench/results/<date>-<host>.json` and
+//! `.svg`, and prints a summary table. See `bench/README.md`.
+
+// A report on stdout is this program's output; ratios and rates are
+// floating point (no money is involved here).
+#![allow(clippy::print_stdout, clippy::float_arithmetic)]
+
+mod report;
+mod scenario;
+mod system;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use sea_orm::ConnectionTrait;
+
+use crate::report::Run;
+use crate::scenario::{Env, Load};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Orders through HTTP, Kafka and the funds participant.
+    OrderE2e,
+    /// Three local no-op steps per saga: the engine's own cost.
+    Engine3step,
+    /// One local no-op step per saga: the claim loop's cost.
+    Claim1step,
+    /// Every order on one account: the contention case.
+    HotAccount,
+    /// claim-1step with a million finished sagas already in the table.
+    TableSize,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::OrderE2e => "order-e2e",
+            Scenario::Engine3step => "engine-3step",
+            Scenario::Claim1step => "claim-1step",
+            Scenario::HotAccount => "hot-account",
+            Scenario::TableSize => "table-size",
+        }
+    }
+}
+
+/// sagaflow's benchmark harness.
+#[derive(Debug, Parser)]
+#[command(name = "sagaflow-bench", version)]
+struct Args {
+    /// Scenarios to run, in order (default: all).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+
+    /// A URL of the PostgreSQL server; each scenario makes its own
+    /// database on it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://sagaflow:sagaflow@127.0.0.1:55432/sagaflow"
+    )]
+    database_url: String,
+
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    kafka_bootstrap_servers: String,
+
+    /// Sagas of claim-1step and table-size.
+    #[arg(long, default_value_t = 20_000)]
+    claim_sagas: u64,
+
+    /// Sagas of engine-3step.
+    #[arg(long, default_value_t = 10_000)]
+    engine_sagas: u64,
+
+    /// Finished sagas already in the table for table-size.
+    #[arg(long, default_value_t = 1_000_000)]
+    table_rows: u64,
+
+    /// order-e2e: orders per second (open loop); 0 runs closed loop with
+    /// --concurrency clients instead.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+
+    /// order-e2e and hot-account: clients of the closed loop.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// order-e2e: seconds of placing orders.
+    #[arg(long, default_value_t = 60)]
+    duration_s: u64,
+
+    /// order-e2e: accounts the orders spread over.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u64,
+
+    /// hot-account: orders (of 1.00) on the one account, which can pay for
+    /// 80% of them.
+    #[arg(long, default_value_t = 5_000)]
+    hot_orders: u64,
+
+    /// Claim loops of the engine.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+
+    /// Sagas per claim.
+    #[arg(long, default_value_t = 32)]
+    claim_batch: u32,
+
+    /// Kafka consumers per consuming role.
+    #[arg(long, default_value_t = 3)]
+    consumers: usize,
+
+    /// The engine's Postgres pool size.
+    #[arg(long, default_value_t = 32)]
+    pool: u32,
+
+    /// Seconds of each pgbench run (0 skips the baseline).
+    #[arg(long, default_value_t = 5)]
+    baseline_s: u32,
+
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+
+    /// Keep the scenario databases.
+    #[arg(long)]
+    keep: bool,
+
+    /// Small sizes, to see that the harness works.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = run(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head}-dirty")
+    } else {
+        head
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.claim_sagas = args.claim_sagas.min(2_000);
+        args.engine_sagas = args.engine_sagas.min(1_000);
+        args.table_rows = args.table_rows.min(50_000);
+        args.duration_s = args.duration_s.min(5);
+        args.accounts = args.accounts.min(100);
+        args.hot_orders = args.hot_orders.min(500);
+        args.baseline_s = args.baseline_s.min(2);
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = Scenario::value_variants().to_vec();
+    }
+    let env = Env {
+        database_url: args.database_url.clone(),
+        kafka: args.kafka_bootstrap_servers.clone(),
+        workers: args.workers,
+        claim_batch: args.claim_batch,
+        consumers: args.consumers,
+        pool: args.pool,
+        settle: Duration::from_secs(300),
+        keep: args.keep,
+    };
+    // Quiet: the engine's logs would bury the progress bars.
+    let admin = sea_orm::Database::connect(&args.database_url)
+        .await
+        .context("connect to DATABASE_URL (start the services: scripts/services.sh start)")?;
+    let started = chrono::Utc::now();
+    let machine = system::Machine::describe(&admin).await?;
+    println!(
+        "sagaflow-bench on {} ({} CPUs, {}), {}",
+        machine.hostname, machine.cpus, machine.cpu_model, machine.postgres
+    );
+
+    let baseline = if args.baseline_s > 0 {
+        println!("baseline: pgbench simple-update, {} s × 2", args.baseline_s);
+        let url = scenario::with_database(&args.database_url, "bench_pgbench");
+        admin
+            .execute_unprepared("DROP DATABASE IF EXISTS bench_pgbench")
+            .await?;
+        admin
+            .execute_unprepared("CREATE DATABASE bench_pgbench")
+            .await?;
+        let seconds = args.baseline_s;
+        let b = tokio::task::spawn_blocking(move || system::pgbench(&url, seconds)).await??;
+        admin
+            .execute_unprepared("DROP DATABASE IF EXISTS bench_pgbench")
+            .await?;
+        Some(b)
+    } else {
+        None
+    };
+    admin.close().await.ok();
+
+    let mut results = Vec::new();
+    for s in &args.scenarios {
+        let name = s.name();
+        println!("running {name}");
+        let mut r = match s {
+            Scenario::Claim1step => {
+                scenario::backlog(
+                    &env,
+                    name,
+                    format!("{} sagas of one local no-op step, inserted at once and drained", args.claim_sagas),
+                    "bench_1step",
+                    args.claim_sagas,
+                    0,
+                )
+                .await?
+            }
+            Scenario::Engine3step => {
+                scenario::backlog(
+                    &env,
+                    name,
+                    format!("{} sagas of three local no-op steps, inserted at once and drained", args.engine_sagas),
+                    "bench_3step",
+                    args.engine_sagas,
+                    0,
+                )
+                .await?
+            }
+            Scenario::TableSize => {
+                scenario::backlog(
+                    &env,
+                    name,
+                    format!(
+                        "claim-1step ({} sagas) with {} finished sagas (and their history) already in the table",
+                        args.claim_sagas, args.table_rows
+                    ),
+                    "bench_1step",
+                    args.claim_sagas,
+                    args.table_rows,
+                )
+                .await?
+            }
+            Scenario::OrderE2e => {
+                let duration = Duration::from_secs(args.duration_s);
+                let (load, how) = if args.rate > 0 {
+                    (
+                        Load::Open {
+                            rate: args.rate,
+                            duration,
+                        },
+                        format!("open loop at {} orders/s", args.rate),
+                    )
+                } else {
+                    (
+                        Load::Closed {
+                            concurrency: args.concurrency,
+                            duration,
+                            orders: None,
+                        },
+                        format!("closed loop, {} clients", args.concurrency),
+                    )
+                };
+                scenario::orders(
+                    &env,
+                    name,
+                    format!(
+                        "orders over HTTP for {} s ({how}) across {} accounts; paid through Kafka and the funds participant",
+                        args.duration_s, args.accounts
+                    ),
+                    args.accounts,
+                    "1000000.00",
+                    load,
+                )
+                .await?
+            }
+            Scenario::HotAccount => {
+                let affordable = args.hot_orders * 4 / 5;
+                scenario::orders(
+                    &env,
+                    name,
+                    format!(
+                        "{} orders of 1.00 on one account holding {affordable}.00 ({} clients)",
+                        args.hot_orders, args.concurrency
+                    ),
+                    1,
+                    &format!("{affordable}.00"),
+                    Load::Closed {
+                        concurrency: args.concurrency,
+                        duration: Duration::from_secs(3600),
+                        orders: Some(args.hot_orders),
+                    },
+                )
+                .await?
+            }
+        };
+        r.per_pgbench_commit = baseline
+            .as_ref()
+            .map(|b| r.sagas_per_second / b.tps_8_clients);
+        println!(
+            "  {:.0} sagas/s{}",
+            r.sagas_per_second,
+            r.latency_ms
+                .as_ref()
+                .map_or(String::new(), |l| format!(", p99 {:.1} ms", l.p99))
+        );
+        results.push(r);
+    }
+    // table-size is read against claim-1step of the same run.
+    let empty = results
+        .iter()
+        .find(|r| r.name == "claim-1step")
+        .map(|r| r.sagas_per_second);
+    if let (Some(empty), Some(big)) = (empty, results.iter_mut().find(|r| r.name == "table-size")) {
+        big.notes.push(format!(
+            "{:.1}% of claim-1step's throughput in this run",
+            big.sagas_per_second / empty * 100.0
+        ));
+    }
+
+    let run = Run {
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        commit: commit(),
+        machine,
+        baseline,
+        scenarios: results,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let stem = format!(
+        "{}-{}",
+        started.format("%Y-%m-%dT%H%M%SZ"),
+        run.machine.hostname
+    );
+    let json = args.out.join(format!("{stem}.json"));
+    let svg = args.out.join(format!("{stem}.svg"));
+    std::fs::write(&json, serde_json::to_string_pretty(&run)?)?;
+    std::fs::write(&svg, run.svg())?;
+    println!("\n{}", run.table());
+    for r in &run.scenarios {
+        for n in &r.notes {
+            println!("{}: {n}", r.name);
+        }
+        for c in r.checks.iter().filter(|c| !c.ok) {
+            println!("{}: CHECK FAILED: {}: {}", r.name, c.what, c.detail);
+        }
+    }
+    println!("results: {} and {}", json.display(), svg.display());
+    let all_ok = run.scenarios.iter().all(|r| r.checks.iter().all(|c| c.ok));
+    anyhow::ensure!(all_ok, "a correctness check failed");
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The scenarios. Each runs in a database of its own on the configured
+//! server (created, migrated, dropped afterwards) and under a topic prefix
+//! of its own, with sagaflow's engine in this process, and measures from
+//! the database's own timestamps: a saga's `updated_at` is the start of the
+//! transaction that finished it, an order's `created_at` that of the
+//! transaction that accepted it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sagaflow::app::{Extensions, Roles, Running};
+use sagaflow::config::Config;
+use sagaflow_worker::{ActionFuture, LocalAction, LocalContext};
+use sagaflow_workflows::machine::Outcome;
+use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::json;
+
+use crate::report::{Check, Latency, ScenarioResult};
+use crate::system::{commits, scalar_i64, CpuSample};
+
+/// Knobs shared by the scenarios.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// A URL of the server; scenario databases are made next to it.
+    pub database_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka: String,
+    /// Claim loops in the engine.
+    pub workers: usize,
+    /// Sagas per claim.
+    pub claim_batch: u32,
+    /// Kafka consumers per consuming role.
+    pub consumers: usize,
+    /// Postgres pool size of the engine.
+    pub pool: u32,
+    /// A bound on waiting for a scenario's sagas to finish.
+    pub settle: Duration,
+    /// Keep scenario databases instead of dropping them.
+    pub keep: bool,
+}
+
+/// A scenario's own database.
+#[derive(Debug)]
+pub struct BenchDb {
+    name: String,
+    url: String,
+    conn: DatabaseConnection,
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, rest) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let cut = base.rfind('/').map_or(base.len(), |i| i);
+    format!("{}/{db}{rest}", &base[..cut])
+}
+
+impl BenchDb {
+    async fn create(env: &Env, scenario: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "bench_{}_{}",
+            scenario.replace('-', "_"),
+            chrono::Utc::now().format("%H%M%S")
+        );
+        let admin = Database::connect(&env.database_url)
+            .await
+            .context("connect to DATABASE_URL (start the services: scripts/services.sh start)")?;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        admin.close().await.ok();
+        let url = with_database(&env.database_url, &name);
+        let conn = Database::connect(&url).await?;
+        sagaflow::app::migrate(&conn).await?;
+        Ok(BenchDb { name, url, conn })
+    }
+
+    async fn drop(self, env: &Env) -> anyhow::Result<()> {
+        self.conn.close().await.ok();
+        if env.keep {
+            return Ok(());
+        }
+        let admin = Database::connect(&env.database_url).await?;
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        admin.close().await.ok();
+        Ok(())
+    }
+}
+
+/// The engine's configuration for a scenario database.
+fn config(env: &Env, db: &BenchDb) -> anyhow::Result<Config> {
+    let prefix = format!("{}.", db.name);
+    Config::parse_from([
+        "sagaflow-bench",
+        "--database-url",
+        &db.url,
+        "--kafka-bootstrap-servers",
+        &env.kafka,
+        "--topic-prefix",
+        &prefix,
+        "--group-prefix",
+        &prefix,
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-no-admin-token",
+        "--workers",
+        &env.workers.to_string(),
+        "--claim-batch",
+        &env.claim_batch.to_string(),
+        "--consumers",
+        &env.consumers.to_string(),
+        "--db-pool-size",
+        &env.pool.to_string(),
+        "--shutdown-grace-ms",
+        "5000",
+    ])
+    .context("engine configuration")
+}
+
+/// A local step that does nothing: what is left is the engine's own cost.
+#[derive(Debug)]
+struct Noop;
+
+impl LocalAction for Noop {
+    fn run<'a>(&'a self, _ctx: LocalContext<'a>) -> ActionFuture<'a> {
+        Box::pin(async { Ok(Outcome::Ok) })
+    }
+}
+
+const NOOP: &str = "bench.noop";
+const STEP_NAMES: [&str; 3] = ["one", "two", "three"];
+
+/// `steps` local no-op steps, no compensations.
+fn local_saga(name: &'static str, steps: usize) -> SagaDefinition {
+    SagaDefinition {
+        name,
+        version: 1,
+        steps: STEP_NAMES[..steps]
+            .iter()
+            .map(|step| StepDef {
+                name: step,
+                action: Action::Local(NOOP),
+                compensation: None,
+                retry: RetryPolicy::once(),
+                timeout: Duration::from_secs(30),
+            })
+            .collect(),
+        hooks: Hooks::default(),
+    }
+}
+
+const ONE_STEP: &str = "bench_1step";
+const THREE_STEPS: &str = "bench_3step";
+
+fn extensions() -> Extensions {
+    Extensions {
+        definitions: vec![local_saga(ONE_STEP, 1), local_saga(THREE_STEPS, 3)],
+        actions: vec![(NOOP, Arc::new(Noop))],
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>14} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(what.to_owned());
+    pb
+}
+
+/// Waits until no saga is due (every one finished), ticking `pb`; returns
+/// how many status queries it made (they are commits of the database too).
+async fn drain(
+    db: &DatabaseConnection,
+    total: u64,
+    pb: &ProgressBar,
+    within: Duration,
+) -> anyhow::Result<u64> {
+    let until = tokio::time::Instant::now() + within;
+    let mut polls = 0;
+    loop {
+        // The claim's partial index holds exactly the unfinished sagas.
+        let left = scalar_i64(
+            db,
+            "SELECT count(*) FROM saga_instances WHERE next_run_at IS NOT NULL",
+        )
+        .await?;
+        polls += 1;
+        let left = u64::try_from(left).unwrap_or(0);
+        pb.set_position(total.saturating_sub(left));
+        if left == 0 {
+            return Ok(polls);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < until,
+            "{left} sagas still unfinished after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Database time now, as an RFC 3339 string the queries take back.
+async fn db_now(db: &DatabaseConnection) -> anyhow::Result<String> {
+    crate::system::scalar_text(
+        db,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .await
+}
+
+/// Finished sagas per second in buckets since `t0`, and the span from `t0`
+/// to the last one, in seconds.
+async fn timeline(db: &DatabaseConnection, t0: &str) -> anyhow::Result<(Vec<(f64, f64)>, f64)> {
+    let span: f64 = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT COALESCE(extract(epoch FROM max(updated_at) - $1::timestamptz), 0)::float8 \
+             FROM saga_instances WHERE next_run_at IS NULL AND created_at >= $1::timestamptz - interval '1 minute'",
+            [t0.into()],
+        ))
+        .await?
+        .context("no row")?
+        .try_get_by_index(0)?;
+    // About 60 buckets, none shorter than 100 ms.
+    let bucket = (span / 60.0).max(0.1);
+    let rows = db
+        .query_all(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT floor(extract(epoch FROM updated_at - $1::timestamptz) / $2)::float8 AS b, count(*)::float8 AS n \
+             FROM saga_instances WHERE next_run_at IS NULL AND created_at >= $1::timestamptz - interval '1 minute' \
+             GROUP BY b ORDER BY b",
+            [t0.into(), bucket.into()],
+        ))
+        .await?;
+    let mut points = Vec::with_capacity(rows.len());
+    for r in rows {
+        let b: f64 = r.try_get_by_index(0)?;
+        let n: f64 = r.try_get_by_index(1)?;
+        points.push(((b.max(0.0) + 0.5) * bucket, n / bucket));
+    }
+    Ok((points, span))
+}
+
+/// What every scenario measures around its run.
+struct Meter {
+    commits: i64,
+    cpu: CpuSample,
+}
+
+impl Meter {
+    async fn start(db: &DatabaseConnection) -> anyhow::Result<Self> {
+        Ok(Meter {
+            commits: commits(db).await?,
+            cpu: CpuSample::now(),
+        })
+    }
+
+    /// Stops the engine (its backends report their commits as they exit),
+    /// then reads the counters: (commits, machine CPU ms, own CPU ms).
+    async fn finish(
+        self,
+        db: &DatabaseConnection,
+        engine: Running,
+        own_queries: u64,
+    ) -> anyhow::Result<(u64, u64, u64)> {
+        let cpu = CpuSample::now();
+        engine.stop(Duration::from_secs(5)).await;
+        // Exiting backends flush their statistics as they go; give the
+        // last of them a moment (a figure's accuracy, not a test's pass).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let after = commits(db).await?;
+        let (machine, own) = self.cpu.ms_until(cpu);
+        let ours = i64::try_from(own_queries + 1).unwrap_or(0);
+        let commits = u64::try_from(after - self.commits - ours).unwrap_or(0);
+        Ok((commits, machine, own))
+    }
+}
+
+fn per(n: u64, sagas: u64) -> f64 {
+    n as f64 / sagas.max(1) as f64
+}
+
+/// A backlog of `n` sagas of `saga_type` inserted at once (after
+/// `finished` old finished ones, for the table-size case), drained by the
+/// engine's claim loops.
+pub async fn backlog(
+    env: &Env,
+    name: &str,
+    description: String,
+    saga_type: &'static str,
+    n: u64,
+    finished: u64,
+) -> anyhow::Result<ScenarioResult> {
+    let db = BenchDb::create(env, name).await?;
+    if finished > 0 {
+        prefill(&db.conn, finished).await?;
+    }
+    let engine = sagaflow::app::start_extended(
+        &config(env, &db)?,
+        Roles {
+            api: false,
+            worker: true,
+            relay: false,
+            funds: false,
+            replies: false,
+        },
+        extensions(),
+    )
+    .await?;
+    let meter = Meter::start(&db.conn).await?;
+    // One transaction: the claim loops see the whole backlog at once.
+    let insert = format!(
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, next_run_at, data) \
+         SELECT gen_random_uuid(), '{saga_type}', 1, 'RUNNING', now(), '{{}}'::jsonb FROM generate_series(1, {n})"
+    );
+    db.conn.execute_unprepared(&insert).await?;
+    let t0 = db_now(&db.conn).await?;
+    let pb = bar(n, name);
+    let polls = drain(&db.conn, n, &pb, env.settle).await?;
+    pb.finish_and_clear();
+    let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
+    let (timeline, seconds) = timeline(&db.conn, &t0).await?;
+    let completed = u64::try_from(
+        scalar_i64(
+            &db.conn,
+            &format!("SELECT count(*) FROM saga_instances WHERE saga_type = '{saga_type}' AND state = 'COMPLETED'"),
+        )
+        .await?,
+    )?;
+    let checks = vec![Check {
+        what: "every saga COMPLETED".to_owned(),
+        ok: completed == n,
+        detail: format!("{completed} of {n}"),
+    }];
+    db.drop(env).await?;
+    Ok(ScenarioResult {
+        name: name.to_owned(),
+        description,
+        params: json!({
+            "sagas": n, "saga_type": saga_type, "finished_sagas_already_in_table": finished,
+            "workers": env.workers, "claim_batch": env.claim_batch, "pool": env.pool,
+        }),
+        sagas: completed,
+        seconds,
+        sagas_per_second: completed as f64 / seconds.max(1e-6),
+        per_pgbench_commit: None,
+        latency_ms: None,
+        commits_per_saga: per(commits, completed),
+        cpu_ms_per_saga: per(cpu, completed),
+        process_cpu_ms_per_saga: per(own, completed),
+        timeline,
+        checks,
+        notes: Vec::new(),
+    })
+}
+
+/// `rows` finished sagas, created a day ago, with a history row each, as
+/// a table that has run for a while holds them.
+async fn prefill(db: &DatabaseConnection, rows: u64) -> anyhow::Result<()> {
+    const CHUNK: u64 = 100_000;
+    let pb = bar(rows, "prefill");
+    let mut done = 0;
+    while done < rows {
+        let n = CHUNK.min(rows - done);
+        db.execute_unprepared(&format!(
+            "WITH s AS (\
+               INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, next_run_at, data, created_at, updated_at) \
+               SELECT gen_random_uuid(), 'order_payment', 1, 'COMPLETED', 1, NULL, \
+                      jsonb_build_object('order_no', 'ORD-OLD-' || g, 'user_id', 1, 'amount', '1.00'), \
+                      now() - interval '1 day', now() - interval '1 day' \
+               FROM generate_series(1, {n}) g RETURNING id) \
+             INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+             SELECT id, 'COMPLETED', 1, 0, 'WAITING', 'COMPLETED', 'null'::jsonb, 'bench' FROM s"
+        ))
+        .await?;
+        done += n;
+        pb.set_position(done);
+    }
+    pb.set_message("VACUUM ANALYZE");
+    db.execute_unprepared("VACUUM ANALYZE saga_instances")
+        .await?;
+    db.execute_unprepared("VACUUM ANALYZE saga_events").await?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// How orders arrive.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// `concurrency` clients, each placing its next order when the last
+    /// was accepted, for `duration` (or until `orders` were placed).
+    Closed {
+        /// Clients.
+        concurrency: usize,
+        /// How long to place orders.
+        duration: Duration,
+        /// Stop after this many orders.
+        orders: Option<u64>,
+    },
+    /// `rate` orders per second, whatever the answers, for `duration`.
+    Open {
+        /// Orders per second.
+        rate: u32,
+        /// How long.
+        duration: Duration,
+    },
+}
+
+/// Orders through the HTTP API, paid through Kafka and the funds
+/// participant, over `accounts` accounts holding `balance` each.
+pub async fn orders(
+    env: &Env,
+    name: &str,
+    description: String,
+    accounts: u64,
+    balance: &str,
+    load: Load,
+) -> anyhow::Result<ScenarioResult> {
+    let db = BenchDb::create(env, name).await?;
+    let engine = sagaflow::app::start(&config(env, &db)?, Roles::ALL).await?;
+    let addr = engine.http_addr.context("the API did not start")?;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    open_accounts(&http, &base, accounts, balance).await?;
+
+    let meter = Meter::start(&db.conn).await?;
+    let t0 = db_now(&db.conn).await?;
+    let placed = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let pb = bar(0, name);
+    place(&http, &base, accounts, load, &placed, &refused, &pb).await?;
+    let total = placed.load(Ordering::SeqCst);
+    pb.set_length(total);
+    let polls = drain(&db.conn, total, &pb, env.settle).await?;
+    pb.finish_and_clear();
+    let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
+    let (timeline, seconds) = timeline(&db.conn, &t0).await?;
+
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    let rows = db
+        .conn
+        .query_all(Statement::from_string(
+            db.conn.get_database_backend(),
+            "SELECT (extract(epoch FROM updated_at - created_at) * 1000000)::bigint FROM orders WHERE status = 'PAID'",
+        ))
+        .await?;
+    for r in rows {
+        let micros: i64 = r.try_get_by_index(0)?;
+        hist.record(u64::try_from(micros).unwrap_or(0))?;
+    }
+    let counts = |status: &'static str| {
+        let db = &db.conn;
+        async move {
+            scalar_i64(
+                db,
+                &format!("SELECT count(*) FROM orders WHERE status = '{status}'"),
+            )
+            .await
+        }
+    };
+    let (paid, failed) = (counts("PAID").await?, counts("FAILED").await?);
+    let report = sagaflow_api::verify::verify(&db.conn).await?;
+    let negative = scalar_i64(&db.conn, "SELECT count(*) FROM accounts WHERE balance < 0").await?;
+    let refused_http = refused.load(Ordering::SeqCst);
+    let checks = vec![
+        Check {
+            what: "every accepted order PAID or FAILED".to_owned(),
+            ok: u64::try_from(paid + failed)? == total,
+            detail: format!("{paid} PAID + {failed} FAILED of {total} accepted"),
+        },
+        Check {
+            what: "no request refused".to_owned(),
+            ok: refused_http == 0,
+            detail: format!("{refused_http} non-201 answers"),
+        },
+        Check {
+            what: "sagaflow verify clean, no overdraft".to_owned(),
+            ok: report.is_clean() && negative == 0,
+            detail: format!(
+                "{} violations, {negative} negative balances",
+                report.violations.len()
+            ),
+        },
+    ];
+    db.drop(env).await?;
+    let sagas = u64::try_from(paid + failed)?;
+    let params = match load {
+        Load::Closed {
+            concurrency,
+            duration,
+            orders,
+        } => json!({
+            "mode": "closed", "concurrency": concurrency, "duration_s": duration.as_secs(),
+            "orders": orders, "accounts": accounts, "balance": balance,
+        }),
+        Load::Open { rate, duration } => json!({
+            "mode": "open", "rate_per_s": rate, "duration_s": duration.as_secs(),
+            "accounts": accounts, "balance": balance,
+        }),
+    };
+    Ok(ScenarioResult {
+        name: name.to_owned(),
+        description,
+        params: json!({
+            "load": params, "workers": env.workers, "claim_batch": env.claim_batch,
+            "consumers": env.consumers, "pool": env.pool,
+        }),
+        sagas,
+        seconds,
+        sagas_per_second: sagas as f64 / seconds.max(1e-6),
+        per_pgbench_commit: None,
+        latency_ms: Latency::from_micros(&hist),
+        commits_per_saga: per(commits, sagas),
+        cpu_ms_per_saga: per(cpu, sagas),
+        process_cpu_ms_per_saga: per(own, sagas),
+        timeline,
+        checks,
+        notes: vec![format!("{failed} orders refused for insufficient funds")],
+    })
+}
+
+async fn open_accounts(
+    http: &reqwest::Client,
+    base: &str,
+    accounts: u64,
+    balance: &str,
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    for user_id in 1..=accounts {
+        let (http, base, balance) = (http.clone(), base.to_owned(), balance.to_owned());
+        let permit = sem.clone().acquire_owned().await?;
+        tasks.spawn(async move {
+            let _permit = permit;
+            http.post(format!("{base}/accounts"))
+                .json(&json!({ "user_id": user_id }))
+                .send()
+                .await?
+                .error_for_status()?;
+            http.post(format!("{base}/accounts/{user_id}/deposits"))
+                .json(&json!({ "amount": balance }))
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn place_one(
+    http: &reqwest::Client,
+    url: &str,
+    user_id: u64,
+    placed: &AtomicU64,
+    refused: &AtomicU64,
+) {
+    let ok = http
+        .post(url)
+        .json(&json!({ "user_id": user_id, "amount": "1.00" }))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED);
+    if ok {
+        placed.fetch_add(1, Ordering::SeqCst);
+    } else {
+        refused.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn place(
+    http: &reqwest::Client,
+    base: &str,
+    accounts: u64,
+    load: Load,
+    placed: &Arc<AtomicU64>,
+    refused: &Arc<AtomicU64>,
+    pb: &ProgressBar,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/orders");
+    let next = Arc::new(AtomicU64::new(0));
+    match load {
+        Load::Closed {
+            concurrency,
+            duration,
+            orders,
+        } => {
+            let until = tokio::time::Instant::now() + duration;
+            let limit = orders.unwrap_or(u64::MAX);
+            let mut clients = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (http, url, next) = (http.clone(), url.clone(), next.clone());
+                let (placed, refused, pb) = (placed.clone(), refused.clone(), pb.clone());
+                clients.spawn(async move {
+                    while tokio::time::Instant::now() < until {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        if n >= limit {
+                            break;
+                        }
+                        place_one(&http, &url, n % accounts + 1, &placed, &refused).await;
+                        pb.inc_length(1);
+                    }
+                });
+            }
+            while clients.join_next().await.is_some() {}
+        }
+        Load::Open { rate, duration } => {
+            let until = tokio::time::Instant::now() + duration;
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut inflight = tokio::task::JoinSet::new();
+            while tokio::time::Instant::now() < until {
+                tick.tick().await;
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                let (http, url) = (http.clone(), url.clone());
+                let (placed, refused, pb) = (placed.clone(), refused.clone(), pb.clone());
+                inflight.spawn(async move {
+                    place_one(&http, &url, n % accounts + 1, &placed, &refused).await;
+                    pb.inc_length(1);
+                });
+                while let Some(r) = inflight.try_join_next() {
+                    r?;
+                }
+            }
+            while let Some(r) = inflight.join_next().await {
+                r?;
+            }
+        }
+    }
+    Ok(())
+}

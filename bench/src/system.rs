@@ -1,0 +1,197 @@
+//! What the machine is and does: its description for the results, CPU time
+//! from `/proc`, Postgres commit counters, and the pgbench baseline.
+
+use std::process::Command;
+
+use anyhow::Context;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde::Serialize;
+
+/// The machine a run happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Host name (also in the result file names).
+    pub hostname: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// CPU model, from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Memory, in GiB.
+    pub memory_gib: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// `SELECT version()` of the server.
+    pub postgres: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Machine {
+    /// Describes this machine and the server behind `db`.
+    pub async fn describe(db: &DatabaseConnection) -> anyhow::Result<Self> {
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let memory_kib: u64 = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let postgres = scalar_text(db, "SELECT version()").await?;
+        Ok(Machine {
+            hostname: read("/proc/sys/kernel/hostname").trim().to_owned(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_gib: memory_kib.div_ceil(1024 * 1024),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            postgres,
+        })
+    }
+}
+
+/// CPU time used so far, in clock ticks (`USER_HZ`, 100 per second on
+/// Linux): the whole machine's busy time and this process's own.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    machine_busy: u64,
+    process: u64,
+}
+
+/// Clock ticks per second of `/proc` counters.
+const TICKS_PER_SECOND: u64 = 100;
+
+impl CpuSample {
+    /// Reads the counters now.
+    pub fn now() -> Self {
+        // cpu  user nice system idle iowait irq softirq steal ...
+        let stat = read("/proc/stat");
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let machine_busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th of the whole line.
+        let own = read("/proc/self/stat");
+        let after = own.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let own: Vec<u64> = after
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let process = own.get(10).copied().unwrap_or(0) + own.get(11).copied().unwrap_or(0);
+        CpuSample {
+            machine_busy,
+            process,
+        }
+    }
+
+    /// CPU milliseconds between `self` and `later`: (machine, this process).
+    pub fn ms_until(self, later: CpuSample) -> (u64, u64) {
+        let ms = |ticks: u64| ticks * 1000 / TICKS_PER_SECOND;
+        (
+            ms(later.machine_busy.saturating_sub(self.machine_busy)),
+            ms(later.process.saturating_sub(self.process)),
+        )
+    }
+}
+
+/// One text value.
+pub async fn scalar_text(db: &DatabaseConnection, sql: &str) -> anyhow::Result<String> {
+    let row = db
+        .query_one(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .context("no row")?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+/// One integer value.
+pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .query_one(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .context("no row")?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+/// Committed transactions of the current database so far. Backends report
+/// theirs when they go idle or exit, so read it after the engine stopped.
+pub async fn commits(db: &DatabaseConnection) -> anyhow::Result<i64> {
+    scalar_i64(
+        db,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await
+}
+
+/// pgbench's built-in simple-update script on the same server, as the
+/// run's yardstick: commits per second with 8 clients and with 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    /// Seconds each pgbench run lasted.
+    pub seconds: u32,
+    /// Transactions per second, 8 clients (2 threads).
+    pub tps_8_clients: f64,
+    /// Transactions per second, 1 client.
+    pub tps_1_client: f64,
+}
+
+fn pgbench_binary() -> anyhow::Result<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: is Debian's postgresql installed?")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin/pgbench"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .context("pgbench not found under /usr/lib/postgresql")
+}
+
+/// Runs pgbench (initialising its tables first) against `url`.
+pub fn pgbench(url: &str, seconds: u32) -> anyhow::Result<Baseline> {
+    let bin = pgbench_binary()?;
+    let init = Command::new(&bin)
+        .args(["-i", "-q", "-s", "1", url])
+        .output()
+        .context("run pgbench -i")?;
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = |clients: &str, threads: &str| -> anyhow::Result<f64> {
+        let out = Command::new(&bin)
+            .args(["-b", "simple-update", "-c", clients, "-j", threads, "-T"])
+            .arg(seconds.to_string())
+            .arg(url)
+            .output()
+            .context("run pgbench")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(
+            out.status.success(),
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .context("no tps line in pgbench's output")
+    };
+    Ok(Baseline {
+        seconds,
+        tps_8_clients: run("8", "2")?,
+        tps_1_client: run("1", "1")?,
+    })
+}
