@@ -523,11 +523,13 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
     app.stop().await;
 }
 
-/// One quick debit attempt and two quick refund attempts, so that a saga
-/// nobody answers is FAILED within a second or two.
+/// One debit attempt and two quick refund attempts, so that a saga nobody
+/// answers is FAILED within a few seconds. The debit's deadline leaves a
+/// loaded machine room for the round trip of the forced debit (relay,
+/// Kafka, reply consumer) that the tests answer.
 const GIVES_UP: &str = r#"{
   "order_payment.debit": {
-    "timeout_ms": 200,
+    "timeout_ms": 2500,
     "retry": {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0},
     "compensation_timeout_ms": 200,
     "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
@@ -892,4 +894,104 @@ async fn a_saga_naming_an_unregistered_action_or_step_does_not_start() {
             .unwrap(),
         None
     );
+}
+
+/// A local step that fails (an error, not a refusal) for sagas whose data
+/// says `"poison": true`, as an action whose database is down would.
+struct Brittle;
+
+impl sagaflow_worker::LocalAction for Brittle {
+    fn run<'a>(
+        &'a self,
+        ctx: sagaflow_worker::LocalContext<'a>,
+    ) -> sagaflow_worker::ActionFuture<'a> {
+        let poison = ctx.saga.data["poison"] == true;
+        Box::pin(async move {
+            if poison {
+                return Err(sagaflow_worker::WorkerError::Corrupt {
+                    saga_id: ctx.saga.id,
+                    reason: "the action's store is down".to_owned(),
+                });
+            }
+            Ok(sagaflow_workflows::machine::Outcome::Ok)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
+    use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
+    use sea_orm::TransactionTrait;
+    let def = SagaDefinition {
+        name: "brittle",
+        version: 1,
+        steps: vec![StepDef {
+            name: "touch",
+            action: Action::Local("brittle.touch"),
+            compensation: None,
+            retry: RetryPolicy::once(),
+            timeout: Duration::from_secs(5),
+        }],
+        hooks: Hooks::default(),
+    };
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![def],
+        actions: vec![("brittle.touch", std::sync::Arc::new(Brittle))],
+    };
+    // One claim loop taking the whole batch, and a lease far longer than
+    // the test: the healthy sagas can only finish if the batch's failure
+    // does not take them down with it.
+    let app = TestApp::start_extended(
+        &[
+            "--workers",
+            "1",
+            "--claim-batch",
+            "16",
+            "--lease-ms",
+            "600000",
+        ],
+        NO_FUNDS,
+        ext,
+    )
+    .await;
+    // All in one transaction: the claim loop sees them at once and takes
+    // them in one batch.
+    let mut ids = Vec::new();
+    let tx = app.db.conn.begin().await.unwrap();
+    for n in 0..8 {
+        let id = uuid::Uuid::now_v7();
+        sagaflow_entity::saga_instance::insert_new(
+            &tx,
+            id,
+            ("brittle", 1),
+            serde_json::json!({ "poison": n == 3 }),
+            serde_json::json!({}),
+            "test",
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    app.await_scalar(
+        "SELECT count(*) FROM saga_instances WHERE saga_type = 'brittle' AND state = 'COMPLETED'",
+        SETTLE,
+        |n| n == 7,
+    )
+    .await;
+    let poisoned = ids[3];
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{poisoned}' AND state = 'RUNNING' \
+             AND lease_owner IS NOT NULL"
+        ))
+        .await,
+        1,
+        "the failing saga keeps its lease until it expires, and nothing of its attempt stays"
+    );
+    assert_eq!(
+        count(&app, &poisoned.to_string(), "kind <> 'CREATED'").await,
+        0
+    );
+    app.stop().await;
 }

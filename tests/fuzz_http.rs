@@ -105,7 +105,7 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         .lines()
         .skip_while(|l| !l.contains("SUMMARY"))
         .collect();
-    println!("schemathesis seed {seed}:\n{}", summary.join("\n"));
+    eprintln!("schemathesis seed {seed}:\n{}", summary.join("\n"));
     assert!(
         status.success(),
         "schemathesis found problems (seed {seed}; rerun with --seed):\n{stdout}"

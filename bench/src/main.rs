@@ -29,8 +29,10 @@ enum Scenario {
     /// Orders through HTTP, Kafka and the funds participant.
     OrderE2e,
     /// Three local no-op steps per saga: the engine's own cost.
+    #[value(name = "engine-3step")]
     Engine3step,
     /// One local no-op step per saga: the claim loop's cost.
+    #[value(name = "claim-1step")]
     Claim1step,
     /// Every order on one account: the contention case.
     HotAccount,

@@ -18,6 +18,7 @@ use sagaflow_workflows::machine::Outcome;
 use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::report::{Check, Latency, ScenarioResult};
 use crate::system::{commits, scalar_i64, CpuSample};
@@ -447,7 +448,10 @@ pub async fn orders(
     let placed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let pb = bar(0, name);
-    place(&http, &base, accounts, load, &placed, &refused, &pb).await?;
+    place(
+        &db.conn, &http, &base, accounts, load, &placed, &refused, &pb,
+    )
+    .await?;
     let total = placed.load(Ordering::SeqCst);
     pb.set_length(total);
     let polls = drain(&db.conn, total, &pb, env.settle).await?;
@@ -570,27 +574,89 @@ async fn open_accounts(
     Ok(())
 }
 
+/// Places one order of 1.00 for `user_id`; its number if accepted.
 async fn place_one(
     http: &reqwest::Client,
     url: &str,
     user_id: u64,
     placed: &AtomicU64,
     refused: &AtomicU64,
-) {
-    let ok = http
+) -> Option<String> {
+    let answer = match http
         .post(url)
         .json(&json!({ "user_id": user_id, "amount": "1.00" }))
         .send()
         .await
-        .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED);
-    if ok {
-        placed.fetch_add(1, Ordering::SeqCst);
-    } else {
-        refused.fetch_add(1, Ordering::SeqCst);
+    {
+        Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+            r.json::<serde_json::Value>().await.ok()
+        }
+        _ => None,
+    };
+    match answer.and_then(|o| o["order_no"].as_str().map(str::to_owned)) {
+        Some(no) => {
+            placed.fetch_add(1, Ordering::SeqCst);
+            Some(no)
+        }
+        None => {
+            refused.fetch_add(1, Ordering::SeqCst);
+            None
+        }
     }
 }
 
+/// Tells closed-loop clients when their order finished: one query every
+/// 20 ms for orders that left PENDING since the last look, instead of
+/// every client polling the API.
+#[derive(Debug, Default)]
+struct Finished {
+    waiting: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Finished {
+    fn wait_for(&self, order_no: String) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(order_no, tx);
+        }
+        rx
+    }
+
+    /// Until `stop`: looks up the orders being waited for (by their
+    /// unique number, so it costs as many index lookups as clients) and
+    /// wakes the clients of those that finished.
+    async fn watch(&self, db: &DatabaseConnection, stop: &CancellationToken) -> anyhow::Result<()> {
+        while !stop.is_cancelled() {
+            let waiting: Vec<String> = self
+                .waiting
+                .lock()
+                .map(|w| w.keys().cloned().collect())
+                .unwrap_or_default();
+            if !waiting.is_empty() {
+                let rows = db
+                    .query_all(Statement::from_sql_and_values(
+                        db.get_database_backend(),
+                        "SELECT order_no FROM orders WHERE order_no = ANY($1) AND status <> 'PENDING'",
+                        [waiting.into()],
+                    ))
+                    .await?;
+                for r in rows {
+                    let no: String = r.try_get_by_index(0)?;
+                    let tx = self.waiting.lock().ok().and_then(|mut w| w.remove(&no));
+                    if let Some(tx) = tx {
+                        tx.send(()).ok();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn place(
+    db: &DatabaseConnection,
     http: &reqwest::Client,
     base: &str,
     accounts: u64,
@@ -601,6 +667,7 @@ async fn place(
 ) -> anyhow::Result<()> {
     let url = format!("{base}/orders");
     let next = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(Finished::default());
     match load {
         Load::Closed {
             concurrency,
@@ -613,18 +680,33 @@ async fn place(
             for _ in 0..concurrency {
                 let (http, url, next) = (http.clone(), url.clone(), next.clone());
                 let (placed, refused, pb) = (placed.clone(), refused.clone(), pb.clone());
+                let finished = finished.clone();
                 clients.spawn(async move {
                     while tokio::time::Instant::now() < until {
                         let n = next.fetch_add(1, Ordering::SeqCst);
                         if n >= limit {
                             break;
                         }
-                        place_one(&http, &url, n % accounts + 1, &placed, &refused).await;
                         pb.inc_length(1);
+                        // Closed over the whole saga: the next order goes
+                        // in once this one is PAID or FAILED.
+                        if let Some(no) =
+                            place_one(&http, &url, n % accounts + 1, &placed, &refused).await
+                        {
+                            finished.wait_for(no).await.ok();
+                            pb.inc(1);
+                        }
                     }
                 });
             }
+            let stop = CancellationToken::new();
+            let watcher = {
+                let (finished, db, stop) = (finished.clone(), db.clone(), stop.clone());
+                tokio::spawn(async move { finished.watch(&db, &stop).await })
+            };
             while clients.join_next().await.is_some() {}
+            stop.cancel();
+            watcher.await??;
         }
         Load::Open { rate, duration } => {
             let until = tokio::time::Instant::now() + duration;
@@ -637,8 +719,8 @@ async fn place(
                 let (http, url) = (http.clone(), url.clone());
                 let (placed, refused, pb) = (placed.clone(), refused.clone(), pb.clone());
                 inflight.spawn(async move {
-                    place_one(&http, &url, n % accounts + 1, &placed, &refused).await;
                     pb.inc_length(1);
+                    place_one(&http, &url, n % accounts + 1, &placed, &refused).await;
                 });
                 while let Some(r) = inflight.try_join_next() {
                     r?;

@@ -142,6 +142,19 @@ pub async fn run_once(
         done,
     ));
     metrics::histogram!("sagaflow_claim_batch_size").record(rows.len() as f64);
+    if rows.len() > 1 {
+        match process_batch(db, cfg, &rows).await {
+            Ok(batch) => {
+                pass.advanced = batch.advanced;
+                pass.stale = batch.stale;
+                return Ok(pass);
+            }
+            // Something in the batch failed (a local action, a write): the
+            // batch rolled back whole; go saga by saga so that only the
+            // saga at fault waits for its lease to expire.
+            Err(e) => tracing::debug!(error = %e, "batch failed; advancing its sagas one by one"),
+        }
+    }
     for row in rows {
         match process(db, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
@@ -154,6 +167,56 @@ pub async fn run_once(
                 pass.failed += 1;
             }
         }
+    }
+    Ok(pass)
+}
+
+/// Locks the claimed rows still leased to this worker at the version the
+/// claim left them at (`FOR UPDATE`: nobody can change them until this
+/// transaction ends, so none can turn stale half-way).
+const LOCK_SQL: &str = "\
+SELECT id, version FROM saga_instances WHERE id = ANY($1) AND lease_owner = $2 FOR UPDATE";
+
+/// Runs the due work of a whole claimed batch in one transaction: one lock
+/// statement, each saga's effects, then every new state and history row in
+/// two statements, and one commit. A saga changed since the claim (an
+/// operator's request, a takeover) is left out; any error rolls the whole
+/// batch back for [`run_once`] to redo saga by saga.
+pub async fn process_batch(
+    db: &DatabaseConnection,
+    cfg: &WorkerConfig,
+    rows: &[saga_instance::Model],
+) -> Result<ClaimPass, WorkerError> {
+    let tx = db.begin().await?;
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    let locked: std::collections::HashMap<uuid::Uuid, i64> =
+        crate::sql::all(&tx, LOCK_SQL, [ids.into(), cfg.worker_id.clone().into()])
+            .await?
+            .iter()
+            .filter_map(|r| Some((r.try_get("", "id").ok()?, r.try_get("", "version").ok()?)))
+            .collect();
+    let mut pass = ClaimPass::default();
+    let mut writes = executor::Writes::default();
+    let mut done = Vec::with_capacity(rows.len());
+    for row in rows {
+        if locked.get(&row.id) != Some(&row.version) {
+            tracing::debug!(saga_id = %row.id, "saga changed since the claim; leaving it");
+            pass.stale += 1;
+            continue;
+        }
+        let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type,
+            order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
+        let advanced =
+            executor::advance_into(&tx, cfg, row, Event::Due, &cfg.worker_id, &mut writes)
+                .instrument(span)
+                .await?;
+        done.push((row, advanced));
+    }
+    writes.flush(&tx).await?;
+    tx.commit().await?;
+    for (row, advanced) in done {
+        advanced.observe(&row.saga_type, row.current_step, None);
+        pass.advanced += 1;
     }
     Ok(pass)
 }

@@ -73,10 +73,6 @@ pub(crate) fn order_no(row: &saga_instance::Model) -> &str {
         .unwrap_or("")
 }
 
-fn to_i32(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
 fn instance_of(row: &saga_instance::Model) -> Instance {
     Instance {
         state: row.state,
@@ -151,6 +147,23 @@ pub(crate) async fn advance(
     event: Event,
     actor: &str,
 ) -> Result<Advanced, WorkerError> {
+    let mut writes = Writes::default();
+    let advanced = advance_into(db, cfg, row, event, actor, &mut writes).await?;
+    writes.flush(db).await?;
+    Ok(advanced)
+}
+
+/// [`advance`], leaving the saga's new state and history rows in `writes`
+/// for the caller to flush (with other sagas' in a batch). Effects (outbox
+/// rows, local actions) are written through `db` at once.
+pub(crate) async fn advance_into(
+    db: &DatabaseTransaction,
+    cfg: &WorkerConfig,
+    row: &saga_instance::Model,
+    event: Event,
+    actor: &str,
+    writes: &mut Writes,
+) -> Result<Advanced, WorkerError> {
     let topics = &cfg.topics;
     let def = cfg
         .registry
@@ -173,8 +186,6 @@ pub(crate) async fn advance(
         None => (event, None),
     };
     let mut recorded = Vec::new();
-    // History rows are written at the end in one statement, in order.
-    let mut history: Vec<sea_orm::Value> = Vec::new();
     // Each round either waits (remote command out), finishes, or moves one
     // step; twice the steps plus slack bounds a definition's whole run.
     for _ in 0..(def.steps.len() * 2 + 6) {
@@ -182,16 +193,16 @@ pub(crate) async fn advance(
         recorded.extend(t.history.iter().map(|r| r.kind));
         let mut next_event = None;
         for rec in &t.history {
-            history.extend([
-                row.id.into(),
-                rec.kind.as_str().into(),
-                to_i32(rec.step).into(),
-                to_i32(rec.attempt).into(),
-                cur.state.as_str().into(),
-                t.next.state.as_str().into(),
-                rec.detail.clone().into(),
-                actor.into(),
-            ]);
+            writes.history.push(serde_json::json!({
+                "saga_id": row.id,
+                "kind": rec.kind.as_str(),
+                "step": rec.step,
+                "attempt": rec.attempt,
+                "from_state": cur.state.as_str(),
+                "to_state": t.next.state.as_str(),
+                "detail": rec.detail,
+                "actor": actor,
+            }));
         }
         for effect in &t.effects {
             match effect {
@@ -265,37 +276,10 @@ pub(crate) async fn advance(
             },
         };
     }
-    insert_history(db, history).await?;
     if cur != before || row.lease_owner.is_some() || row.operator_request.is_some() {
-        store(db, row, &cur).await?;
+        writes.store(row, &cur);
     }
     Ok(Advanced { recorded })
-}
-
-/// Writes history rows (eight values each, in `saga_events` column order)
-/// with one statement: one round trip per advance however many rows.
-async fn insert_history<C: ConnectionTrait>(
-    db: &C,
-    values: Vec<sea_orm::Value>,
-) -> Result<(), WorkerError> {
-    const COLUMNS: usize = 8;
-    if values.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<String> = (0..values.len() / COLUMNS)
-        .map(|r| {
-            let p: Vec<String> = (1..=COLUMNS)
-                .map(|c| format!("${}", r * COLUMNS + c))
-                .collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) VALUES {}",
-        rows.join(", ")
-    );
-    exec(db, &sql, values).await?;
-    Ok(())
 }
 
 async fn send_command<C: ConnectionTrait>(
@@ -336,41 +320,91 @@ async fn send_command<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Writes the new state, releasing any lease, if the row is still at the
-/// version the caller read.
-async fn store<C: ConnectionTrait>(
-    db: &C,
-    row: &saga_instance::Model,
-    i: &Instance,
-) -> Result<(), WorkerError> {
-    let res = exec(
-        db,
-        "UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, cancel_requested = $4, \
-             next_run_at = $5, deadline = $6, last_error = $7, lease_owner = NULL, lease_expires_at = NULL, \
-             operator_request = NULL, operator_reason = NULL, failure_reason = $10, attempt_base = $11, epoch = $12, \
-             version = version + 1, updated_at = now() \
-         WHERE id = $8 AND version = $9",
-        [
-            i.state.as_str().into(),
-            to_i32(i.step).into(),
-            to_i32(i.attempt).into(),
-            i.cancel_requested.into(),
-            i.next_run_at.into(),
-            i.deadline.into(),
-            i.last_error.clone().into(),
-            row.id.into(),
-            row.version.into(),
-            i.failure.clone().into(),
-            to_i32(i.attempt_base).into(),
-            to_i32(i.epoch).into(),
-        ],
-    )
-    .await?;
-    if res.rows_affected() == 0 {
-        return Err(WorkerError::StaleSaga {
-            saga_id: row.id,
-            version: row.version,
-        });
+/// Sagas' new states and history rows, written by [`Writes::flush`] in
+/// two statements however many sagas and rows there are: one round trip
+/// each for a whole claimed batch. The rows travel as one JSON array
+/// parameter, so the statement text (and its prepared plan) never changes.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    history: Vec<serde_json::Value>,
+    states: Vec<serde_json::Value>,
+}
+
+/// The history rows of a [`Writes`], in order.
+const HISTORY_SQL: &str = "\
+INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+SELECT (e->>'saga_id')::uuid, e->>'kind', (e->>'step')::int, (e->>'attempt')::int, \
+       e->>'from_state', e->>'to_state', e->'detail', e->>'actor' \
+FROM jsonb_array_elements($1) WITH ORDINALITY AS r(e, n) ORDER BY n";
+
+/// The new states of a [`Writes`], each guarded by the version its writer
+/// read; releases the lease and clears a consumed operator request.
+const STORE_SQL: &str = "\
+UPDATE saga_instances s SET state = v->>'state', current_step = (v->>'step')::int, \
+       attempt = (v->>'attempt')::int, attempt_base = (v->>'attempt_base')::int, \
+       epoch = (v->>'epoch')::int, cancel_requested = (v->>'cancel_requested')::boolean, \
+       next_run_at = (v->>'next_run_at')::timestamptz, deadline = (v->>'deadline')::timestamptz, \
+       last_error = v->>'last_error', failure_reason = v->>'failure', \
+       lease_owner = NULL, lease_expires_at = NULL, operator_request = NULL, operator_reason = NULL, \
+       version = s.version + 1, updated_at = now() \
+FROM jsonb_array_elements($1) AS r(v) \
+WHERE s.id = (v->>'id')::uuid AND s.version = (v->>'version')::bigint \
+RETURNING s.id";
+
+impl Writes {
+    /// Queues `i` as the new state of `row`, if `row` is still at the
+    /// version it was read at when flushed.
+    fn store(&mut self, row: &saga_instance::Model, i: &Instance) {
+        self.states.push(serde_json::json!({
+            "id": row.id,
+            "version": row.version,
+            "state": i.state.as_str(),
+            "step": i.step,
+            "attempt": i.attempt,
+            "attempt_base": i.attempt_base,
+            "epoch": i.epoch,
+            "cancel_requested": i.cancel_requested,
+            "next_run_at": i.next_run_at,
+            "deadline": i.deadline,
+            "last_error": i.last_error,
+            "failure": i.failure,
+        }));
     }
-    Ok(())
+
+    /// Writes everything queued. Fails with [`WorkerError::StaleSaga`] (and
+    /// the caller must roll back) if any saga changed since it was read.
+    pub(crate) async fn flush<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), WorkerError> {
+        if !self.history.is_empty() {
+            let rows = serde_json::Value::Array(std::mem::take(&mut self.history));
+            exec(db, HISTORY_SQL, [rows.into()]).await?;
+        }
+        if self.states.is_empty() {
+            return Ok(());
+        }
+        let states = std::mem::take(&mut self.states);
+        let written = crate::sql::all(
+            db,
+            STORE_SQL,
+            [serde_json::Value::Array(states.clone()).into()],
+        )
+        .await?;
+        if written.len() == states.len() {
+            return Ok(());
+        }
+        let written: std::collections::HashSet<uuid::Uuid> = written
+            .iter()
+            .filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok())
+            .collect();
+        let stale = states
+            .iter()
+            .find_map(|v| {
+                let id: uuid::Uuid = serde_json::from_value(v["id"].clone()).ok()?;
+                (!written.contains(&id)).then(|| (id, v["version"].as_i64().unwrap_or(0)))
+            })
+            .unwrap_or_default();
+        Err(WorkerError::StaleSaga {
+            saga_id: stale.0,
+            version: stale.1,
+        })
+    }
 }
