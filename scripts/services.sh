@@ -3,16 +3,38 @@
 #
 #   scripts/services.sh {start|stop|restart|status|install} [pg|kafka|all]
 #
+# `restart pg` / `restart kafka` stop and start one service (a clean stop:
+# pg_ctl -m fast, SIGTERM to the broker); the other is left alone.
+#
 # Everything (data, logs, pid files, Kafka jars) lives under .sagaflow/ at the
 # repository root. Nothing here touches the system PostgreSQL cluster.
 #
 # Ports can be overridden (e.g. for a second checkout on the same machine):
 #   SAGAFLOW_PG_PORT (55432), SAGAFLOW_KAFKA_PORT (9092),
 #   SAGAFLOW_KAFKA_CONTROLLER_PORT (9093)
+#
+# A second, independent pair of services (the fault suite, tests/faults.rs,
+# runs its own so that it can restart them without disturbing anyone) needs
+# its own ports and its own state directory:
+#   SAGAFLOW_STATE_DIR (.sagaflow): where the PostgreSQL cluster (pg/), the
+#     Kafka broker's data, config, logs and pid file (kafka/) and the lock
+#     of this script live. A relative path is taken from the current
+#     directory. The Kafka jars are shared by every state directory and
+#     stay in .sagaflow/kafka/libs (downloaded once).
+#   e.g. SAGAFLOW_STATE_DIR=.sagaflow/faults SAGAFLOW_PG_PORT=55433 \
+#        SAGAFLOW_KAFKA_PORT=19092 SAGAFLOW_KAFKA_CONTROLLER_PORT=19093 \
+#        scripts/services.sh start
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-STATE="$ROOT/.sagaflow"
+STATE="${SAGAFLOW_STATE_DIR:-$ROOT/.sagaflow}"
+case "$STATE" in
+  /*) ;;
+  *) STATE="$PWD/$STATE" ;;
+esac
+STATE="${STATE%/}"
+# Downloads shared by every state directory (the Kafka jars).
+SHARED="$ROOT/.sagaflow"
 
 PG_PORT="${SAGAFLOW_PG_PORT:-55432}"
 PG_DIR="$STATE/pg"
@@ -30,7 +52,8 @@ KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 KAFKA_POM="$ROOT/scripts/kafka/pom.xml"
 KAFKA_LOG4J="$ROOT/scripts/kafka/log4j2.properties"
 KAFKA_DIR="$STATE/kafka"
-KAFKA_LIBS="$KAFKA_DIR/libs"
+KAFKA_DIST="$SHARED/kafka"
+KAFKA_LIBS="$KAFKA_DIST/libs"
 KAFKA_DATA="$KAFKA_DIR/data"
 KAFKA_PROPS="$KAFKA_DIR/server.properties"
 KAFKA_PID="$KAFKA_DIR/kafka.pid"
@@ -169,7 +192,6 @@ pg_start() {
       die "pg: port $PG_PORT is already in use by another process"
     fi
     log "pg: starting on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
-    # pg_ctl removes a stale postmaster.pid left over by a crash / kill -9.
     # pg_ctl removes a stale postmaster.pid left over by a crash / kill -9, but
     # only once the old postmaster and its children are gone (after kill -9
     # its backends may linger for a few seconds), so retry for a while.
@@ -232,26 +254,36 @@ kafka_ensure_java() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
 }
 
+kafka_libs_ok() { # wanted-pom-sha256
+  [ "$(cat "$KAFKA_LIBS/.pom.sha256" 2>/dev/null || true)" = "$1" ] &&
+    ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1
+}
+
 kafka_install() {
   kafka_ensure_java
   ensure_state_dir
-  mkdir -p "$KAFKA_DIR"
-  local stamp want
+  mkdir -p "$KAFKA_DIR" "$KAFKA_DIST"
+  local want
   want="$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)"
-  stamp="$(cat "$KAFKA_LIBS/.pom.sha256" 2>/dev/null || true)"
-  if [ "$stamp" = "$want" ] && ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1; then
-    return 0
+  kafka_libs_ok "$want" && return 0
+  # The jars are shared by every state directory, whose runs do not hold
+  # each other's lock: one download at a time (fd 8 is closed again before
+  # the broker starts).
+  exec 8>"$KAFKA_DIST/install.lock"
+  flock -w 600 8 || die "could not acquire $KAFKA_DIST/install.lock"
+  if ! kafka_libs_ok "$want"; then
+    command -v mvn >/dev/null || apt_install maven
+    log "kafka: fetching jars with Maven into $KAFKA_LIBS"
+    local tmp="$KAFKA_DIST/libs.tmp"
+    rm -rf "$tmp"
+    mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
+      -DoutputDirectory="$tmp" >"$KAFKA_DIST/mvn.log" 2>&1 ||
+      { tail -n 30 "$KAFKA_DIST/mvn.log" >&2; die "kafka: maven download failed"; }
+    echo "$want" >"$tmp/.pom.sha256"
+    rm -rf "$KAFKA_LIBS"
+    mv "$tmp" "$KAFKA_LIBS"
   fi
-  command -v mvn >/dev/null || apt_install maven
-  log "kafka: fetching jars with Maven into $KAFKA_LIBS"
-  local tmp="$KAFKA_DIR/libs.tmp"
-  rm -rf "$tmp"
-  mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
-    -DoutputDirectory="$tmp" >"$KAFKA_DIR/mvn.log" 2>&1 ||
-    { tail -n 30 "$KAFKA_DIR/mvn.log" >&2; die "kafka: maven download failed"; }
-  echo "$want" >"$tmp/.pom.sha256"
-  rm -rf "$KAFKA_LIBS"
-  mv "$tmp" "$KAFKA_LIBS"
+  exec 8>&-
 }
 
 kafka_java() {
