@@ -212,9 +212,9 @@ async fn transient_failures_retry_and_stale_replies_are_ignored() {
         second.message_id, first.message_id,
         "a retry keeps the command's id"
     );
-    // A late OK for attempt 1 (say, from a participant that answered twice
-    // under a new id) must not complete the saga while attempt 2 is out.
-    let mut stale = ReplyEnvelope::answering(&first, ReplyOutcome::Ok);
+    // A late transient failure of attempt 1 (delivered again, under a new
+    // id) says nothing about attempt 2, which is out: it changes nothing.
+    let mut stale = transient(&first);
     stale.message_id = uuid::Uuid::new_v4();
     fake.reply(&stale).await;
     app.await_scalar(
@@ -993,5 +993,44 @@ async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
         count(&app, &poisoned.to_string(), "kind <> 'CREATED'").await,
         0
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_answer_to_an_earlier_attempt_completes_the_saga() {
+    // Attempt 1 goes unanswered past its deadline, so attempt 2 goes out;
+    // then the participant works off its backlog and answers attempt 1.
+    let tuning = r#"{
+      "order_payment.debit": {
+        "timeout_ms": 1500,
+        "retry": {"max_attempts": 4, "initial_backoff": 20, "max_backoff": 50}
+      }
+    }"#;
+    let app = start(tuning, NO_FUNDS).await;
+    app.funded_account(23, "10.00").await;
+    let fake = FakeParticipant::new(&app);
+    let (order_no, saga) = order_for(&app, 23, "4.00").await;
+    let (first, payload) = fake.next_command().await;
+    let (second, _) = fake.next_command().await;
+    assert_eq!((first.attempt, second.attempt), (1, 2));
+    participant(&app, &payload).await;
+
+    // The debit happened, so the order is PAID: no timeout-then-refund.
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    app.await_saga_state(&saga, "COMPLETED", SETTLE).await;
+    assert_eq!(
+        count(
+            &app,
+            &saga,
+            "kind = 'REPLY_RECEIVED' AND (detail->>'answers_attempt')::int = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&app, &saga, "kind = 'COMPENSATION_STARTED'").await, 0);
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 0);
+    assert_eq!(app.account(23).await["balance"], "6.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }

@@ -279,8 +279,11 @@ pub struct Clock {
 /// forward through the steps or backward through compensations; a step is
 /// compensated only if it completed or may have (a timed-out or failed
 /// remote attempt); compensations run in reverse step order, each at most
-/// once to success; a reply that does not match the step, attempt and
-/// direction the saga waits for changes nothing; attempts never exceed the
+/// once to success; a reply that does not match the step and direction the
+/// saga waits for, answers a later attempt than the one out, or is an
+/// earlier attempt's transient failure changes nothing (an earlier
+/// attempt's OK or refusal is the answer to the same command, so it
+/// counts); attempts never exceed the
 /// policy; terminal states are never left except FAILED by an operator's
 /// retry or force forward; a reply from another epoch changes nothing.
 pub fn transition(
@@ -584,7 +587,21 @@ impl Machine<'_> {
         } else {
             self.cur.state == SagaState::Running
         };
-        if !expected || step != self.cur.step || attempt != self.cur.attempt || attempt == 0 {
+        // Every attempt of a step's command (in one direction and epoch)
+        // carries the same message id, and the participant answers them
+        // alike: an earlier attempt's OK or refusal, arriving late while a
+        // retry is out, is the answer to the command the saga waits for.
+        // Only an earlier attempt's transient failure is stale: the retry
+        // out now may still succeed.
+        let earlier_decision = remote
+            && attempt > 0
+            && attempt < self.cur.attempt
+            && !matches!(outcome, Outcome::Failed { .. });
+        if !expected
+            || step != self.cur.step
+            || !(attempt == self.cur.attempt || earlier_decision)
+            || attempt == 0
+        {
             let kind = if remote {
                 RecordKind::ReplyIgnored
             } else {
@@ -601,10 +618,11 @@ impl Machine<'_> {
             });
             return;
         }
-        self.record(
-            RecordKind::ReplyReceived,
-            serde_json::json!({ "compensation": compensation, "outcome": outcome }),
-        );
+        let mut detail = serde_json::json!({ "compensation": compensation, "outcome": outcome });
+        if attempt != self.cur.attempt {
+            detail["answers_attempt"] = attempt.into();
+        }
+        self.record(RecordKind::ReplyReceived, detail);
         self.cur.deadline = None;
         match (compensation, outcome) {
             (false, Outcome::Ok) => self.forward_step_succeeded(),

@@ -729,3 +729,49 @@ fn only_a_failed_saga_can_be_forced_forward() {
     assert_eq!(forced.next, waiting);
     assert_eq!(forced.history[0].kind, RecordKind::EventIgnored);
 }
+
+#[test]
+fn an_earlier_attempts_answer_counts_but_not_its_transient_failure() {
+    let def = order_payment::definition();
+    let mut now = t0();
+    let sent = step(def, &Instance::new(now), Event::Due, now);
+    // Attempt 1 times out; attempt 2 goes out.
+    now = sent.deadline.unwrap();
+    let retry = step(def, &sent, Event::Due, now);
+    now = retry.next_run_at.unwrap();
+    let second = step(def, &retry, Event::Due, now);
+    assert_eq!((second.state, second.attempt), (SagaState::Waiting, 2));
+    let late = |outcome| Event::Reply {
+        epoch: 0,
+        step: 0,
+        attempt: 1,
+        compensation: false,
+        outcome,
+    };
+    // A late transient failure of attempt 1 says nothing about attempt 2.
+    let flaky = Outcome::Failed {
+        reason: "busy".into(),
+    };
+    assert_eq!(step(def, &second, late(flaky), now), second);
+    // Its late OK is the answer to the same command: the debit happened.
+    let paid = transition(
+        def,
+        &second,
+        &late(Outcome::Ok),
+        Clock {
+            now,
+            jitter: Jitter::NONE,
+        },
+    );
+    assert_eq!(paid.next.state, SagaState::Completed);
+    assert_eq!(paid.history[0].detail["answers_attempt"], 1);
+    // A reply to an attempt not yet sent is still ignored.
+    let future = Event::Reply {
+        epoch: 0,
+        step: 0,
+        attempt: 3,
+        compensation: false,
+        outcome: Outcome::Ok,
+    };
+    assert_eq!(step(def, &second, future, now), second);
+}
