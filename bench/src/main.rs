@@ -188,7 +188,15 @@ async fn main() -> anyhow::Result<()> {
         settle: Duration::from_secs(300),
         keep: args.keep,
     };
-    // Quiet: the engine's logs would bury the progress bars.
+    // Warnings and errors only (RUST_LOG overrides): an engine that cannot
+    // make progress says why instead of the run just waiting.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let admin = sea_orm::Database::connect(&args.database_url)
         .await
         .context("connect to DATABASE_URL (start the services: scripts/services.sh start)")?;
