@@ -173,9 +173,10 @@ pub async fn run_once(
 
 /// Locks the claimed rows still leased to this worker at the version the
 /// claim left them at (`FOR UPDATE`: nobody can change them until this
-/// transaction ends, so none can turn stale half-way).
+/// transaction ends, so none can turn stale half-way), in id order, as the
+/// reply consumer locks its batches, so that the two never deadlock.
 const LOCK_SQL: &str = "\
-SELECT id, version FROM saga_instances WHERE id = ANY($1) AND lease_owner = $2 FOR UPDATE";
+SELECT id, version FROM saga_instances WHERE id = ANY($1) AND lease_owner = $2 ORDER BY id FOR UPDATE";
 
 /// Runs the due work of a whole claimed batch in one transaction: one lock
 /// statement, each saga's effects, then every new state and history row in

@@ -1,19 +1,21 @@
 //! The loop every Kafka consumer of sagaflow shares: receive, apply in a
 //! Postgres transaction (the handler's job), and only then commit the
-//! offset. A message that cannot be parsed goes to the dead-letter topic
-//! with the reason in its headers, and the consumer moves on. A message
-//! whose transaction fails for a transient reason is retried in place, so
-//! nothing behind it is committed before it.
+//! offset. Messages already fetched are applied together, up to a batch,
+//! in one transaction, so a busy partition costs one commit per batch and
+//! not per message. A message that cannot be parsed goes to the
+//! dead-letter topic with the reason in its headers, and the consumer moves
+//! on. A batch whose transaction fails for a transient reason is retried in
+//! place, so nothing behind it is committed before it.
 
 use std::future::Future;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::kafka::LagContext;
 use crate::WorkerError;
@@ -29,28 +31,42 @@ pub enum Handled {
     DeadLetter(String),
 }
 
-/// Consumes `topic` until `shutdown`, applying each message with `handle`.
+/// A message handed to a handler: its payload, and the span that continues
+/// its producer's trace (the handler runs the message's work inside it).
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message's bytes.
+    pub payload: Vec<u8>,
+    /// `consume` span with the topic, partition, offset and trace id.
+    pub span: tracing::Span,
+}
+
+/// Consumes `topic` until `shutdown`, applying what arrives in batches of
+/// up to `max_batch` messages (whatever is already fetched, never waiting
+/// to fill one) with `handle`, which applies a batch in one transaction and
+/// says what it did with each message, in order.
 pub(crate) async fn run<F, Fut>(
     consumer: StreamConsumer<LagContext>,
     topic: String,
     dead_letter: String,
     producer: FutureProducer,
     shutdown: CancellationToken,
+    max_batch: usize,
     handle: F,
 ) -> Result<(), WorkerError>
 where
-    F: Fn(Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<Handled, WorkerError>>,
+    F: Fn(Vec<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Vec<Handled>, WorkerError>>,
 {
     consumer
         .subscribe(&[&topic])
         .map_err(|e| WorkerError::kafka(format!("subscribe {topic}"), e))?;
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = consumer.recv() => m,
         };
-        let msg = match msg {
+        let first = match first {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "kafka receive failed");
@@ -60,20 +76,32 @@ where
                 }
             }
         };
-        let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
-        // Continue the producer's trace: the span carries its trace id, and
-        // whatever the handler logs or sends inherits it.
-        let trace_id = header(&msg, "traceparent")
-            .and_then(|tp| tp.split('-').nth(1).map(str::to_owned))
-            .unwrap_or_default();
-        let span = tracing::info_span!("consume", %topic, partition = msg.partition(), offset = msg.offset(), trace_id = %trace_id);
+        let mut batch = vec![first];
+        while batch.len() < max_batch.max(1) {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m),
+                _ => break,
+            }
+        }
         let mut backoff = Duration::from_millis(50);
-        let outcome = loop {
-            match handle(payload.clone()).instrument(span.clone()).await {
-                Ok(h) => break Some(h),
+        let outcomes = loop {
+            let incoming = batch.iter().map(|m| incoming(&topic, m)).collect();
+            match handle(incoming).await {
+                Ok(h) if h.len() == batch.len() => break Some(h),
+                Ok(h) => {
+                    return Err(WorkerError::Corrupt {
+                        saga_id: uuid::Uuid::nil(),
+                        reason: format!(
+                            "a {topic} handler answered {} of {} messages",
+                            h.len(),
+                            batch.len()
+                        ),
+                    })
+                }
                 Err(e) => {
-                    tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e,
-                        "applying message failed; retrying it before anything behind it");
+                    tracing::warn!(%topic, partition = batch[0].partition(), offset = batch[0].offset(),
+                        messages = batch.len(), error = %e,
+                        "applying messages failed; retrying them before anything behind them");
                     tokio::select! {
                         _ = shutdown.cancelled() => break None,
                         _ = tokio::time::sleep(backoff) => {}
@@ -82,12 +110,26 @@ where
                 }
             }
         };
-        let Some(outcome) = outcome else { break };
-        if let Handled::DeadLetter(reason) = &outcome {
-            dead_letter_publish(&producer, &dead_letter, &msg, reason, &shutdown).await;
+        let Some(outcomes) = outcomes else { break };
+        for (msg, outcome) in batch.iter().zip(&outcomes) {
+            if let Handled::DeadLetter(reason) = outcome {
+                dead_letter_publish(&producer, &dead_letter, msg, reason, &shutdown).await;
+            }
         }
-        if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
-            // The effect is committed and deduped by the inbox, so a lost
+        // One offset commit for the batch: the next offset of each
+        // partition it touched.
+        let mut offsets = TopicPartitionList::new();
+        for msg in &batch {
+            let next = Offset::Offset(msg.offset() + 1);
+            let added = offsets.set_partition_offset(msg.topic(), msg.partition(), next);
+            if added.is_err() {
+                offsets
+                    .add_partition_offset(msg.topic(), msg.partition(), next)
+                    .ok();
+            }
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            // The effects are committed and deduped by the inbox, so a lost
             // offset commit only means a harmless redelivery.
             tracing::warn!(%topic, error = %e, "offset commit failed");
         }
@@ -97,6 +139,18 @@ where
         tracing::debug!(%topic, error = %e, "final offset commit");
     }
     Ok(())
+}
+
+/// Continues the producer's trace: the span carries its trace id, and
+/// whatever the handler logs or sends inherits it.
+fn incoming(topic: &str, msg: &BorrowedMessage<'_>) -> Incoming {
+    let trace_id = header(msg, "traceparent")
+        .and_then(|tp| tp.split('-').nth(1).map(str::to_owned))
+        .unwrap_or_default();
+    Incoming {
+        payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        span: tracing::info_span!("consume", %topic, partition = msg.partition(), offset = msg.offset(), trace_id = %trace_id),
+    }
 }
 
 /// A header's value as text.

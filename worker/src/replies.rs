@@ -1,19 +1,19 @@
 //! The reply consumer: applies participants' replies to their sagas.
 //!
-//! In one transaction: the reply's id goes into the inbox (a duplicate
-//! stops here), the saga row is locked, and the state machine decides; a
-//! reply for an older attempt or a finished step is recorded as ignored and
-//! changes nothing.
+//! In one transaction per batch of replies, for each: the saga row is
+//! locked, the reply's id goes into the inbox (a duplicate stops here), and
+//! the state machine decides; a reply for a finished step or the other
+//! direction is recorded as ignored and changes nothing.
 
 use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
 use sagaflow_workflows::messages::ReplyEnvelope;
-use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::consumer::{self, Handled};
+use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
 use crate::sql::{inbox_insert, stmt};
 use crate::{executor, WorkerConfig, WorkerError};
@@ -22,37 +22,78 @@ use crate::{executor, WorkerConfig, WorkerError};
 pub const CONSUMER: &str = "saga-replies";
 /// Consumer group (after the configured prefix).
 pub const GROUP: &str = "sagaflow-replies";
+/// Most replies applied in one transaction.
+const BATCH: usize = 64;
 
-/// Applies one `saga.replies` message.
-pub async fn handle(
+/// Locks the sagas a batch of replies is about, in id order, before the
+/// batch touches any of them. The claim loop locks its batches in id order
+/// too, so the two can wait for each other but never deadlock.
+const LOCK_SQL: &str = "SELECT id FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// What to count once a batch committed.
+type Observed = Vec<(executor::Advanced, String, i32, Option<std::time::Duration>)>;
+
+/// Applies a batch of `saga.replies` messages in one transaction, in order.
+pub async fn handle_batch(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
-    payload: &[u8],
-) -> Result<Handled, WorkerError> {
-    let reply: ReplyEnvelope = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => return Ok(Handled::DeadLetter(format!("not a saga reply: {e}"))),
-    };
+    batch: Vec<Incoming>,
+) -> Result<Vec<Handled>, WorkerError> {
+    let parsed: Vec<Result<ReplyEnvelope, String>> = batch
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).map_err(|e| format!("not a saga reply: {e}")))
+        .collect();
+    let mut ids: Vec<uuid::Uuid> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|r| r.saga_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let tx = db.begin().await?;
-    let inserted = inbox_insert(&tx, CONSUMER, reply.message_id).await?;
-    if !inserted {
-        tx.commit().await?;
-        return Ok(Handled::Duplicate);
+    if !ids.is_empty() {
+        crate::sql::all(&tx, LOCK_SQL, [ids.into()]).await?;
     }
+    let mut handled = Vec::with_capacity(batch.len());
+    let mut observed = Observed::new();
+    for (m, reply) in batch.into_iter().zip(parsed) {
+        handled.push(match reply {
+            Err(reason) => Handled::DeadLetter(reason),
+            Ok(reply) => {
+                apply(&tx, cfg, reply, &mut observed)
+                    .instrument(m.span)
+                    .await?
+            }
+        });
+    }
+    tx.commit().await?;
+    for (advanced, saga_type, step, waited) in observed {
+        advanced.observe(&saga_type, step, waited);
+    }
+    Ok(handled)
+}
+
+async fn apply(
+    tx: &DatabaseTransaction,
+    cfg: &WorkerConfig,
+    reply: ReplyEnvelope,
+    observed: &mut Observed,
+) -> Result<Handled, WorkerError> {
     let row = saga_instance::Entity::find()
         .from_raw_sql(stmt(
             "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE",
             [reply.saga_id.into()],
         ))
-        .one(&tx)
+        .one(tx)
         .await?;
     let Some(row) = row else {
-        tx.rollback().await?;
         return Ok(Handled::DeadLetter(format!(
             "reply for unknown saga {}",
             reply.saga_id
         )));
     };
+    if !inbox_insert(tx, CONSUMER, reply.message_id).await? {
+        return Ok(Handled::Duplicate);
+    }
     let span = tracing::info_span!("saga_reply", saga_id = %row.id, saga_type = %row.saga_type,
         order_no = executor::order_no(&row), step = reply.step, attempt = reply.attempt);
     let event = Event::Reply {
@@ -71,14 +112,10 @@ pub async fn handle(
                 .ok()
         })
         .flatten();
-    async {
-        let advanced = executor::advance(&tx, cfg, &row, event, CONSUMER).await?;
-        tx.commit().await?;
-        advanced.observe(&row.saga_type, row.current_step, waited);
-        Ok::<_, WorkerError>(())
-    }
-    .instrument(span)
-    .await?;
+    let advanced = executor::advance(tx, cfg, &row, event, CONSUMER)
+        .instrument(span)
+        .await?;
+    observed.push((advanced, row.saga_type.clone(), row.current_step, waited));
     Ok(Handled::Applied)
 }
 
@@ -93,10 +130,10 @@ pub async fn run(
     let consumer = kafka.consumer(GROUP)?;
     let topic = cfg.topics.saga_replies.clone();
     let dlq = cfg.topics.dead_letter.clone();
-    consumer::run(consumer, topic, dlq, producer, shutdown, |payload| {
+    consumer::run(consumer, topic, dlq, producer, shutdown, BATCH, |batch| {
         let db = db.clone();
         let cfg = cfg.clone();
-        async move { handle(&db, &cfg, &payload).await }
+        async move { handle_batch(&db, &cfg, batch).await }
     })
     .await
 }
