@@ -105,7 +105,7 @@ pub struct Config {
     pub consumers: usize,
 
     /// Most sagas one claim takes.
-    #[arg(long, env = "SAGAFLOW_CLAIM_BATCH", default_value_t = 32)]
+    #[arg(long, env = "SAGAFLOW_CLAIM_BATCH", default_value_t = 128)]
     pub claim_batch: u32,
 
     /// How long a claimed saga belongs to its worker, in milliseconds; a

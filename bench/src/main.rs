@@ -115,8 +115,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     workers: usize,
 
-    /// Sagas per claim.
-    #[arg(long, default_value_t = 32)]
+    /// Sagas per claim (the service's default).
+    #[arg(long, default_value_t = 128)]
     claim_batch: u32,
 
     /// Kafka consumers per consuming role.
