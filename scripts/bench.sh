@@ -16,5 +16,6 @@ export RUST_LOG="${RUST_LOG:-warn}"
 scripts/services.sh start
 locked=()
 [ -f Cargo.lock ] && locked=(--locked)
-cargo build --release "${locked[@]}" -p sagaflow-bench
+# The scale-out scenario starts `sagaflow` processes next to the harness.
+cargo build --release "${locked[@]}" -p sagaflow-bench -p sagaflow --bins
 exec target/release/sagaflow-bench "$@"

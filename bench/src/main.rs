@@ -38,6 +38,9 @@ enum Scenario {
     HotAccount,
     /// claim-1step with a million finished sagas already in the table.
     TableSize,
+    /// order-e2e with 2 `sagaflow worker` and 2 `sagaflow participant
+    /// funds` processes (and a relay) instead of one process.
+    ScaleOut,
 }
 
 impl Scenario {
@@ -48,6 +51,7 @@ impl Scenario {
             Scenario::Claim1step => "claim-1step",
             Scenario::HotAccount => "hot-account",
             Scenario::TableSize => "table-size",
+            Scenario::ScaleOut => "scale-out",
         }
     }
 }
@@ -298,6 +302,29 @@ async fn main() -> anyhow::Result<()> {
                     args.accounts,
                     "1000000.00",
                     load,
+                    None,
+                )
+                .await?
+            }
+            Scenario::ScaleOut => {
+                scenario::orders(
+                    &env,
+                    name,
+                    format!(
+                        "order-e2e for {} s (closed loop, {} clients) with 2 worker, 2 funds participant and 1 relay processes; the API in the harness",
+                        args.duration_s, args.concurrency
+                    ),
+                    args.accounts,
+                    "1000000.00",
+                    Load::Closed {
+                        concurrency: args.concurrency,
+                        duration: Duration::from_secs(args.duration_s),
+                        orders: None,
+                    },
+                    Some(scenario::Split {
+                        workers: 2,
+                        participants: 2,
+                    }),
                 )
                 .await?
             }
@@ -317,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
                         duration: Duration::from_secs(3600),
                         orders: Some(args.hot_orders),
                     },
+                    None,
                 )
                 .await?
             }
@@ -342,6 +370,20 @@ async fn main() -> anyhow::Result<()> {
         big.notes.push(format!(
             "{:.1}% of claim-1step's throughput in this run",
             big.sagas_per_second / empty * 100.0
+        ));
+    }
+
+    // scale-out is read against order-e2e of the same run.
+    let single = results
+        .iter()
+        .find(|r| r.name == "order-e2e")
+        .map(|r| r.sagas_per_second);
+    if let (Some(single), Some(split)) =
+        (single, results.iter_mut().find(|r| r.name == "scale-out"))
+    {
+        split.notes.push(format!(
+            "{:.1}% of order-e2e's throughput (one process) in this run",
+            split.sagas_per_second / single * 100.0
         ));
     }
 

@@ -402,6 +402,94 @@ async fn prefill(db: &DatabaseConnection, rows: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The roles as OS processes of their own (`sagaflow worker`, `sagaflow
+/// participant funds`, `sagaflow relay`), the way a deployment scales out.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// `sagaflow worker` processes (claim loops and reply consumers).
+    pub workers: usize,
+    /// `sagaflow participant funds` processes.
+    pub participants: usize,
+}
+
+/// Child processes, killed when dropped, however the scenario ends.
+#[derive(Debug)]
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Split {
+    fn spawn(self, env: &Env, db: &BenchDb, name: &str) -> anyhow::Result<Children> {
+        // The release `sagaflow` binary next to this one (scripts/bench.sh
+        // builds both).
+        let bin = std::env::current_exe()?
+            .parent()
+            .context("no directory of the harness binary")?
+            .join("sagaflow");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build --release --bin sagaflow` (scripts/bench.sh does)",
+            bin.display()
+        );
+        let logs = std::env::temp_dir().join(format!("sagaflow-bench-{}", db.name));
+        std::fs::create_dir_all(&logs)?;
+        let prefix = format!("{}.", db.name);
+        // The same claim loops and consumers in all as one process has, so
+        // that the comparison is of the layout, not of more pollers.
+        let workers = env.workers.div_ceil(self.workers.max(1));
+        let consumers = env.consumers.div_ceil(self.workers.max(self.participants).max(1));
+        let common: Vec<String> = [
+            "--database-url",
+            &db.url,
+            "--kafka-bootstrap-servers",
+            &env.kafka,
+            "--topic-prefix",
+            &prefix,
+            "--group-prefix",
+            &prefix,
+            "--workers",
+            &workers.to_string(),
+            "--claim-batch",
+            &env.claim_batch.to_string(),
+            "--consumers",
+            &consumers.to_string(),
+            "--db-pool-size",
+            &env.pool.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut children = Children(Vec::new());
+        let roles = std::iter::repeat_n(&["worker"][..], self.workers)
+            .chain(std::iter::repeat_n(
+                &["participant", "funds"][..],
+                self.participants,
+            ))
+            .chain(std::iter::once(&["relay"][..]));
+        for (n, role) in roles.enumerate() {
+            let log = std::fs::File::create(logs.join(format!("{n}-{}.log", role.join("-"))))?;
+            children.0.push(
+                std::process::Command::new(&bin)
+                    .args(role)
+                    .args(&common)
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .with_context(|| format!("start sagaflow {} for {name}", role.join(" ")))?,
+            );
+        }
+        Ok(children)
+    }
+}
+
 /// How orders arrive.
 #[derive(Debug, Clone, Copy)]
 pub enum Load {
@@ -426,6 +514,7 @@ pub enum Load {
 
 /// Orders through the HTTP API, paid through Kafka and the funds
 /// participant, over `accounts` accounts holding `balance` each.
+#[allow(clippy::too_many_arguments)]
 pub async fn orders(
     env: &Env,
     name: &str,
@@ -433,9 +522,27 @@ pub async fn orders(
     accounts: u64,
     balance: &str,
     load: Load,
+    split: Option<Split>,
 ) -> anyhow::Result<ScenarioResult> {
     let db = BenchDb::create(env, name).await?;
-    let engine = sagaflow::app::start(&config(env, &db)?, Roles::ALL).await?;
+    let cfg = config(env, &db)?;
+    // Split: this process serves only the API; the other roles run as
+    // `sagaflow` processes of their own.
+    let roles = match split {
+        None => Roles::ALL,
+        Some(_) => Roles {
+            api: true,
+            worker: false,
+            relay: false,
+            funds: false,
+            replies: false,
+        },
+    };
+    let engine = sagaflow::app::start(&cfg, roles).await?;
+    let processes = match split {
+        Some(split) => Some(split.spawn(env, &db, name)?),
+        None => None,
+    };
     let addr = engine.http_addr.context("the API did not start")?;
     let base = format!("http://{addr}");
     let http = reqwest::Client::builder()
@@ -458,6 +565,8 @@ pub async fn orders(
     pb.set_length(total);
     let polls = drain(&db.conn, total, &pb, env.settle).await?;
     pb.finish_and_clear();
+    // The processes' backends report their commits as they exit.
+    drop(processes);
     let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
     let (timeline, seconds) = timeline(&db.conn, &t0).await?;
 
@@ -487,6 +596,17 @@ pub async fn orders(
     let report = sagaflow_api::verify::verify(&db.conn).await?;
     let negative = scalar_i64(&db.conn, "SELECT count(*) FROM accounts WHERE balance < 0").await?;
     let refused_http = refused.load(Ordering::SeqCst);
+    // A saga that applied two answers, or moved its money twice, would have
+    // been processed twice (the ledger's unique key makes the second
+    // impossible; this says so with a figure).
+    let twice = scalar_i64(
+        &db.conn,
+        "SELECT count(*) FROM (SELECT saga_id FROM saga_events WHERE kind = 'REPLY_RECEIVED' \
+         GROUP BY saga_id HAVING count(*) > 1 \
+         UNION SELECT saga_id FROM ledger_entries WHERE saga_id IS NOT NULL \
+         GROUP BY saga_id, kind HAVING count(*) > 1) t",
+    )
+    .await?;
     let checks = vec![
         Check {
             what: "every accepted order PAID or FAILED".to_owned(),
@@ -497,6 +617,11 @@ pub async fn orders(
             what: "no request refused".to_owned(),
             ok: refused_http == 0,
             detail: format!("{refused_http} non-201 answers"),
+        },
+        Check {
+            what: "nothing processed twice".to_owned(),
+            ok: twice == 0,
+            detail: format!("{twice} sagas with more than one debit or applied reply"),
         },
         Check {
             what: "sagaflow verify clean, no overdraft".to_owned(),
@@ -529,6 +654,10 @@ pub async fn orders(
         params: json!({
             "load": params, "workers": env.workers, "claim_batch": env.claim_batch,
             "consumers": env.consumers, "pool": env.pool,
+            "processes": split.map(|p| json!({
+                "worker": p.workers, "participant_funds": p.participants, "relay": 1,
+                "api": "the harness",
+            })),
         }),
         sagas,
         seconds,
