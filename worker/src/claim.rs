@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::sql::stmt;
-use crate::wake::{self, Wakeups};
+use crate::wake::Wakeups;
 use crate::{executor, WorkerConfig, WorkerError};
 
 /// The claim statement. The inner `SELECT` walks the partial index
@@ -243,41 +243,61 @@ pub async fn process(
     .await
 }
 
-/// Runs `cfg.workers` claim loops until `shutdown`. A loop that found a
-/// full batch claims again at once; otherwise it waits for a new-saga
-/// notification or the poll interval.
+/// Runs `cfg.workers` claim loops until `shutdown`. A notification of a new
+/// saga wakes one loop, not all of them (each woken loop would claim, and
+/// all but one would find nothing: wasted statements and commits, the more
+/// so with several processes); a loop that found a full batch claims again
+/// at once and wakes a sibling to share what is left. Every loop also
+/// claims after the poll interval, which is how timers come due.
 pub async fn run(
     db: DatabaseConnection,
     cfg: WorkerConfig,
     wakeups: Wakeups,
     shutdown: CancellationToken,
 ) {
+    let kick = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (kick, mut rx, shutdown) = (kick.clone(), wakeups.saga.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        kick.notify_one();
+                    }
+                }
+            }
+        });
+    }
     for n in 0..cfg.workers.max(1) {
         let db = db.clone();
         let cfg = cfg.clone();
-        let mut rx = wakeups.saga.clone();
+        let kick = kick.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             while !shutdown.is_cancelled() {
-                rx.borrow_and_update();
-                match run_once(&db, &cfg).await {
+                let pause = match run_once(&db, &cfg).await {
                     Ok(pass)
                         if pass.claimed
                             >= usize::try_from(cfg.claim_batch).unwrap_or(usize::MAX) =>
                     {
-                        continue
+                        kick.notify_one();
+                        continue;
                     }
-                    Ok(_) => wake::wait(&mut rx, cfg.poll_interval, &shutdown).await,
+                    Ok(_) => cfg.poll_interval,
                     Err(e) => {
                         tracing::warn!(worker = n, error = %e, "claim failed");
-                        wake::wait(
-                            &mut rx,
-                            cfg.poll_interval.max(Duration::from_millis(500)),
-                            &shutdown,
-                        )
-                        .await;
+                        cfg.poll_interval.max(Duration::from_millis(500))
                     }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = kick.notified() => {}
                 }
             }
         });
