@@ -444,7 +444,9 @@ impl Split {
         // The same claim loops and consumers in all as one process has, so
         // that the comparison is of the layout, not of more pollers.
         let workers = env.workers.div_ceil(self.workers.max(1));
-        let consumers = env.consumers.div_ceil(self.workers.max(self.participants).max(1));
+        let consumers = env
+            .consumers
+            .div_ceil(self.workers.max(self.participants).max(1));
         let common: Vec<String> = [
             "--database-url",
             &db.url,
