@@ -448,11 +448,11 @@ impl Writes {
                     .collect()
             }
         };
-        let (saga_id, version, _) = states
+        let (saga_id, version) = states
             .iter()
             .find(|(id, _, _)| !written.contains(id))
-            .cloned()
-            .unwrap_or((uuid::Uuid::nil(), 0, Instance::new(Utc::now())));
+            .map(|(id, version, _)| (*id, *version))
+            .unwrap_or_default();
         Err(WorkerError::StaleSaga { saga_id, version })
     }
 }

@@ -145,19 +145,25 @@ async fn stored<C: ConnectionTrait>(
     let Some(row) = one(tx, sql, [CONSUMER.into(), message_id.into()]).await? else {
         return Ok(None);
     };
-    // The answer is written in the transaction that inserts the row, so an
-    // unreadable one can only come from an older release: it counts as
-    // answered in epoch 0 (which keeps it a fence) with nothing to replay.
-    let result: Option<serde_json::Value> = row.try_get("", "result").ok().flatten();
-    Ok(Some(
+    Ok(Some(Stored::from_result(
+        row.try_get("", "result").ok().flatten(),
+    )))
+}
+
+impl Stored {
+    /// An inbox row's `result`. The answer is written in the transaction
+    /// that inserts the row, so an unreadable one can only come from an
+    /// older release: it counts as answered in epoch 0 (which keeps it a
+    /// fence) with nothing to replay.
+    fn from_result(result: Option<serde_json::Value>) -> Self {
         result
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or(Stored {
                 epoch: 0,
                 attempt: u32::MAX,
                 outcome: ReplyOutcome::Ok,
-            }),
-    ))
+            })
+    }
 }
 
 async fn store_and_reply<C: ConnectionTrait>(
@@ -293,9 +299,32 @@ async fn forward<C: ConnectionTrait>(
             reason: format!("amount {} is not positive", cmd.amount),
         });
     }
+    // What decides the command, in one round trip: whether the step's money
+    // was reversed, whether its compensation was processed (and in which
+    // epoch), and whether it was moved already.
+    let undo_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
+    let facts = one(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE saga_id = $1 AND kind = $2) AS undone, \
+                EXISTS (SELECT 1 FROM ledger_entries WHERE saga_id = $1 AND kind = $3) AS done, \
+                EXISTS (SELECT 1 FROM inbox WHERE consumer = $4 AND message_id = $5) AS undo_seen, \
+                (SELECT result FROM inbox WHERE consumer = $4 AND message_id = $5) AS undo_result",
+        [
+            cmd.saga_id.into(),
+            undo_kind.into(),
+            kind.into(),
+            CONSUMER.into(),
+            undo_id.into(),
+        ],
+    )
+    .await?
+    .ok_or(WorkerError::Corrupt {
+        saga_id: cmd.saga_id,
+        reason: "the participant's fence query returned no row".to_owned(),
+    })?;
     // Undone money stays undone: the ledger holds one entry per saga and
     // kind, so not even a forced forward can move it again.
-    if has_entry(tx, cmd.saga_id, undo_kind).await? {
+    if facts.try_get::<bool>("", "undone")? {
         return Ok(ReplyOutcome::Rejected {
             reason: format!("the saga's {kind} was already reversed"),
         });
@@ -303,16 +332,15 @@ async fn forward<C: ConnectionTrait>(
     // Fence: once this step's compensation of this epoch (or a later one)
     // was processed, a late forward command (one its own compensation
     // overtook) must not move money.
-    let undo_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
-    if stored(tx, undo_id, false)
-        .await?
-        .is_some_and(|u| u.epoch >= cmd.epoch)
-    {
+    let undo_seen: bool = facts.try_get("", "undo_seen")?;
+    let undo =
+        undo_seen.then(|| Stored::from_result(facts.try_get("", "undo_result").ok().flatten()));
+    if undo.is_some_and(|u| u.epoch >= cmd.epoch) {
         return Ok(ReplyOutcome::Rejected {
             reason: "the saga was already compensated".to_owned(),
         });
     }
-    if has_entry(tx, cmd.saga_id, kind).await? {
+    if facts.try_get::<bool>("", "done")? {
         return Ok(ReplyOutcome::Ok);
     }
     match post(tx, cmd.user_id, cmd.saga_id, kind, cmd.amount, dir).await? {

@@ -5,6 +5,8 @@
 //! the state machine decides; a reply for a finished step or the other
 //! direction is recorded as ignored and changes nothing.
 
+use std::collections::HashMap;
+
 use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
@@ -28,7 +30,9 @@ const BATCH: usize = 64;
 /// Locks the sagas a batch of replies is about, in id order, before the
 /// batch touches any of them. The claim loop locks its batches in id order
 /// too, so the two can wait for each other but never deadlock.
-const LOCK_SQL: &str = "SELECT id FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// The rows it returns are what the batch's first reply for each saga
+/// advances from, so no reply reads its saga a second time.
+const LOCK_SQL: &str = "SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// What to count once a batch committed.
 type Observed = Vec<(executor::Advanced, String, i32, Option<std::time::Duration>)>;
@@ -50,16 +54,24 @@ pub async fn handle_batch(
     ids.sort_unstable();
     ids.dedup();
     let tx = db.begin().await?;
-    if !ids.is_empty() {
-        crate::sql::all(&tx, LOCK_SQL, [ids.into()]).await?;
-    }
+    let mut locked: HashMap<uuid::Uuid, saga_instance::Model> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        saga_instance::Entity::find()
+            .from_raw_sql(stmt(LOCK_SQL, [ids.into()]))
+            .all(&tx)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect()
+    };
     let mut handled = Vec::with_capacity(batch.len());
     let mut observed = Observed::new();
     for (m, reply) in batch.into_iter().zip(parsed) {
         handled.push(match reply {
             Err(reason) => Handled::DeadLetter(reason),
             Ok(reply) => {
-                apply(&tx, cfg, reply, &mut observed)
+                apply(&tx, cfg, reply, &mut locked, &mut observed)
                     .instrument(m.span)
                     .await?
             }
@@ -76,15 +88,23 @@ async fn apply(
     tx: &DatabaseTransaction,
     cfg: &WorkerConfig,
     reply: ReplyEnvelope,
+    locked: &mut HashMap<uuid::Uuid, saga_instance::Model>,
     observed: &mut Observed,
 ) -> Result<Handled, WorkerError> {
-    let row = saga_instance::Entity::find()
-        .from_raw_sql(stmt(
-            "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE",
-            [reply.saga_id.into()],
-        ))
-        .one(tx)
-        .await?;
+    // The locked row, as read, until a reply of this batch advanced the
+    // saga; a later reply for it reads what that one wrote.
+    let row = match locked.remove(&reply.saga_id) {
+        Some(row) => Some(row),
+        None => {
+            saga_instance::Entity::find()
+                .from_raw_sql(stmt(
+                    "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE",
+                    [reply.saga_id.into()],
+                ))
+                .one(tx)
+                .await?
+        }
+    };
     let Some(row) = row else {
         return Ok(Handled::DeadLetter(format!(
             "reply for unknown saga {}",
