@@ -230,9 +230,7 @@ async fn transient_failures_retry_and_stale_replies_are_ignored() {
     // The third attempt goes to the real participant code.
     let (third, payload) = fake.next_command().await;
     assert_eq!(third.attempt, 3);
-    sagaflow_worker::participant::handle(&app.db.conn, &app.config.topics(), &payload)
-        .await
-        .unwrap();
+    participant(&app, &payload).await;
 
     assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
     app.await_saga_state(&saga, "COMPLETED", SETTLE).await;

@@ -130,24 +130,14 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// A small deterministic generator (xorshift64*), so that a seed replays
-/// a run's plan.
-struct Rng(u64);
+/// The run's random plan (accounts, amounts, victims, pauses), seeded so
+/// that `SAGAFLOW_FAULT_SEED` replays it.
+type Rng = rand::rngs::StdRng;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
+/// Uniform in `lo..=hi`.
+fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    use rand::Rng as _;
+    rng.gen_range(lo..=hi)
 }
 
 // ---------------------------------------------------------------------------
@@ -299,7 +289,7 @@ impl Fleet {
             .filter(|&i| matches!(self.procs[i].role, Role::Worker | Role::Participant))
             .collect();
         ensure!(!victims.is_empty(), "no worker or participant to kill");
-        let pick = victims[usize::try_from(rng.between(0, victims.len() as u64 - 1))?];
+        let pick = victims[usize::try_from(between(rng, 0, victims.len() as u64 - 1))?];
         let mut victim = self.procs.swap_remove(pick);
         victim.child.kill().context("kill -9")?;
         victim.child.wait().context("reaping a killed process")?;
@@ -338,10 +328,6 @@ impl Drop for Fleet {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Starts the API (which migrates the database and creates the topics),
 /// waits until it is ready, then the relay, the workers and the
 /// participants. Returns them and the API's base URL.
@@ -351,7 +337,7 @@ async fn start_fleet(
     logs: &Path,
     http: &reqwest::Client,
 ) -> anyhow::Result<(Fleet, String)> {
-    let port = free_port()?;
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let bootstrap = kafka_bootstrap();
     let mut args: Vec<String> = [
@@ -551,8 +537,8 @@ fn plan_orders(rng: &mut Rng, run_id: &str) -> Vec<Planned> {
     (0..ORDERS)
         .map(|i| Planned {
             key: format!("fault-{run_id}-{i}"),
-            user: i64::try_from(rng.between(1, ACCOUNTS as u64)).unwrap_or(1),
-            cents: i64::try_from(rng.between(AMOUNT_CENTS.0 as u64, AMOUNT_CENTS.1 as u64))
+            user: i64::try_from(between(rng, 1, ACCOUNTS as u64)).unwrap_or(1),
+            cents: i64::try_from(between(rng, AMOUNT_CENTS.0 as u64, AMOUNT_CENTS.1 as u64))
                 .unwrap_or(100),
         })
         .collect()
@@ -769,7 +755,7 @@ async fn inject_faults(
             "the faults never ended (the service restarts hang?)"
         );
         // The pace of the faults, not a wait for a condition.
-        let pause = rng.between(KILL_EVERY_MS.0, KILL_EVERY_MS.1);
+        let pause = between(rng, KILL_EVERY_MS.0, KILL_EVERY_MS.1);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         fleet.respawn_exited()?;
         let (role, name) = fleet.kill_one(rng)?;
@@ -1027,7 +1013,7 @@ fn summary(seed: u64, outcome: &Outcome) -> String {
 }
 
 async fn run(seed: u64, t0: Instant, out: &mut Outcome) -> anyhow::Result<()> {
-    let mut rng = Rng::new(seed);
+    let mut rng = <Rng as rand::SeedableRng>::seed_from_u64(seed);
     let _lock = suite_lock().await?;
     let logs = out_dir().join("logs");
     std::fs::remove_dir_all(&logs).ok();

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -22,13 +21,6 @@ impl Drop for Processes {
             child.wait().ok();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn spawn(role: &[&str], common_args: &[String], log: &std::path::Path) -> Child {
@@ -47,7 +39,7 @@ fn spawn(role: &[&str], common_args: &[String], log: &std::path::Path) -> Child 
 async fn roles_run_as_separate_processes_and_a_worker_stops_cleanly() {
     let db = common::fresh_database().await;
     let prefix = common::topic_prefix();
-    let port = free_port();
+    let port = common::free_port();
     let logs =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("processes-{}", db.name));
     std::fs::create_dir_all(&logs).unwrap();

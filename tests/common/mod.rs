@@ -88,6 +88,14 @@ pub fn kafka_readiness(reachable: bool) -> std::sync::Arc<dyn sagaflow_api::Read
 /// The operator token every [`TestApp`] runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// A TCP port nobody listens on right now, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A topic prefix no other test uses.
 pub fn topic_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
