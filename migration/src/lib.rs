@@ -6,6 +6,43 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// A migration written as two SQL scripts: `$up` applies it, `$down`
+/// reverts it. Defines the module's `Migration`, named after the module.
+macro_rules! sql_migration {
+    ($up:expr, $down:expr) => {
+        #[derive(sea_orm_migration::prelude::DeriveMigrationName)]
+        pub struct Migration;
+
+        #[async_trait::async_trait]
+        impl sea_orm_migration::prelude::MigrationTrait for Migration {
+            async fn up(
+                &self,
+                manager: &sea_orm_migration::prelude::SchemaManager,
+            ) -> Result<(), sea_orm_migration::prelude::DbErr> {
+                sea_orm_migration::sea_orm::ConnectionTrait::execute_unprepared(
+                    manager.get_connection(),
+                    $up,
+                )
+                .await?;
+                Ok(())
+            }
+
+            async fn down(
+                &self,
+                manager: &sea_orm_migration::prelude::SchemaManager,
+            ) -> Result<(), sea_orm_migration::prelude::DbErr> {
+                sea_orm_migration::sea_orm::ConnectionTrait::execute_unprepared(
+                    manager.get_connection(),
+                    $down,
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use sql_migration;
+
 mod m20261125_000001_create_core_tables;
 mod m20261125_000002_refunds_and_operator_requests;
 mod m20261125_000003_operator_queries;
@@ -26,5 +63,28 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_attempt_base::Migration),
             Box::new(m20261126_000005_force_forward::Migration),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_migration_is_named_after_its_file() {
+        let names: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "m20261125_000001_create_core_tables",
+                "m20261125_000002_refunds_and_operator_requests",
+                "m20261125_000003_operator_queries",
+                "m20261125_000004_attempt_base",
+                "m20261126_000005_force_forward",
+            ]
+        );
     }
 }

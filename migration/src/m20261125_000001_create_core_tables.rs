@@ -1,11 +1,6 @@
 //! Accounts, ledger, orders, the saga state machine and its history, and the
 //! outbox and inbox that make Kafka exactly-once in effect.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
 /// Every constraint that keeps a bad state out lives in this SQL, so that no
 /// code path (nor an operator with psql) can write one.
 const UP: &str = r#"
@@ -143,15 +138,4 @@ DROP FUNCTION IF EXISTS sagaflow_notify_outbox();
 DROP FUNCTION IF EXISTS sagaflow_notify_saga();
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+crate::sql_migration!(UP, DOWN);

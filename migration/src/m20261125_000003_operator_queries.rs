@@ -2,11 +2,6 @@
 //! due (so a worker picks the retry up), and indexes for the saga list's
 //! filters and the per-minute outcome counts.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
 const UP: &str = r#"
 ALTER TABLE saga_instances DROP CONSTRAINT saga_instances_due_iff_active;
 ALTER TABLE saga_instances ADD CONSTRAINT saga_instances_due_iff_active CHECK (
@@ -38,15 +33,4 @@ ALTER TABLE saga_instances ADD CONSTRAINT saga_instances_due_iff_active
     CHECK ((state IN ('RUNNING', 'WAITING', 'COMPENSATING')) = (next_run_at IS NOT NULL));
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+crate::sql_migration!(UP, DOWN);

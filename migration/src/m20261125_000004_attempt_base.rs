@@ -2,11 +2,6 @@
 //! reusing attempt numbers (they are on the wire): `attempt_base` is the
 //! attempt count at the last retry, and the policy counts from it.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
 const UP: &str = r#"
 ALTER TABLE saga_instances ADD COLUMN attempt_base INT NOT NULL DEFAULT 0,
     ADD CONSTRAINT saga_instances_attempt_base_range
@@ -18,15 +13,4 @@ ALTER TABLE saga_instances DROP CONSTRAINT saga_instances_attempt_base_range,
     DROP COLUMN attempt_base;
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+crate::sql_migration!(UP, DOWN);

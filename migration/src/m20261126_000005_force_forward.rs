@@ -3,11 +3,6 @@
 //! replies echo it, and participants fence compensations of an earlier
 //! epoch with it.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
 const UP: &str = r#"
 ALTER TABLE saga_instances ADD COLUMN epoch INT NOT NULL DEFAULT 0
     CONSTRAINT saga_instances_epoch_range CHECK (epoch >= 0);
@@ -35,15 +30,4 @@ ALTER TABLE saga_instances ADD CONSTRAINT saga_instances_operator_request_check
 ALTER TABLE saga_instances DROP COLUMN epoch;
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+crate::sql_migration!(UP, DOWN);
