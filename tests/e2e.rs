@@ -430,10 +430,13 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
         r.text().await.unwrap()
     };
     // librdkafka reports lag every 5 s; everything else is there at once.
+    // Wait for this test's own consumers: the series are process-wide, and
+    // another test's lag may be reported first.
+    let own_lag = format!("sagaflow_consumer_lag{{topic=\"{}", app.topic(""));
     let until = tokio::time::Instant::now() + SETTLE;
     let text = loop {
         let text = scrape().await;
-        if text.contains("sagaflow_consumer_lag{") {
+        if text.contains(&own_lag) {
             break text;
         }
         assert!(
@@ -462,7 +465,7 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
         "sagaflow_claim_batch_size_bucket",
         "sagaflow_sagas_finished_total{saga_type=\"order_payment\",state=\"COMPLETED\"}",
         "sagaflow_http_request_duration_seconds_bucket{method=\"POST\",route=\"/orders\",status=\"201\"",
-        &format!("sagaflow_consumer_lag{{topic=\"{}", app.topic("")),
+        &own_lag,
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
