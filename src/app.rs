@@ -98,7 +98,12 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // sagaflow's transactions last milliseconds; one left open (a hung
+        // task, a bug) would hold the xmin horizon and let dead tuples pile
+        // up in the queue tables, so the server ends it. See bench/README
+        // "Held xmin horizon".
+        .map_sqlx_postgres_opts(|o| o.options([("idle_in_transaction_session_timeout", "60s")]));
     Database::connect(opts)
         .await
         .context("connecting to Postgres (DATABASE_URL)")
@@ -240,6 +245,11 @@ pub async fn start_extended(
         listener.await.ok();
     });
     if roles.worker {
+        tasks.spawn(sagaflow_worker::maintenance::run(
+            db.clone(),
+            cfg.maintenance(),
+            shutdown.clone(),
+        ));
         tasks.spawn(claim::run(
             db.clone(),
             worker_cfg.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use sagaflow_worker::maintenance::{MaintenanceConfig, RetentionMode};
 use sagaflow_worker::{Actions, KafkaConfig, Topics, WorkerConfig};
 use sagaflow_workflows::{Registry, Tuning};
 
@@ -44,6 +45,17 @@ fn parse_tuning(json: &str) -> Result<TuningArg, String> {
     serde_json::from_str(json)
         .map(TuningArg)
         .map_err(|e| format!("not valid tuning JSON: {e}"))
+}
+
+/// What the retention job does with finished sagas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Retention {
+    /// Move them, with their history, to the archive tables.
+    Archive,
+    /// Delete them with their history.
+    Delete,
+    /// Keep them in the hot table.
+    Off,
 }
 
 /// Log output format.
@@ -121,6 +133,34 @@ pub struct Config {
     /// Most outbox rows one relay pass publishes.
     #[arg(long, env = "SAGAFLOW_RELAY_BATCH", default_value_t = 256)]
     pub relay_batch: u32,
+
+    /// What the worker's retention job does with sagas that finished
+    /// (COMPLETED, COMPENSATED, CANCELLED, RESOLVED; never FAILED) longer
+    /// than `SAGAFLOW_RETENTION_AFTER_SECS` ago.
+    #[arg(long, env = "SAGAFLOW_RETENTION", value_enum, default_value_t = Retention::Archive)]
+    pub retention: Retention,
+
+    /// How long a finished saga stays in the hot table, in seconds.
+    #[arg(long, env = "SAGAFLOW_RETENTION_AFTER_SECS", default_value_t = 7 * 24 * 3600)]
+    pub retention_after_secs: u64,
+
+    /// How long the inbox remembers a message id, in seconds. Keep it
+    /// above the Kafka topics' retention (7 days by default): a message
+    /// redelivered after its id was trimmed would be applied again.
+    #[arg(long, env = "SAGAFLOW_INBOX_RETENTION_SECS", default_value_t = 8 * 24 * 3600)]
+    pub inbox_retention_secs: u64,
+
+    /// Rows per maintenance transaction (retention, inbox trim).
+    #[arg(long, env = "SAGAFLOW_MAINTENANCE_BATCH", default_value_t = 1000)]
+    pub maintenance_batch: u32,
+
+    /// Time between maintenance passes, in milliseconds.
+    #[arg(
+        long,
+        env = "SAGAFLOW_MAINTENANCE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub maintenance_interval_ms: u64,
 
     /// Prefix of every topic name (e.g. `staging.`).
     #[arg(long, env = "SAGAFLOW_TOPIC_PREFIX", default_value = "")]
@@ -222,6 +262,15 @@ impl Config {
                 "SAGAFLOW_TOPIC_PARTITIONS and SAGAFLOW_TOPIC_REPLICATION must be at least 1",
             );
         }
+        if self.maintenance_batch == 0 || self.maintenance_batch > 100_000 {
+            return bad("SAGAFLOW_MAINTENANCE_BATCH must be between 1 and 100000");
+        }
+        if self.maintenance_interval_ms < 100 {
+            return bad("SAGAFLOW_MAINTENANCE_INTERVAL_MS must be at least 100");
+        }
+        if self.inbox_retention_secs < 3600 {
+            return bad("SAGAFLOW_INBOX_RETENTION_SECS must be at least 3600 (an hour)");
+        }
         if self.db_pool_size < 2 {
             return bad("SAGAFLOW_DB_POOL_SIZE must be at least 2");
         }
@@ -265,6 +314,21 @@ impl Config {
             topics: self.topics(),
             registry: Arc::new(Registry::builtin()),
             actions: Arc::new(Actions::builtin()),
+        }
+    }
+
+    /// The maintenance jobs' settings.
+    pub fn maintenance(&self) -> MaintenanceConfig {
+        MaintenanceConfig {
+            mode: match self.retention {
+                Retention::Archive => RetentionMode::Archive,
+                Retention::Delete => RetentionMode::Delete,
+                Retention::Off => RetentionMode::Off,
+            },
+            retain_finished: Duration::from_secs(self.retention_after_secs),
+            inbox_retention: Duration::from_secs(self.inbox_retention_secs),
+            batch: self.maintenance_batch,
+            interval: Duration::from_millis(self.maintenance_interval_ms),
         }
     }
 

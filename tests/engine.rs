@@ -399,6 +399,7 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
         OperatorRequest::Cancel,
         "customer called",
         "test-operator",
+        None,
     )
     .await
     .unwrap();
@@ -434,6 +435,7 @@ async fn cancel_while_waiting_refunds_the_debit_exactly_once() {
         OperatorRequest::Cancel,
         "twice",
         "test-operator",
+        None,
     )
     .await
     .unwrap();
@@ -506,6 +508,7 @@ async fn a_compensation_that_never_succeeds_ends_failed_for_an_operator() {
         OperatorRequest::Retry,
         "participant is back",
         "test-operator",
+        None,
     )
     .await
     .unwrap();
@@ -567,6 +570,7 @@ async fn force_forward(app: &TestApp, saga: &str) {
         OperatorRequest::ForceForward,
         "the debit went through",
         "test-operator",
+        None,
     )
     .await
     .unwrap();
@@ -638,6 +642,253 @@ async fn forcing_forward_a_saga_whose_debit_was_refunded_ends_compensated() {
     assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
     assert_eq!(app.account(22).await["balance"], "10.00");
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}
+
+/// POSTs `body` to `path` as the operator; the status and the JSON body.
+async fn operator_post(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+async fn verify_report(app: &TestApp) -> Vec<(String, String)> {
+    sagaflow_api::verify::verify(&app.db.conn)
+        .await
+        .unwrap()
+        .violations
+        .into_iter()
+        .map(|v| (v.check, v.subject))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_saga_marked_resolved_ends_as_the_operator_asserts_and_verify_holds_it_to_that() {
+    let app = start(GIVES_UP, NO_FUNDS).await;
+    let fake = FakeParticipant::new(&app);
+    // Saga A: the debit landed after the saga gave up; support refunded the
+    // buyer by bank transfer, so the debit stays in the ledger.
+    let (order_a, saga_a, old_a) = failed_saga(&app, &fake, 31).await;
+    participant(&app, &old_a[0]).await;
+    // Saga B: the debit landed too, but the operator wrongly asserts that
+    // no money stayed moved.
+    let (order_b, saga_b, old_b) = failed_saga(&app, &fake, 32).await;
+    participant(&app, &old_b[0]).await;
+    // Saga C: the debit landed and the buyer keeps the goods.
+    let (order_c, saga_c, old_c) = failed_saga(&app, &fake, 33).await;
+    participant(&app, &old_c[0]).await;
+
+    // The needs-attention queue: FAILED, oldest first, with the failing
+    // step, the last error and how long each has waited.
+    let r = app
+        .http
+        .get(format!("{}/sagas?state=FAILED", app.base))
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = r.json().await.unwrap();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [saga_a.as_str(), saga_b.as_str(), saga_c.as_str()]);
+    let first = &page["items"][0];
+    assert_eq!(first["step_name"], "debit");
+    assert_eq!(first["last_error"], "compensation timed out");
+    assert!(first["waited_seconds"].as_i64().unwrap() >= 0, "{first}");
+
+    // A bad assertion is refused with the values it may take.
+    let (status, body) = operator_post(
+        &app,
+        &format!("/sagas/{saga_a}/resolve"),
+        serde_json::json!({ "reason": "refunded by bank transfer", "resolution": "MAYBE" }),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "resolution");
+
+    for (saga, resolution, actor) in [
+        (&saga_a, "SETTLED_OUTSIDE", "alice"),
+        (&saga_b, "NONE", "bob"),
+        (&saga_c, "APPLIED", "carol"),
+    ] {
+        let (status, body) = operator_post(
+            &app,
+            &format!("/sagas/{saga}/resolve"),
+            serde_json::json!({ "reason": "ticket 42", "resolution": resolution, "actor": actor }),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["resolution"], resolution);
+    }
+    for saga in [&saga_a, &saga_b, &saga_c] {
+        app.await_saga_state(saga, "RESOLVED", SETTLE).await;
+    }
+    assert_eq!(
+        app.settled_order(&order_a, SETTLE).await["status"],
+        "FAILED"
+    );
+    assert_eq!(
+        app.settled_order(&order_b, SETTLE).await["status"],
+        "FAILED"
+    );
+    assert_eq!(app.settled_order(&order_c, SETTLE).await["status"], "PAID");
+    assert_eq!(
+        count(
+            &app,
+            &saga_a,
+            "kind = 'OPERATOR_REQUEST' AND actor = 'alice' AND detail->>'resolution' = 'SETTLED_OUTSIDE'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            &saga_a,
+            "kind = 'RESOLVED' AND to_state = 'RESOLVED' AND detail->>'reason' = 'ticket 42'"
+        )
+        .await,
+        1
+    );
+
+    // Verify accepts A's debit (settled outside) and C's (applied), and
+    // names B: its ledger nets to 3.00, not the zero the operator asserted.
+    let violations = verify_report(&app).await;
+    let subject_b = format!("saga {saga_b}");
+    assert!(
+        violations
+            .iter()
+            .any(|(check, subject)| check.starts_with("a RESOLVED saga") && *subject == subject_b),
+        "{violations:?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .all(|(_, subject)| *subject == subject_b || *subject == format!("order {order_b}")),
+        "only B is wrong: {violations:?}"
+    );
+
+    // A resolved saga is final.
+    let (status, body) = operator_post(
+        &app,
+        &format!("/sagas/{saga_a}/force-forward"),
+        serde_json::json!({ "reason": "changed my mind" }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("RESOLVED"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_action_counts_first_and_acts_only_on_the_confirmed_count() {
+    let app = start(GIVES_UP, NO_FUNDS).await;
+    let fake = FakeParticipant::new(&app);
+    let (order_a, saga_a, _) = failed_saga(&app, &fake, 41).await;
+    let (order_b, saga_b, _) = failed_saga(&app, &fake, 42).await;
+    // A saga the filter matches but the action does not apply to.
+    app.funded_account(43, "100.00").await;
+    let (_, done) = order_for(&app, 43, "1.00").await;
+    let (cmd, payload) = fake.next_command().await;
+    assert_eq!(cmd.kind.as_str(), "funds.debit");
+    participant(&app, &payload).await;
+    app.await_saga_state(&done, "COMPLETED", SETTLE).await;
+
+    let bulk = |dry_run: bool, expected: Option<i64>| {
+        let mut body = serde_json::json!({
+            "action": "RESOLVE",
+            "resolution": "NONE",
+            "reason": "participant outage 2026-11-25: no debit happened",
+            "actor": "dave",
+            "type": "order_payment",
+            "dry_run": dry_run,
+        });
+        if let Some(n) = expected {
+            body["expected_count"] = n.into();
+        }
+        operator_post(&app, "/sagas/bulk", body)
+    };
+    let (status, dry) = bulk(true, None).await;
+    assert_eq!(status, 200, "{dry}");
+    // The COMPLETED saga matches the filter; a resolve does not apply to it.
+    assert_eq!(
+        (dry["matched"].as_i64(), dry["applicable"].as_i64()),
+        (Some(3), Some(2)),
+        "{dry}"
+    );
+    let (_, by_error) = operator_post(
+        &app,
+        "/sagas/bulk",
+        serde_json::json!({ "action": "RETRY", "reason": "r", "error_contains": "COMPENSATION TIMED" }),
+    )
+    .await;
+    assert_eq!(
+        (by_error["matched"].as_i64(), by_error["dry_run"].as_bool()),
+        (Some(2), Some(true)),
+        "{by_error}"
+    );
+    assert_eq!(dry["filed"], 0);
+    let mut sample: Vec<String> = serde_json::from_value(dry["sample"].clone()).unwrap();
+    sample.sort();
+    let mut both = vec![saga_a.clone(), saga_b.clone()];
+    both.sort();
+    assert_eq!(sample, both);
+    // Nothing was filed by the dry run.
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE operator_request IS NOT NULL")
+            .await,
+        0
+    );
+
+    // A real run must quote the count; a stale count does nothing.
+    let (status, body) = bulk(false, None).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "expected_count");
+    let (status, body) = bulk(false, Some(1)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("matches 2"),
+        "{body}"
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE operator_request IS NOT NULL")
+            .await,
+        0
+    );
+
+    let (status, done_bulk) = bulk(false, Some(2)).await;
+    assert_eq!(status, 200, "{done_bulk}");
+    assert_eq!(done_bulk["filed"], 2);
+    for (saga, order) in [(&saga_a, &order_a), (&saga_b, &order_b)] {
+        app.await_saga_state(saga, "RESOLVED", SETTLE).await;
+        assert_eq!(app.settled_order(order, SETTLE).await["status"], "FAILED");
+        assert_eq!(
+            count(&app, saga, "kind = 'OPERATOR_REQUEST' AND actor = 'dave'").await,
+            1
+        );
+    }
+    // The debits never happened, so the assertion holds.
+    assert_eq!(verify_report(&app).await, Vec::<(String, String)>::new());
+    // And there is nothing left to act on.
+    let (_, again) = bulk(true, None).await;
+    assert_eq!(again["applicable"], 0, "{again}");
     app.stop().await;
 }
 

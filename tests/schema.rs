@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use sagaflow_entity::{LedgerKind, OperatorRequest, OrderStatus, SagaState, StateValues};
+use sagaflow_entity::{
+    LedgerKind, OperatorRequest, OrderStatus, Resolution, SagaState, StateValues,
+};
 use sea_orm::{ConnectionTrait, Statement};
 
 /// The quoted values in the `CHECK (col IN (...))` constraint on
@@ -60,6 +62,39 @@ async fn state_enums_match_the_check_constraints() {
     assert_eq!(
         check_values(&db.conn, "saga_instances", "operator_request").await,
         rust_values::<OperatorRequest>()
+    );
+    assert_eq!(
+        check_values(&db.conn, "saga_instances", "resolution").await,
+        rust_values::<Resolution>()
+    );
+}
+
+/// The column names and types of `table`, in order.
+async fn columns(db: &sea_orm::DatabaseConnection, table: &str) -> Vec<(String, String)> {
+    db.query_all(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "SELECT column_name::text AS name, data_type::text AS ty FROM information_schema.columns \
+         WHERE table_name = $1 ORDER BY ordinal_position",
+        [table.into()],
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.try_get("", "name").unwrap(), r.try_get("", "ty").unwrap()))
+    .collect()
+}
+
+/// The retention job moves rows with `SELECT *`: a migration that adds a
+/// column to a hot table must add it to its archive too, in the same place.
+#[tokio::test]
+async fn archive_tables_have_the_hot_tables_columns_in_order() {
+    let db = common::fresh_database().await;
+    let mut hot = columns(&db.conn, "saga_instances").await;
+    hot.push(("archived_at".into(), "timestamp with time zone".into()));
+    assert_eq!(columns(&db.conn, "saga_instances_archive").await, hot);
+    assert_eq!(
+        columns(&db.conn, "saga_events_archive").await,
+        columns(&db.conn, "saga_events").await
     );
 }
 

@@ -290,3 +290,361 @@ impl FromJsonObject for Reason {
         })
     }
 }
+
+/// Who an operator action is recorded as when the body names no `actor`.
+pub const DEFAULT_ACTOR: &str = "operator";
+
+impl Fields<'_> {
+    /// An optional member: absent or `null` gives `None` (and no error).
+    fn optional(&mut self, name: &'static str) -> bool {
+        self.seen.push(name);
+        !matches!(self.map.get(name), None | Some(Value::Null))
+    }
+
+    /// An optional [`Fields::text`] member.
+    pub fn optional_text(&mut self, name: &'static str, max: usize) -> Option<Option<String>> {
+        if !self.optional(name) {
+            return Some(None);
+        }
+        self.text(name, max).map(Some)
+    }
+
+    /// A required member holding one of `T`'s values.
+    pub fn choice<T: sagaflow_entity::StateValues + Copy>(
+        &mut self,
+        name: &'static str,
+    ) -> Option<T> {
+        let value = self.required(name)?;
+        if let Some(v) = value
+            .as_str()
+            .and_then(|s| T::ALL.iter().find(|v| v.as_str() == s))
+        {
+            return Some(*v);
+        }
+        let values: Vec<&str> = T::ALL.iter().map(|v| v.as_str()).collect();
+        self.refuse(name, format!("must be one of {}", values.join(", ")));
+        None
+    }
+
+    /// An optional member holding `true` or `false`.
+    pub fn optional_bool(&mut self, name: &'static str) -> Option<Option<bool>> {
+        if !self.optional(name) {
+            return Some(None);
+        }
+        match self.map.get(name) {
+            Some(Value::Bool(b)) => Some(Some(*b)),
+            Some(other) => {
+                let reason = format!("must be true or false, not {}", kind_of(other));
+                self.refuse(name, reason);
+                None
+            }
+            None => Some(None),
+        }
+    }
+
+    /// An optional member holding an integer from 0 to `i64::MAX`.
+    pub fn optional_count(&mut self, name: &'static str) -> Option<Option<i64>> {
+        if !self.optional(name) {
+            return Some(None);
+        }
+        let n = self.int64(name)?;
+        if n < 0 {
+            self.refuse(name, "must not be negative");
+            return None;
+        }
+        Some(Some(n))
+    }
+
+    /// An optional member holding an RFC 3339 time.
+    pub fn optional_time(
+        &mut self,
+        name: &'static str,
+    ) -> Option<Option<chrono::DateTime<chrono::Utc>>> {
+        if !self.optional(name) {
+            return Some(None);
+        }
+        let reason = match self.map.get(name) {
+            Some(Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => return Some(Some(t.with_timezone(&chrono::Utc))),
+                Err(_) => "must be an RFC 3339 time, e.g. 2026-11-25T08:00:00Z".to_owned(),
+            },
+            Some(other) => format!("must be an RFC 3339 time string, not {}", kind_of(other)),
+            None => return Some(None),
+        };
+        self.refuse(name, reason);
+        None
+    }
+}
+
+/// Body of an operator's action on one saga (retry, cancel, force
+/// forward).
+#[derive(Debug, Clone, poem_openapi::Object)]
+pub struct ActionRequest {
+    /// Why (1-500 characters, not blank, no NUL); kept in the saga's
+    /// history.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub reason: String,
+    /// Who asks (1-100 characters, not blank, no NUL), recorded as the
+    /// history row's actor; `operator` when absent. The admin token is
+    /// shared, so this is what tells operators apart in the audit trail.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub actor: Option<String>,
+}
+
+/// A validated [`ActionRequest`].
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+}
+
+impl FromJsonObject for Action {
+    type Schema = ActionRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        let reason = fields.text("reason", 500);
+        let actor = fields.optional_text("actor", 100);
+        Some(Self {
+            reason: reason?,
+            actor: actor?.unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
+        })
+    }
+}
+
+/// Body of `POST /sagas/{id}/resolve`.
+#[derive(Debug, Clone, poem_openapi::Object)]
+pub struct ResolveRequest {
+    /// What was done outside the system, and why (1-500 characters, not
+    /// blank, no NUL); kept in the saga's history.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub reason: String,
+    /// The money effect the operator asserts: `NONE` (the saga's ledger
+    /// entries net to zero; the order becomes FAILED), `APPLIED` (the
+    /// movement stands and the order becomes PAID, or REFUNDED for a
+    /// refund saga), `SETTLED_OUTSIDE` (the movement stays in the ledger
+    /// but was settled outside sagaflow; the order becomes FAILED).
+    /// `sagaflow verify` holds the ledger to it.
+    #[oai(validator(pattern = "^(NONE|APPLIED|SETTLED_OUTSIDE)$"))]
+    pub resolution: String,
+    /// Who resolves it (1-100 characters, not blank, no NUL); `operator`
+    /// when absent.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub actor: Option<String>,
+}
+
+/// A validated [`ResolveRequest`].
+#[derive(Debug, Clone)]
+pub struct Resolve {
+    /// The action's reason and actor.
+    pub action: Action,
+    /// The asserted money effect.
+    pub resolution: sagaflow_entity::Resolution,
+}
+
+impl FromJsonObject for Resolve {
+    type Schema = ResolveRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        let reason = fields.text("reason", 500);
+        let resolution = fields.choice("resolution");
+        let actor = fields.optional_text("actor", 100);
+        Some(Self {
+            action: Action {
+                reason: reason?,
+                actor: actor?.unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
+            },
+            resolution: resolution?,
+        })
+    }
+}
+
+/// Body of `POST /sagas/bulk`: an operator action over every saga a filter
+/// matches. A dry run (the default) only counts; the real run must quote
+/// the count it expects, so that it acts on what the operator saw.
+#[derive(Debug, Clone, poem_openapi::Object)]
+pub struct BulkRequest {
+    /// The action: `RETRY`, `FORCE_FORWARD`, `RESOLVE` or `CANCEL`.
+    #[oai(validator(pattern = "^(CANCEL|RETRY|FORCE_FORWARD|RESOLVE)$"))]
+    pub action: String,
+    /// Why (1-500 characters, not blank, no NUL); kept in each saga's
+    /// history.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub reason: String,
+    /// Who acts; `operator` when absent.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    ))]
+    pub actor: Option<String>,
+    /// For `RESOLVE` (and only for it): the asserted money effect, as in
+    /// `POST /sagas/{id}/resolve`.
+    #[oai(validator(pattern = "^(NONE|APPLIED|SETTLED_OUTSIDE)$"))]
+    pub resolution: Option<String>,
+    /// Only sagas in this state.
+    #[oai(validator(
+        pattern = "^(RUNNING|WAITING|COMPENSATING|COMPLETED|COMPENSATED|FAILED|CANCELLED|RESOLVED)$"
+    ))]
+    pub state: Option<String>,
+    /// Only sagas of this type.
+    #[oai(
+        rename = "type",
+        validator(max_length = 200, pattern = r"^[^\u0000]*$")
+    )]
+    pub saga_type: Option<String>,
+    /// Only sagas at this step (the failing step, for FAILED ones).
+    #[oai(validator(minimum(value = "0"), maximum(value = "2147483647")))]
+    pub step: Option<i64>,
+    /// Only sagas whose last error contains this text (case-insensitive).
+    #[oai(validator(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$"))]
+    pub error_contains: Option<String>,
+    /// Only sagas created at or after this time.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only sagas created before this time.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Count only (default `true`).
+    pub dry_run: Option<bool>,
+    /// Required when `dry_run` is `false`: how many sagas the operator
+    /// expects the action to apply to (the dry run's `applicable`). If the
+    /// filter matches a different number by then, nothing is done and the
+    /// answer is 409.
+    #[oai(validator(minimum(value = "0")))]
+    pub expected_count: Option<i64>,
+}
+
+/// Which sagas a bulk action looks at.
+#[derive(Debug, Clone, Default)]
+pub struct BulkFilter {
+    /// State.
+    pub state: Option<sagaflow_entity::SagaState>,
+    /// Saga type.
+    pub saga_type: Option<String>,
+    /// Current step.
+    pub step: Option<i32>,
+    /// Substring of the last error.
+    pub error_contains: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A validated [`BulkRequest`].
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    /// What to file on each saga.
+    pub request: sagaflow_entity::OperatorRequest,
+    /// Reason and actor.
+    pub action: Action,
+    /// For a resolve: the asserted money effect.
+    pub resolution: Option<sagaflow_entity::Resolution>,
+    /// Which sagas.
+    pub filter: BulkFilter,
+    /// Count only.
+    pub dry_run: bool,
+    /// The count the operator confirmed.
+    pub expected_count: Option<i64>,
+}
+
+impl FromJsonObject for Bulk {
+    type Schema = BulkRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        use sagaflow_entity::{OperatorRequest, Resolution, SagaState};
+        let request = fields.choice::<OperatorRequest>("action");
+        let reason = fields.text("reason", 500);
+        let actor = fields.optional_text("actor", 100);
+        let resolution = if fields.optional("resolution") {
+            fields.choice::<Resolution>("resolution").map(Some)
+        } else {
+            Some(None)
+        };
+        let state = if fields.optional("state") {
+            fields.choice::<SagaState>("state").map(Some)
+        } else {
+            Some(None)
+        };
+        let saga_type = fields.optional_text("type", 200);
+        let step = if fields.optional("step") {
+            match fields.int64("step").map(i32::try_from) {
+                Some(Ok(n)) if n >= 0 => Some(Some(n)),
+                Some(_) => {
+                    fields.refuse("step", "must be an integer from 0 to 2147483647");
+                    None
+                }
+                None => None,
+            }
+        } else {
+            Some(None)
+        };
+        let error_contains = fields.optional_text("error_contains", 200);
+        let created_after = fields.optional_time("created_after");
+        let created_before = fields.optional_time("created_before");
+        let dry_run = fields.optional_bool("dry_run");
+        let expected_count = fields.optional_count("expected_count");
+        let (request, resolution, dry_run, expected_count) = (
+            request?,
+            resolution?,
+            dry_run?.unwrap_or(true),
+            expected_count?,
+        );
+        match (request, resolution) {
+            (OperatorRequest::Resolve, None) => {
+                fields.refuse("resolution", "is required when action is RESOLVE");
+                return None;
+            }
+            (OperatorRequest::Resolve, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                fields.refuse("resolution", "is only for action RESOLVE");
+                return None;
+            }
+        }
+        if !dry_run && expected_count.is_none() {
+            fields.refuse(
+                "expected_count",
+                "is required when dry_run is false: run a dry run first and pass its applicable count",
+            );
+            return None;
+        }
+        Some(Self {
+            request,
+            action: Action {
+                reason: reason?,
+                actor: actor?.unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
+            },
+            resolution,
+            filter: BulkFilter {
+                state: state?,
+                saga_type: saga_type?,
+                step: step?,
+                error_contains: error_contains?,
+                created_after: created_after?,
+                created_before: created_before?,
+            },
+            dry_run,
+            expected_count,
+        })
+    }
+}

@@ -21,6 +21,7 @@ use sea_orm::DatabaseConnection;
 
 pub mod accounts;
 pub mod body;
+pub mod bulk;
 pub mod dashboard;
 pub mod error;
 pub mod health;

@@ -147,6 +147,25 @@ impl Doc for StateDoc {
     }
 }
 
+/// The order of a saga list: `newest` or `oldest` first (by creation).
+#[derive(Debug)]
+pub struct SortDoc;
+
+impl SortDoc {
+    /// The accepted values.
+    pub const VALUES: [&'static str; 2] = ["newest", "oldest"];
+}
+
+impl Doc for SortDoc {
+    const NAME: &'static str = "SagaOrder";
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            enum_items: Self::VALUES.iter().map(|s| Value::from(*s)).collect(),
+            ..MetaSchema::new("string")
+        }
+    }
+}
+
 /// Free text that may be empty (an empty filter is no filter) but holds
 /// no NUL, which PostgreSQL cannot store or compare.
 #[derive(Debug)]

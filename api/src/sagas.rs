@@ -12,7 +12,7 @@ use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sagaflow_entity::saga_instance::{self, Filed, OperatorRequest};
+use sagaflow_entity::saga_instance::{self, Filed, OperatorRequest, Resolution};
 use sagaflow_entity::{saga_event, SagaState, StateValues};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, Statement,
@@ -21,9 +21,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::body::{JsonBody, Reason};
+use crate::body::{Action, Bulk, JsonBody, Resolve};
+use crate::bulk::BulkResponse;
 use crate::error::{ApiError, FieldError, ProblemJson};
-use crate::params::{CursorDoc, DateTimeDoc, LimitDoc, Raw, StateDoc, TextDoc, UuidDoc};
+use crate::params::{CursorDoc, DateTimeDoc, LimitDoc, Raw, SortDoc, StateDoc, TextDoc, UuidDoc};
 use crate::{utc, ApiTags};
 
 /// Largest page of `GET /sagas`.
@@ -41,8 +42,8 @@ pub struct SagaView {
     pub saga_type: String,
     /// The definition version it runs under (kept for its whole life).
     pub version: i32,
-    /// RUNNING, WAITING, COMPENSATING, COMPLETED, COMPENSATED, FAILED or
-    /// CANCELLED.
+    /// RUNNING, WAITING, COMPENSATING, COMPLETED, COMPENSATED, FAILED,
+    /// CANCELLED or RESOLVED.
     pub state: String,
     /// Forward: the step being run; compensating: the step being undone.
     pub current_step: i32,
@@ -70,6 +71,14 @@ pub struct SagaView {
     /// The reason given with that request.
     #[oai(nullable)]
     pub operator_reason: Option<String>,
+    /// For a RESOLVED saga (or one with a resolve pending): the money
+    /// effect the operator asserted (NONE, APPLIED, SETTLED_OUTSIDE).
+    #[oai(nullable)]
+    pub resolution: Option<String>,
+    /// For a FAILED saga: how long it has waited for an operator, in
+    /// seconds (since its compensation gave up).
+    #[oai(nullable)]
+    pub waited_seconds: Option<i64>,
     /// The order it is about, if any.
     #[oai(nullable)]
     pub order_no: Option<String>,
@@ -100,6 +109,12 @@ impl From<saga_instance::Model> for SagaView {
             failure_reason: s.failure_reason,
             operator_request: s.operator_request.map(|r| r.as_str().to_owned()),
             operator_reason: s.operator_reason,
+            resolution: s.resolution.map(|r| r.as_str().to_owned()),
+            // A FAILED saga's row is written only when it fails and when an
+            // operator acts on it, so its last update is when it started
+            // waiting.
+            waited_seconds: (s.state == SagaState::Failed)
+                .then(|| (Utc::now() - utc(s.updated_at)).num_seconds().max(0)),
             created_at: utc(s.created_at),
             updated_at: utc(s.updated_at),
         }
@@ -109,7 +124,7 @@ impl From<saga_instance::Model> for SagaView {
 /// One page of `GET /sagas`.
 #[derive(Debug, Clone, Object)]
 pub struct SagaPage {
-    /// The sagas, newest first.
+    /// The sagas, in the order asked for.
     pub items: Vec<SagaView>,
     /// Pass as `cursor` for the next page; null on the last page.
     #[oai(nullable)]
@@ -161,6 +176,10 @@ pub struct SagaDetail {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Its history, oldest first.
     pub events: Vec<SagaEventView>,
+    /// When the retention job moved it (finished) to the archive tables;
+    /// null while it is in the hot table.
+    #[oai(nullable)]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 /// Counts of one saga type by state.
@@ -354,7 +373,8 @@ fn parse_time(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, Ap
 }
 
 /// The cursor is the last item's `created_at` (µs since the epoch) and id:
-/// the page after it holds what sorts strictly below that pair, so no item
+/// the page after it holds what sorts strictly below (newest first) or
+/// above (oldest first) that pair, so no item
 /// is skipped or repeated, and sagas created meanwhile (which sort above)
 /// do not shift the pages.
 fn encode_cursor(s: &saga_instance::Model) -> String {
@@ -378,6 +398,26 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let at = Utc.timestamp_micros(micros).single().ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
+
+/// `GET /sagas`, newest first; the cursor pages strictly below.
+const LIST_NEWEST_SQL: &str = "SELECT * FROM saga_instances \
+     WHERE ($1::text IS NULL OR state = $1) \
+       AND ($2::text IS NULL OR saga_type = $2) \
+       AND ($3::text IS NULL OR data->>'order_no' = $3) \
+       AND ($4::timestamptz IS NULL OR created_at >= $4) \
+       AND ($5::timestamptz IS NULL OR created_at < $5) \
+       AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+     ORDER BY created_at DESC, id DESC LIMIT $8";
+
+/// `GET /sagas`, oldest first; the cursor pages strictly above.
+const LIST_OLDEST_SQL: &str = "SELECT * FROM saga_instances \
+     WHERE ($1::text IS NULL OR state = $1) \
+       AND ($2::text IS NULL OR saga_type = $2) \
+       AND ($3::text IS NULL OR data->>'order_no' = $3) \
+       AND ($4::timestamptz IS NULL OR created_at >= $4) \
+       AND ($5::timestamptz IS NULL OR created_at < $5) \
+       AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7)) \
+     ORDER BY created_at, id LIMIT $8";
 
 /// The value of `r`, or `None` with its field errors added to `errors`.
 fn keep<T>(r: Result<T, ApiError>, errors: &mut Vec<FieldError>) -> Option<T> {
@@ -448,7 +488,8 @@ impl SagasApi {
         req: &Request,
         id: &str,
         request: OperatorRequest,
-        body: Reason,
+        body: Action,
+        resolution: Option<Resolution>,
     ) -> Result<ActionResponse, ApiError> {
         self.operator.authorize(req)?;
         let id = parse_uuid(id, "id")?;
@@ -456,9 +497,22 @@ impl SagasApi {
             OperatorRequest::Cancel => "cancel",
             OperatorRequest::Retry => "retry",
             OperatorRequest::ForceForward => "force forward",
+            OperatorRequest::Resolve => "resolve",
         };
-        match saga_instance::file_request(&self.db, id, request, &body.reason, "operator").await? {
+        let filed = saga_instance::file_request(
+            &self.db,
+            id,
+            request,
+            &body.reason,
+            &body.actor,
+            resolution,
+        )
+        .await?;
+        match filed {
             Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json(self.view(*saga)))),
+            Filed::NotFound if archived(&self.db, id).await? => Err(ApiError::Conflict(format!(
+                "saga {id} is finished and archived; {what} applies only to sagas in the hot table"
+            ))),
             Filed::NotFound => Err(ApiError::NotFound(format!("there is no saga {id}"))),
             Filed::Pending(p) => Err(ApiError::Conflict(format!(
                 "saga {id} already has a {} request that no worker has applied yet; wait a moment",
@@ -468,11 +522,11 @@ impl SagasApi {
                 let allowed: Vec<&str> = request.allowed_in().iter().map(|s| s.as_str()).collect();
                 let hint = match (request, state) {
                     (OperatorRequest::Cancel, SagaState::Failed) => {
-                        "; its compensation gave up: retry it or force it forward instead"
+                        "; its compensation gave up: retry it, force it forward or resolve it instead"
                     }
                     (OperatorRequest::Retry, SagaState::Running) => "; it is already due to run",
                     (
-                        OperatorRequest::ForceForward,
+                        OperatorRequest::ForceForward | OperatorRequest::Resolve,
                         SagaState::Waiting | SagaState::Compensating,
                     ) => "; to run its current step again, retry it",
                     _ => "",
@@ -487,12 +541,27 @@ impl SagasApi {
     }
 }
 
+/// Whether saga `id` is in the archive tables.
+async fn archived<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<bool, ApiError> {
+    Ok(db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 FROM saga_instances_archive WHERE id = $1",
+            [id.into()],
+        ))
+        .await?
+        .is_some())
+}
+
 #[OpenApi(tag = "ApiTags::Sagas")]
 impl SagasApi {
     /// List sagas
     ///
-    /// Newest first, filtered by any of `state`, `type`, `order_no`,
-    /// `created_after` and `created_before`. Pages are keyset-paginated:
+    /// Newest first (oldest first for `state=FAILED`, the needs-attention
+    /// queue, unless `order` says otherwise), filtered by any of `state`,
+    /// `type`, `order_no`, `created_after` and `created_before`. Finished
+    /// sagas the retention job archived are not listed (`GET /sagas/{id}`
+    /// still finds them). Pages are keyset-paginated:
     /// pass the returned `next_cursor` as `cursor` for the next page; no
     /// saga is skipped or repeated across pages, however many are created
     /// meanwhile.
@@ -513,8 +582,11 @@ impl SagasApi {
         created_before: Query<Option<Raw<DateTimeDoc>>>,
         /// Page size, 1-500 (default 50).
         limit: Query<Option<Raw<LimitDoc>>>,
-        /// `next_cursor` of the previous page.
+        /// `next_cursor` of the previous page (pass the same `order`).
         cursor: Query<Option<Raw<CursorDoc>>>,
+        /// `newest` or `oldest` first, by creation; default `newest`, or
+        /// `oldest` when `state` is FAILED.
+        order: Query<Option<Raw<SortDoc>>>,
     ) -> poem::Result<ListResponse> {
         let mut errors = Vec::new();
         // A typed parameter sent empty is refused like any other bad value;
@@ -527,6 +599,18 @@ impl SagasApi {
             Raw::given(cursor.0),
         );
         let state = Raw::given(state.0);
+        let oldest_first = match Raw::given(order.0).as_deref() {
+            None => state.as_deref() == Some(SagaState::Failed.as_str()),
+            Some("oldest") => true,
+            Some("newest") => false,
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "order",
+                    format!("must be one of {}", SortDoc::VALUES.join(", ")),
+                ));
+                false
+            }
+        };
         let saga_type = text(saga_type.0);
         let order_no = text(order_no.0);
         for (name, value) in [("type", &saga_type), ("order_no", &order_no)] {
@@ -583,14 +667,11 @@ impl SagasApi {
         let rows = saga_instance::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT * FROM saga_instances \
-                 WHERE ($1::text IS NULL OR state = $1) \
-                   AND ($2::text IS NULL OR saga_type = $2) \
-                   AND ($3::text IS NULL OR data->>'order_no' = $3) \
-                   AND ($4::timestamptz IS NULL OR created_at >= $4) \
-                   AND ($5::timestamptz IS NULL OR created_at < $5) \
-                   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
-                 ORDER BY created_at DESC, id DESC LIMIT $8",
+                if oldest_first {
+                    LIST_OLDEST_SQL
+                } else {
+                    LIST_NEWEST_SQL
+                },
                 [
                     state.into(),
                     saga_type.into(),
@@ -708,17 +789,31 @@ impl SagasApi {
         id: Path<Raw<UuidDoc>>,
     ) -> poem::Result<DetailResponse> {
         let id = parse_uuid(id.0.as_str(), "id")?;
-        let Some(saga) = saga_instance::Entity::find_by_id(id)
-            .one(&self.db)
+        // The archive has the hot table's columns in the same order, plus
+        // archived_at; a saga is in exactly one of the two.
+        let Some(row) = self
+            .db
+            .query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT s.*, NULL::timestamptz AS archived_at FROM saga_instances s WHERE s.id = $1 \
+                 UNION ALL SELECT a.* FROM saga_instances_archive a WHERE a.id = $1 LIMIT 1",
+                [id.into()],
+            ))
             .await
             .map_err(ApiError::from)?
         else {
             return Err(ApiError::NotFound(format!("there is no saga {id}")).into());
         };
+        let saga = saga_instance::Model::from_query_result(&row, "").map_err(ApiError::from)?;
+        let archived_at: Option<DateTime<Utc>> =
+            row.try_get("", "archived_at").map_err(ApiError::from)?;
         let events = saga_event::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT * FROM saga_events WHERE saga_id = $1 ORDER BY id",
+                // Both tables: the retention job may move the saga between
+                // this statement and the one above.
+                "SELECT * FROM saga_events WHERE saga_id = $1 \
+                 UNION ALL SELECT * FROM saga_events_archive WHERE saga_id = $1 ORDER BY id",
                 [id.into()],
             ))
             .all(&self.db)
@@ -728,6 +823,7 @@ impl SagasApi {
             data: saga.data.clone(),
             lease_owner: saga.lease_owner.clone(),
             lease_expires_at: saga.lease_expires_at.map(utc),
+            archived_at,
             saga: self.view(saga),
             events: events
                 .into_iter()
@@ -760,10 +856,10 @@ impl SagasApi {
         req: &Request,
         /// The saga's id.
         id: Path<Raw<UuidDoc>>,
-        body: JsonBody<Reason>,
+        body: JsonBody<Action>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
-            .act(req, id.0.as_str(), OperatorRequest::Retry, body.0)
+            .act(req, id.0.as_str(), OperatorRequest::Retry, body.0, None)
             .await?)
     }
 
@@ -788,10 +884,16 @@ impl SagasApi {
         req: &Request,
         /// The saga's id.
         id: Path<Raw<UuidDoc>>,
-        body: JsonBody<Reason>,
+        body: JsonBody<Action>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
-            .act(req, id.0.as_str(), OperatorRequest::ForceForward, body.0)
+            .act(
+                req,
+                id.0.as_str(),
+                OperatorRequest::ForceForward,
+                body.0,
+                None,
+            )
             .await?)
     }
 
@@ -811,10 +913,63 @@ impl SagasApi {
         req: &Request,
         /// The saga's id.
         id: Path<Raw<UuidDoc>>,
-        body: JsonBody<Reason>,
+        body: JsonBody<Action>,
     ) -> poem::Result<ActionResponse> {
         Ok(self
-            .act(req, id.0.as_str(), OperatorRequest::Cancel, body.0)
+            .act(req, id.0.as_str(), OperatorRequest::Cancel, body.0, None)
             .await?)
+    }
+
+    /// Mark a FAILED saga resolved
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). For
+    /// a FAILED saga the operator fixed outside the system: it ends
+    /// RESOLVED, recording the reason, the actor and the money effect the
+    /// operator asserts (`resolution`). Its order follows the assertion
+    /// (`APPLIED`: PAID, or REFUNDED for a refund saga; otherwise FAILED,
+    /// or the refund abandoned). `sagaflow verify` then checks the saga's
+    /// ledger entries against the assertion. Applied by the next worker,
+    /// like every operator request; only FAILED sagas, anything else is a
+    /// 409.
+    #[oai(
+        path = "/sagas/:id/resolve",
+        method = "post",
+        operation_id = "resolveSaga"
+    )]
+    async fn resolve(
+        &self,
+        req: &Request,
+        /// The saga's id.
+        id: Path<Raw<UuidDoc>>,
+        body: JsonBody<Resolve>,
+    ) -> poem::Result<ActionResponse> {
+        let Resolve { action, resolution } = body.0;
+        Ok(self
+            .act(
+                req,
+                id.0.as_str(),
+                OperatorRequest::Resolve,
+                action,
+                Some(resolution),
+            )
+            .await?)
+    }
+
+    /// Act on many sagas
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). Files
+    /// one action (`RETRY`, `FORCE_FORWARD`, `RESOLVE`, `CANCEL`) on every
+    /// saga the filter matches and the action applies to, as if each were
+    /// sent alone. By default a dry run: it only counts (`applicable`) and
+    /// shows a sample. The real run (`dry_run: false`) must pass that count
+    /// as `expected_count`; if the filter then matches a different number,
+    /// nothing is done and the answer is 409, so an operator never acts on
+    /// sagas they have not counted. At most 10,000 sagas per call.
+    #[oai(path = "/sagas/bulk", method = "post", operation_id = "bulkSagaAction")]
+    async fn bulk(&self, req: &Request, body: JsonBody<Bulk>) -> poem::Result<BulkResponse> {
+        self.operator.authorize(req)?;
+        Ok(BulkResponse::Ok(Json(
+            crate::bulk::run(&self.db, body.0).await?,
+        )))
     }
 }

@@ -71,18 +71,35 @@ pub const CHECKS: &[(&str, &str)] = &[
           OR COALESCE((SELECT SUM(CASE l.kind WHEN 'REFUND' THEN l.amount ELSE -l.amount END) FROM ledger_entries l WHERE l.saga_id = o.refund_saga_id), 0) <> o.amount)",
     ),
     (
-        "a FAILED or CANCELLED order nets to zero",
+        "a FAILED or CANCELLED order nets to zero (unless an operator resolved it as settled outside)",
         "SELECT 'order ' || o.order_no, o.status || ' with net ' || SUM(CASE l.kind WHEN 'DEBIT' THEN l.amount ELSE -l.amount END) \
          FROM orders o JOIN ledger_entries l ON l.saga_id = o.saga_id \
-         WHERE o.status IN ('FAILED', 'CANCELLED') GROUP BY o.order_no, o.status \
+         WHERE o.status IN ('FAILED', 'CANCELLED') \
+           AND NOT EXISTS (SELECT 1 FROM saga_instances s WHERE s.id = o.saga_id AND s.resolution = 'SETTLED_OUTSIDE') \
+           AND NOT EXISTS (SELECT 1 FROM saga_instances_archive s WHERE s.id = o.saga_id AND s.resolution = 'SETTLED_OUTSIDE') \
+         GROUP BY o.order_no, o.status \
          HAVING SUM(CASE l.kind WHEN 'DEBIT' THEN l.amount ELSE -l.amount END) <> 0",
+    ),
+    (
+        "a RESOLVED saga's ledger entries net to what the operator asserted",
+        "SELECT 'saga ' || s.id, 'resolved as ' || s.resolution || ' but its ledger entries net to ' || COALESCE(n.net, 0) \
+                || ' (expected ' || CASE s.resolution WHEN 'NONE' THEN 0 ELSE e.movement END || ')' \
+         FROM (SELECT id, saga_type, data, state, resolution FROM saga_instances \
+               UNION ALL SELECT id, saga_type, data, state, resolution FROM saga_instances_archive) s \
+         CROSS JOIN LATERAL (SELECT COALESCE((s.data->>'amount')::numeric, 0) \
+                                    * CASE s.saga_type WHEN 'order_refund' THEN -1 ELSE 1 END AS movement) e \
+         LEFT JOIN LATERAL (SELECT SUM(CASE WHEN l.kind IN ('DEBIT', 'REFUND_VOID') THEN l.amount ELSE -l.amount END) AS net \
+                            FROM ledger_entries l WHERE l.saga_id = s.id) n ON true \
+         WHERE s.state = 'RESOLVED' \
+           AND COALESCE(n.net, 0) <> CASE s.resolution WHEN 'NONE' THEN 0 ELSE e.movement END",
     ),
     (
         "a finished payment saga and its order agree",
         "SELECT 'saga ' || s.id, s.state || ' but order ' || o.order_no || ' is ' || o.status \
          FROM saga_instances s JOIN orders o ON o.saga_id = s.id \
          WHERE s.saga_type = 'order_payment' AND ( \
-              (s.state = 'COMPLETED' AND o.status NOT IN ('PAID', 'REFUNDED')) \
+              ((s.state = 'COMPLETED' OR (s.state = 'RESOLVED' AND s.resolution = 'APPLIED')) AND o.status NOT IN ('PAID', 'REFUNDED')) \
+           OR (s.state = 'RESOLVED' AND s.resolution <> 'APPLIED' AND o.status <> 'FAILED') \
            OR (s.state = 'COMPENSATED' AND o.status <> 'FAILED') \
            OR (s.state = 'CANCELLED' AND o.status <> 'CANCELLED') \
            OR (s.state IN ('RUNNING', 'WAITING', 'COMPENSATING', 'FAILED') AND o.status <> 'PENDING'))",
@@ -92,13 +109,14 @@ pub const CHECKS: &[(&str, &str)] = &[
         "SELECT 'saga ' || s.id, s.state || ' but order ' || o.order_no || ' is ' || o.status \
          FROM saga_instances s JOIN orders o ON o.order_no = s.data->>'order_no' \
          WHERE s.saga_type = 'order_refund' AND ( \
-              (s.state = 'COMPLETED' AND (o.status <> 'REFUNDED' OR o.refund_saga_id IS DISTINCT FROM s.id)) \
-           OR (s.state IN ('COMPENSATED', 'CANCELLED') AND o.refund_saga_id = s.id))",
+              ((s.state = 'COMPLETED' OR (s.state = 'RESOLVED' AND s.resolution = 'APPLIED')) AND (o.status <> 'REFUNDED' OR o.refund_saga_id IS DISTINCT FROM s.id)) \
+           OR ((s.state IN ('COMPENSATED', 'CANCELLED') OR (s.state = 'RESOLVED' AND s.resolution <> 'APPLIED')) AND o.refund_saga_id = s.id))",
     ),
     (
-        "every order has its payment saga",
+        "every order has its payment saga (in the hot table or the archive)",
         "SELECT 'order ' || o.order_no, 'saga ' || o.saga_id || ' is missing' \
-         FROM orders o LEFT JOIN saga_instances s ON s.id = o.saga_id WHERE s.id IS NULL",
+         FROM orders o WHERE NOT EXISTS (SELECT 1 FROM saga_instances s WHERE s.id = o.saga_id) \
+                         AND NOT EXISTS (SELECT 1 FROM saga_instances_archive a WHERE a.id = o.saga_id)",
     ),
     (
         "no active saga is overdue without a live lease (stuck)",

@@ -15,7 +15,7 @@ pub mod saga_instance;
 
 pub use ledger_entry::LedgerKind;
 pub use order::OrderStatus;
-pub use saga_instance::{OperatorRequest, SagaState};
+pub use saga_instance::{OperatorRequest, Resolution, SagaState};
 
 /// Lists every value of a string-backed state enum, in declaration order.
 ///

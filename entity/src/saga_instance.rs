@@ -42,6 +42,10 @@ pub enum SagaState {
     /// An operator cancelled the saga and its compensation finished. Terminal.
     #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
+    /// An operator closed a FAILED saga by hand, asserting what became of
+    /// its money (`resolution`). Terminal.
+    #[sea_orm(string_value = "RESOLVED")]
+    Resolved,
 }
 
 impl SagaState {
@@ -64,6 +68,7 @@ impl StateValues for SagaState {
         Self::Compensated,
         Self::Failed,
         Self::Cancelled,
+        Self::Resolved,
     ];
     fn as_str(&self) -> &'static str {
         match self {
@@ -74,6 +79,7 @@ impl StateValues for SagaState {
             Self::Compensated => "COMPENSATED",
             Self::Failed => "FAILED",
             Self::Cancelled => "CANCELLED",
+            Self::Resolved => "RESOLVED",
         }
     }
 }
@@ -96,15 +102,55 @@ pub enum OperatorRequest {
     /// gave up, in a new epoch.
     #[sea_orm(string_value = "FORCE_FORWARD")]
     ForceForward,
+    /// Close a FAILED saga as fixed outside the system (see [`Resolution`]).
+    #[sea_orm(string_value = "RESOLVE")]
+    Resolve,
 }
 
 impl StateValues for OperatorRequest {
-    const ALL: &'static [Self] = &[Self::Cancel, Self::Retry, Self::ForceForward];
+    const ALL: &'static [Self] = &[Self::Cancel, Self::Retry, Self::ForceForward, Self::Resolve];
     fn as_str(&self) -> &'static str {
         match self {
             Self::Cancel => "CANCEL",
             Self::Retry => "RETRY",
             Self::ForceForward => "FORCE_FORWARD",
+            Self::Resolve => "RESOLVE",
+        }
+    }
+}
+
+/// What an operator who marks a FAILED saga resolved asserts about its
+/// money. `sagaflow verify` holds the ledger to it: the saga's own ledger
+/// entries must net to what the assertion implies.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    /// No money stays moved by the saga: its ledger entries net to zero.
+    /// The saga ends as if compensated (an order becomes FAILED).
+    #[sea_orm(string_value = "NONE")]
+    None,
+    /// The saga's money movement stands, and its business outcome with it:
+    /// the ledger shows the full movement and the saga ends as if completed
+    /// (an order becomes PAID).
+    #[sea_orm(string_value = "APPLIED")]
+    Applied,
+    /// The ledger keeps the full movement, but the operator settled it
+    /// outside sagaflow (a bank transfer back, say): the saga ends as if
+    /// compensated, and verify expects the movement to stay in the ledger.
+    #[sea_orm(string_value = "SETTLED_OUTSIDE")]
+    SettledOutside,
+}
+
+impl StateValues for Resolution {
+    const ALL: &'static [Self] = &[Self::None, Self::Applied, Self::SettledOutside];
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Applied => "APPLIED",
+            Self::SettledOutside => "SETTLED_OUTSIDE",
         }
     }
 }
@@ -113,7 +159,7 @@ impl OperatorRequest {
     /// The states in which an operator may file this request: a cancel
     /// while the saga is active; a retry of a saga that is FAILED (its
     /// compensation gave up) or stuck waiting (WAITING, COMPENSATING); a
-    /// force forward only of a FAILED saga.
+    /// force forward or a resolve only of a FAILED saga.
     pub fn allowed_in(self) -> &'static [SagaState] {
         match self {
             Self::Cancel => &[
@@ -126,7 +172,7 @@ impl OperatorRequest {
                 SagaState::Waiting,
                 SagaState::Compensating,
             ],
-            Self::ForceForward => &[SagaState::Failed],
+            Self::ForceForward | Self::Resolve => &[SagaState::Failed],
         }
     }
 }
@@ -144,55 +190,22 @@ pub enum Filed {
     Pending(OperatorRequest),
 }
 
-/// Files `request` on saga `id` with `reason`, by `actor`, and makes the
-/// saga due now, in one statement guarded by its state, plus an
-/// `OPERATOR_REQUEST` history row. The version bump makes a worker that
-/// holds the saga drop its work, so a request racing a worker cannot be
-/// lost or half-applied: the next claim applies it before anything else.
+/// Files `request` on saga `id` with `reason`, by `actor` (and, for a
+/// resolve, the operator's `resolution`), and makes the saga due now, in
+/// one statement guarded by its state, plus an `OPERATOR_REQUEST` history
+/// row. The version bump makes a worker that holds the saga drop its work,
+/// so a request racing a worker cannot be lost or half-applied: the next
+/// claim applies it before anything else.
 pub async fn file_request<C: ConnectionTrait>(
     conn: &C,
     id: Uuid,
     request: OperatorRequest,
     reason: &str,
     actor: &str,
+    resolution: Option<Resolution>,
 ) -> Result<Filed, DbErr> {
-    let pg = DbBackend::Postgres;
-    let allowed: Vec<String> = request
-        .allowed_in()
-        .iter()
-        .map(|s| s.as_str().to_owned())
-        .collect();
-    let filed = Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            pg,
-            "UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_at = now(), \
-                    version = version + 1, updated_at = now() \
-             WHERE id = $1 AND state = ANY($4) AND operator_request IS NULL \
-             RETURNING *",
-            [
-                id.into(),
-                request.as_str().into(),
-                reason.into(),
-                allowed.into(),
-            ],
-        ))
-        .one(conn)
-        .await?;
-    if let Some(saga) = filed {
-        conn.execute(Statement::from_sql_and_values(
-            pg,
-            "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-             VALUES ($1, 'OPERATOR_REQUEST', $2, $3, $4, $4, $5, $6)",
-            [
-                id.into(),
-                saga.current_step.into(),
-                saga.attempt.into(),
-                saga.state.as_str().into(),
-                serde_json::json!({ "request": request.as_str(), "reason": reason }).into(),
-                actor.into(),
-            ],
-        ))
-        .await?;
+    let filed = file_requests(conn, &[id], request, reason, actor, resolution).await?;
+    if let Some(saga) = filed.into_iter().next() {
         return Ok(Filed::Filed(Box::new(saga)));
     }
     Ok(match Entity::find_by_id(id).one(conn).await? {
@@ -203,6 +216,54 @@ pub async fn file_request<C: ConnectionTrait>(
         }) => Filed::Pending(pending),
         Some(saga) => Filed::WrongState(saga.state),
     })
+}
+
+/// [`file_request`] on each of `ids` at once, in one statement: returns the
+/// sagas it was filed on; those in a state the request does not apply to,
+/// or with a request pending, are left alone.
+pub async fn file_requests<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[Uuid],
+    request: OperatorRequest,
+    reason: &str,
+    actor: &str,
+    resolution: Option<Resolution>,
+) -> Result<Vec<Model>, DbErr> {
+    let allowed: Vec<String> = request
+        .allowed_in()
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let detail = match resolution {
+        Some(r) => {
+            serde_json::json!({ "request": request.as_str(), "reason": reason, "resolution": r.as_str() })
+        }
+        None => serde_json::json!({ "request": request.as_str(), "reason": reason }),
+    };
+    Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH filed AS ( \
+                 UPDATE saga_instances SET operator_request = $2, operator_reason = $3, next_run_at = now(), \
+                        resolution = $5, version = version + 1, updated_at = now() \
+                 WHERE id = ANY($1) AND state = ANY($4) AND operator_request IS NULL \
+                 RETURNING *), \
+             history AS ( \
+                 INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+                 SELECT id, 'OPERATOR_REQUEST', current_step, attempt, state, state, $6, $7 FROM filed) \
+             SELECT * FROM filed",
+            [
+                ids.to_vec().into(),
+                request.as_str().into(),
+                reason.into(),
+                allowed.into(),
+                resolution.map(|r| r.as_str()).into(),
+                detail.into(),
+                actor.into(),
+            ],
+        ))
+        .all(conn)
+        .await
 }
 
 /// Inserts a new saga instance of `saga_type` at `version`, its first step
@@ -273,6 +334,8 @@ pub struct Model {
     pub failure_reason: Option<String>,
     pub operator_request: Option<OperatorRequest>,
     pub operator_reason: Option<String>,
+    /// The money effect an operator asserted when resolving the saga.
+    pub resolution: Option<Resolution>,
     pub version: i64,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,

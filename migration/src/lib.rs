@@ -48,6 +48,7 @@ mod m20261125_000002_refunds_and_operator_requests;
 mod m20261125_000003_operator_queries;
 mod m20261125_000004_attempt_base;
 mod m20261126_000005_force_forward;
+mod m20261126_000006_resolve_and_retention;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_operator_queries::Migration),
             Box::new(m20261125_000004_attempt_base::Migration),
             Box::new(m20261126_000005_force_forward::Migration),
+            Box::new(m20261126_000006_resolve_and_retention::Migration),
         ]
     }
 }
@@ -84,6 +86,7 @@ mod tests {
                 "m20261125_000003_operator_queries",
                 "m20261125_000004_attempt_base",
                 "m20261126_000005_force_forward",
+                "m20261126_000006_resolve_and_retention",
             ]
         );
     }

@@ -3,7 +3,7 @@
 //! the caller's transaction, so that all of it commits or none of it does.
 
 use chrono::{DateTime, Utc};
-use sagaflow_entity::saga_instance::{self, OperatorRequest};
+use sagaflow_entity::saga_instance::{self, OperatorRequest, Resolution};
 use sagaflow_entity::{SagaState, StateValues};
 use sagaflow_workflows::machine::{Clock, Effect, Event, Instance, RecordKind};
 use sagaflow_workflows::messages::{CommandEnvelope, Topics};
@@ -130,6 +130,12 @@ fn operator_event(row: &saga_instance::Model) -> Option<Event> {
         OperatorRequest::Cancel => Event::Cancel { reason },
         OperatorRequest::Retry => Event::Retry { reason },
         OperatorRequest::ForceForward => Event::ForceForward { reason },
+        // The resolution is filed with the request (a CHECK ties them);
+        // the most cautious reading stands in should a row lack it.
+        OperatorRequest::Resolve => Event::Resolve {
+            reason,
+            resolution: row.resolution.unwrap_or(Resolution::SettledOutside),
+        },
     })
 }
 

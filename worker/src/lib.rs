@@ -10,6 +10,8 @@
 //!   the outbox.
 //! - [`replies`]: the reply consumer, correlating replies to sagas and
 //!   advancing them.
+//! - [`maintenance`]: the retention job (finished sagas to the archive
+//!   tables) and the inbox trim.
 //!
 //! Guarantees: a state change and the messages it causes commit in one
 //! Postgres transaction; every consumer records the message id in its inbox
@@ -23,6 +25,7 @@ pub mod dlq;
 mod executor;
 pub mod kafka;
 pub mod local;
+pub mod maintenance;
 pub mod participant;
 pub mod relay;
 pub mod replies;

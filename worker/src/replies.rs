@@ -11,7 +11,9 @@ use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
 use sagaflow_workflows::messages::ReplyEnvelope;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -106,6 +108,20 @@ async fn apply(
         }
     };
     let Some(row) = row else {
+        // A late reply to a saga the retention job archived: the saga was
+        // finished long ago, so the reply changes nothing, like any reply
+        // to a finished saga.
+        if tx
+            .query_one(stmt(
+                "SELECT 1 FROM saga_instances_archive WHERE id = $1",
+                [reply.saga_id.into()],
+            ))
+            .await?
+            .is_some()
+        {
+            tracing::info!(saga_id = %reply.saga_id, "reply for an archived saga ignored");
+            return Ok(Handled::Duplicate);
+        }
         return Ok(Handled::DeadLetter(format!(
             "reply for unknown saga {}",
             reply.saga_id

@@ -2,7 +2,7 @@
 //! history)`. Pure: no clock, no randomness, no I/O of its own.
 
 use chrono::{DateTime, Utc};
-use sagaflow_entity::SagaState;
+use sagaflow_entity::{Resolution, SagaState};
 use serde::Serialize;
 
 use crate::definition::{Action, SagaDefinition};
@@ -134,6 +134,17 @@ pub enum Event {
         /// The operator's reason.
         reason: String,
     },
+    /// An operator closed a FAILED saga by hand (fixed outside the
+    /// system), asserting what became of its money. The saga ends RESOLVED
+    /// and runs the hook of the outcome the assertion implies: the
+    /// completed one for [`Resolution::Applied`], the compensated one
+    /// otherwise.
+    Resolve {
+        /// The operator's reason.
+        reason: String,
+        /// The money effect the operator asserts.
+        resolution: Resolution,
+    },
 }
 
 /// What the caller must do to make the transition real, in the same
@@ -205,6 +216,8 @@ pub enum RecordKind {
     ManualRetry,
     /// An operator forced a FAILED saga forward.
     ForcedForward,
+    /// An operator marked a FAILED saga resolved.
+    Resolved,
     /// An event that does not apply in the current state was ignored.
     EventIgnored,
 }
@@ -227,6 +240,7 @@ impl RecordKind {
             RecordKind::CancelRequested => "CANCEL_REQUESTED",
             RecordKind::ManualRetry => "MANUAL_RETRY",
             RecordKind::ForcedForward => "FORCED_FORWARD",
+            RecordKind::Resolved => "RESOLVED",
             RecordKind::EventIgnored => "EVENT_IGNORED",
         }
     }
@@ -285,7 +299,8 @@ pub struct Clock {
 /// attempt's OK or refusal is the answer to the same command, so it
 /// counts); attempts never exceed the
 /// policy; terminal states are never left except FAILED by an operator's
-/// retry or force forward; a reply from another epoch changes nothing.
+/// retry, force forward or resolve (RESOLVED is final); a reply from
+/// another epoch changes nothing.
 pub fn transition(
     def: &SagaDefinition,
     instance: &Instance,
@@ -332,10 +347,10 @@ impl Machine<'_> {
     fn apply(&mut self, event: &Event) {
         use SagaState::*;
         match (self.cur.state, event) {
-            (Completed | Compensated | Cancelled, Event::Reply { .. }) => {
+            (Completed | Compensated | Cancelled | Resolved, Event::Reply { .. }) => {
                 self.ignore(RecordKind::ReplyIgnored, "saga already finished")
             }
-            (Completed | Compensated | Cancelled, _) => {
+            (Completed | Compensated | Cancelled | Resolved, _) => {
                 self.ignore(RecordKind::EventIgnored, "saga already finished")
             }
 
@@ -351,6 +366,11 @@ impl Machine<'_> {
             (_, Event::ForceForward { .. }) => self.ignore(
                 RecordKind::EventIgnored,
                 "only a FAILED saga can be forced forward",
+            ),
+            (Failed, Event::Resolve { reason, resolution }) => self.resolve(reason, *resolution),
+            (_, Event::Resolve { .. }) => self.ignore(
+                RecordKind::EventIgnored,
+                "only a FAILED saga can be marked resolved",
             ),
             (Failed, Event::Reply { .. }) => self.ignore(
                 RecordKind::ReplyIgnored,
@@ -471,6 +491,30 @@ impl Machine<'_> {
         self.cur.cancel_requested = false;
         self.cur.failure = None;
         self.schedule_now();
+    }
+
+    /// FAILED to RESOLVED on the operator's word. The hook of the outcome
+    /// the assertion implies runs, so that what the saga is about (the
+    /// order) ends consistent with the ledger the operator describes.
+    fn resolve(&mut self, reason: &str, resolution: Resolution) {
+        self.record(
+            RecordKind::Resolved,
+            serde_json::json!({ "reason": reason, "resolution": resolution }),
+        );
+        self.cur.state = SagaState::Resolved;
+        self.cur.next_run_at = None;
+        self.cur.deadline = None;
+        self.cur.failure = Some(format!("resolved by an operator: {reason}"));
+        let hook = match resolution {
+            Resolution::Applied => self.def.hooks.on_completed,
+            Resolution::None | Resolution::SettledOutside => self.def.hooks.on_compensated,
+        };
+        if let Some(action) = hook {
+            self.effects.push(Effect::RunHook {
+                action,
+                state: SagaState::Resolved,
+            });
+        }
     }
 
     /// Attempts that count against the policy.

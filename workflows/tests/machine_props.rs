@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use sagaflow_entity::SagaState;
+use sagaflow_entity::{Resolution, SagaState, StateValues};
 use sagaflow_workflows::machine::{Clock, Outcome};
 use sagaflow_workflows::messages::CommandKind;
 use sagaflow_workflows::policy::Jitter;
@@ -72,7 +72,11 @@ fn three_steps() -> SagaDefinition {
 fn is_terminal(s: SagaState) -> bool {
     matches!(
         s,
-        SagaState::Completed | SagaState::Compensated | SagaState::Cancelled | SagaState::Failed
+        SagaState::Completed
+            | SagaState::Compensated
+            | SagaState::Cancelled
+            | SagaState::Failed
+            | SagaState::Resolved
     )
 }
 
@@ -105,6 +109,7 @@ enum Gen {
     Cancel,
     Retry,
     ForceForward,
+    Resolve(u8),
 }
 
 fn gen_event() -> impl Strategy<Value = (Gen, u64, u32)> {
@@ -116,6 +121,7 @@ fn gen_event() -> impl Strategy<Value = (Gen, u64, u32)> {
         1 => Just(Gen::Cancel),
         1 => Just(Gen::Retry),
         1 => Just(Gen::ForceForward),
+        1 => (0u8..3).prop_map(Gen::Resolve),
     ];
     (ev, 0u64..20_000, 0u32..=Jitter::SCALE)
 }
@@ -202,6 +208,10 @@ fn to_event(def: &SagaDefinition, i: &Instance, g: &Gen) -> Event {
         Gen::ForceForward => Event::ForceForward {
             reason: "operator".into(),
         },
+        Gen::Resolve(n) => Event::Resolve {
+            reason: "operator".into(),
+            resolution: Resolution::ALL[usize::from(*n) % Resolution::ALL.len()],
+        },
     }
 }
 
@@ -283,9 +293,35 @@ impl Run<'_> {
             );
         }
         if before.state == SagaState::Failed && t.next.state != SagaState::Failed {
-            let by_operator = matches!(event, Event::Retry { .. } | Event::ForceForward { .. });
+            let by_operator = matches!(
+                event,
+                Event::Retry { .. } | Event::ForceForward { .. } | Event::Resolve { .. }
+            );
             prop_assert!(by_operator, "FAILED left without an operator's request");
             self.operator_restarted = true;
+        }
+        // Only an operator's resolve of a FAILED saga makes it RESOLVED,
+        // and with the hook of the outcome asserted.
+        if t.next.state == SagaState::Resolved && before.state != SagaState::Resolved {
+            prop_assert_eq!(before.state, SagaState::Failed);
+            let Event::Resolve { resolution, .. } = event else {
+                return Err(TestCaseError::fail(format!("RESOLVED on {event:?}")));
+            };
+            let hook = match resolution {
+                Resolution::Applied => self.def.hooks.on_completed,
+                _ => self.def.hooks.on_compensated,
+            };
+            prop_assert_eq!(
+                &t.effects,
+                &hook
+                    .map(|action| Effect::RunHook {
+                        action,
+                        state: SagaState::Resolved
+                    })
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            );
+            prop_assert!(t.next.next_run_at.is_none() && t.next.deadline.is_none());
         }
         // The epoch moves only when an operator forces a FAILED saga
         // forward, and by one; forward it goes, at the step that failed.
