@@ -41,6 +41,11 @@ enum Command {
     /// Check the money and state invariants against the database; print
     /// the report and exit 1 if any is violated.
     Verify(VerifyArgs),
+    /// Check queue health (dead tuples and vacuum of the saga, outbox and
+    /// inbox tables, the oldest open transaction, the outbox backlog, the
+    /// inbox's age) and print it with advice. Exits 0 when healthy, 1 when
+    /// any warning is raised, 2 when the database cannot be reached or read.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +165,71 @@ struct VerifyArgs {
     config: Config,
 }
 
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Warn when a transaction holding back vacuum has been open this many
+    /// seconds.
+    #[arg(long, env = "SAGAFLOW_XMIN_WARN_SECONDS", default_value_t = 300)]
+    xmin_warn_seconds: u64,
+    #[command(flatten)]
+    config: Config,
+}
+
+/// `sagaflow doctor`'s exit status when a warning is raised (0: healthy).
+const DOCTOR_WARNINGS: i32 = 1;
+/// `sagaflow doctor`'s exit status when the database cannot be reached or
+/// read (clap's usage errors are 2 as well).
+const DOCTOR_UNREACHABLE: i32 = 2;
+
+/// Runs `sagaflow doctor` and returns its exit status.
+async fn doctor(args: &DoctorArgs) -> i32 {
+    // The inbox warning follows the trim job's configured retention.
+    let thresholds = sagaflow_api::queue_health::Thresholds {
+        xmin_warn_seconds: args.xmin_warn_seconds,
+        ..sagaflow_api::queue_health::Thresholds::with_inbox_retention(Duration::from_secs(
+            args.config.inbox_retention_secs,
+        ))
+    };
+    let health = match app::connect(&args.config).await {
+        Ok(db) => sagaflow_api::queue_health::queue_health(&db, &thresholds)
+            .await
+            .context("reading queue health"),
+        Err(e) => Err(e),
+    };
+    let health = match health {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("sagaflow doctor: {e:#}");
+            return DOCTOR_UNREACHABLE;
+        }
+    };
+    match print_health(&health, args.json) {
+        Ok(()) if health.is_healthy() => 0,
+        Ok(()) => DOCTOR_WARNINGS,
+        Err(e) => {
+            tracing::error!("sagaflow doctor: {e:#}");
+            DOCTOR_UNREACHABLE
+        }
+    }
+}
+
+/// Prints the queue-health report (the command's output).
+#[allow(clippy::print_stdout)]
+fn print_health(
+    health: &sagaflow_api::queue_health::QueueHealth,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(health)?);
+    } else {
+        print!("{}", health.to_text());
+    }
+    Ok(())
+}
+
 /// Prints the report (the command's output) and says whether it is clean.
 #[allow(clippy::print_stdout)]
 fn print_report(report: &sagaflow_api::verify::Report, json: bool) -> anyhow::Result<bool> {
@@ -246,6 +316,13 @@ async fn main() -> anyhow::Result<()> {
                 .context("running the checks")?;
             if !print_report(&report, args.json)? {
                 std::process::exit(1);
+            }
+        }
+        Command::Doctor(args) => {
+            init_tracing(args.config.log_format);
+            let status = doctor(&args).await;
+            if status != 0 {
+                std::process::exit(status);
             }
         }
         Command::Serve(config) => run(config, Roles::ALL).await?,

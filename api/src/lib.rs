@@ -28,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod orders;
 pub mod params;
+pub mod queue_health;
 pub mod sagas;
 pub mod spec;
 pub mod verify;
@@ -116,7 +117,8 @@ pub fn app(
                     .clone()
                     .unwrap_or_else(|| Arc::new(sagaflow_workflows::Registry::builtin())),
             ),
-            verify::VerifyApi::new(db.clone(), operator),
+            verify::VerifyApi::new(db.clone(), operator.clone()),
+            queue_health::QueueHealthApi::new(db.clone(), operator),
             metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),
             health::HealthApi::new(db, probe),
         ),

@@ -18,6 +18,7 @@ use sagaflow_entity::{SagaState, StateValues};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 use crate::error::{ApiError, ProblemJson};
+use crate::queue_health::{queue_health, QueueHealth, TableHealth, Thresholds};
 use crate::ApiTags;
 
 /// The `/metrics` operation.
@@ -80,40 +81,84 @@ impl MetricsApi {
                 state.as_str()
             ));
         }
-        let outbox = self
-            .db
-            .query_one(Statement::from_string(
-                pg,
-                "SELECT count(*)::bigint AS n, \
-                        COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age \
-                 FROM outbox",
-            ))
-            .await?;
-        let (n, age) = outbox
-            .map(|r| {
-                (
-                    r.try_get("", "n").unwrap_or(0_i64),
-                    r.try_get("", "age").unwrap_or(0.0_f64),
-                )
-            })
-            .unwrap_or_default();
+        let health = queue_health(&self.db, &Thresholds::default()).await?;
         text.push_str(&format!(
             "# HELP sagaflow_outbox_backlog Outbox rows not yet published.\n# TYPE sagaflow_outbox_backlog gauge\n\
-             sagaflow_outbox_backlog {n}\n\
+             sagaflow_outbox_backlog {}\n\
              # HELP sagaflow_outbox_oldest_age_seconds Age of the oldest unpublished outbox row.\n\
              # TYPE sagaflow_outbox_oldest_age_seconds gauge\n\
-             sagaflow_outbox_oldest_age_seconds {age}\n"
+             sagaflow_outbox_oldest_age_seconds {}\n",
+            health.outbox.backlog, health.outbox.oldest_age_seconds
         ));
+        text.push_str(&queue_gauges(&health));
         Ok(text)
     }
+}
+
+/// Renders one figure of a table's health as a sample value.
+type TableFigure = fn(&TableHealth) -> String;
+
+/// The queue-health gauges (see [`crate::queue_health`]) in the text
+/// format: per-table dead tuples, dead ratio and last autovacuum, the
+/// oldest open transaction's age and whether it crosses the threshold, and
+/// the inbox's size and age. (The outbox's are written with the older
+/// outbox gauges.)
+fn queue_gauges(h: &QueueHealth) -> String {
+    let mut text = String::new();
+    let per_table: [(&str, &str, TableFigure); 3] = [
+        (
+            "sagaflow_table_dead_tuples",
+            "Estimated dead tuples not yet vacuumed away, by table (pg_stat_user_tables).",
+            |t| t.dead_tuples.to_string(),
+        ),
+        (
+            "sagaflow_table_dead_ratio",
+            "Dead / (live + dead) tuples, by table; 0 for an empty table.",
+            |t| t.dead_ratio.to_string(),
+        ),
+        (
+            "sagaflow_table_last_autovacuum_timestamp_seconds",
+            "Unix time autovacuum last finished on the table; 0 when never.",
+            |t| t.last_autovacuum.map_or(0, |v| v.timestamp()).to_string(),
+        ),
+    ];
+    for (name, help, value) in per_table {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for t in &h.tables {
+            text.push_str(&format!("{name}{{table=\"{}\"}} {}\n", t.table, value(t)));
+        }
+    }
+    let age = h.oldest_xact.as_ref().map_or(0.0, |x| x.age_seconds);
+    let warning = u8::from(h.warnings.iter().any(|w| w.code == "xmin_horizon"));
+    text.push_str(&format!(
+        "# HELP sagaflow_db_oldest_xact_age_seconds Age of this database's oldest open transaction \
+         holding back vacuum (xmin horizon); 0 when none.\n\
+         # TYPE sagaflow_db_oldest_xact_age_seconds gauge\n\
+         sagaflow_db_oldest_xact_age_seconds {age}\n\
+         # HELP sagaflow_db_oldest_xact_warning 1 when the oldest open transaction is older than \
+         the warning threshold ({} s), else 0.\n\
+         # TYPE sagaflow_db_oldest_xact_warning gauge\n\
+         sagaflow_db_oldest_xact_warning {warning}\n\
+         # HELP sagaflow_inbox_rows Estimated inbox rows (pg_stat_user_tables).\n\
+         # TYPE sagaflow_inbox_rows gauge\n\
+         sagaflow_inbox_rows {}\n\
+         # HELP sagaflow_inbox_oldest_age_seconds Age of the oldest inbox row; 0 when empty.\n\
+         # TYPE sagaflow_inbox_oldest_age_seconds gauge\n\
+         sagaflow_inbox_oldest_age_seconds {}\n",
+        h.thresholds.xmin_warn_seconds, h.inbox.rows, h.inbox.oldest_age_seconds
+    ));
+    text
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl MetricsApi {
     /// Prometheus metrics
     ///
-    /// Sagas by state, the outbox backlog and the age of its oldest row
-    /// (read from the database at scrape time), and this process's step
+    /// Sagas by state, the outbox backlog and the age of its oldest row,
+    /// queue health (dead tuples, dead ratio and last autovacuum of the
+    /// saga, outbox and inbox tables; the oldest open transaction's age and
+    /// whether it crosses the warning threshold; inbox rows and oldest row
+    /// age), all read from the database at scrape time, and this process's step
     /// durations by saga type and step, retries, timeouts, compensations,
     /// finished sagas, consumer lag per topic and partition, claim batch
     /// sizes and HTTP request durations.
@@ -155,6 +200,7 @@ fn route_of(path: &str) -> &'static str {
         "orders" => "/orders",
         "sagas" => "/sagas",
         "metrics" => "/metrics",
+        "queue-health" => "/queue-health",
         "healthz" => "/healthz",
         "readyz" => "/readyz",
         "docs" | "openapi.json" => "/docs",
