@@ -186,6 +186,12 @@ pub struct Config {
     )]
     pub kafka_session_timeout_ms: u64,
 
+    /// How long the Kafka producer waits to fill a batch, in milliseconds
+    /// (librdkafka `linger.ms`). Longer batches cost latency on every
+    /// message; see bench/README.md for the measured trade-off.
+    #[arg(long, env = "SAGAFLOW_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u64,
+
     /// How long a stopping process (SIGTERM, Ctrl-C) waits for in-flight
     /// work — steps, messages, HTTP requests — before aborting it, in
     /// milliseconds. Leases of anything aborted expire on their own.
@@ -340,6 +346,7 @@ impl Config {
             partitions: self.topic_partitions,
             replication: self.topic_replication,
             session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
+            linger: Duration::from_millis(self.kafka_linger_ms),
         }
     }
 }

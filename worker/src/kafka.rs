@@ -29,6 +29,8 @@ pub struct KafkaConfig {
     /// Consumer `session.timeout.ms`: how fast a dead consumer's partitions
     /// move to a live one.
     pub session_timeout: Duration,
+    /// Producer `linger.ms`: how long the producer waits to fill a batch.
+    pub linger: Duration,
 }
 
 impl KafkaConfig {
@@ -42,13 +44,14 @@ impl KafkaConfig {
         c
     }
 
-    /// The producer every role shares: idempotent, `acks=all`, a short
-    /// linger so that a busy relay batches without delaying a quiet one.
+    /// The producer every role shares: idempotent, `acks=all`, and a
+    /// short linger (see `SAGAFLOW_KAFKA_LINGER_MS`) so that a busy relay
+    /// batches without delaying a quiet one.
     pub fn producer(&self) -> Result<FutureProducer, WorkerError> {
         self.base()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "1")
+            .set("linger.ms", self.linger.as_millis().to_string())
             .set("message.timeout.ms", "15000")
             .create()
             .map_err(|e| WorkerError::kafka("create producer", e))
