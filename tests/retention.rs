@@ -369,3 +369,64 @@ async fn the_claim_plan_ignores_a_million_finished_sagas() {
         full.buffers
     );
 }
+
+/// The worker role runs the job on its own: with a retention of zero, a
+/// paid order's saga leaves the hot table soon after it completes, and
+/// the API still shows it and the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_worker_archives_finished_sagas_on_its_own() {
+    let app = common::TestApp::start_with(&[
+        "--retention-after-secs",
+        "0",
+        "--maintenance-interval-ms",
+        "100",
+    ])
+    .await;
+    app.funded_account(7, "50.00").await;
+    let (status, order) = app.place_order(7, "12.50", None).await;
+    assert_eq!(status, 201, "{order}");
+    let order_no = order["order_no"].as_str().unwrap();
+    let saga = order["saga_id"].as_str().unwrap();
+    assert_eq!(
+        app.settled_order(order_no, Duration::from_secs(40)).await["status"],
+        "PAID"
+    );
+    app.await_scalar(
+        &format!("SELECT count(*) FROM saga_instances_archive WHERE id = '{saga}'"),
+        Duration::from_secs(40),
+        |n| n == 1,
+    )
+    .await;
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga}'"
+        ))
+        .await,
+        0
+    );
+    let detail: Value = app
+        .http
+        .get(format!("{}/sagas/{saga}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["state"], "COMPLETED");
+    assert!(detail["archived_at"].is_string(), "{detail}");
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "COMPLETED"),
+        "{detail}"
+    );
+    assert_eq!(app.order(order_no).await["status"], "PAID");
+    assert_eq!(
+        common::money_anomalies(&app.db.conn).await,
+        Vec::<String>::new()
+    );
+    app.stop().await;
+}
