@@ -5,9 +5,12 @@
 //! An operator finds a FAILED saga (a compensation that gave up) through
 //! the list's filters and, its step being fine after all, retries it
 //! forward to COMPLETED; retries another one's compensation to
-//! COMPENSATED; then cancels an order whose debit is still out. `scripts/test.sh` installs
-//! `chromium` and `chromium-driver`. Screenshots go to
-//! `target/test-artifacts/`. Conditions are awaited with deadlines, never
+//! COMPENSATED; then cancels an order whose debit is still out. A second
+//! scenario works off the "Needs attention" tab: FAILED sagas oldest first,
+//! one marked resolved through the dialog, the rest resolved in bulk
+//! (counted first, a stale count refused), and the queue-health report.
+//! `scripts/test.sh` installs `chromium` and `chromium-driver`.
+//! Screenshots go to `target/test-artifacts/`. Conditions are awaited with deadlines, never
 //! slept on.
 
 mod common;
@@ -594,4 +597,402 @@ async fn operate(
         1
     );
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+}
+
+// ------------------------------------------------------ needs attention
+
+/// One debit attempt that nobody answers, then two quick refund attempts
+/// that nobody answers either: an order's saga is FAILED within a second
+/// or two, its order still PENDING.
+const GIVES_UP: &str = r#"{
+  "order_payment.debit": {
+    "timeout_ms": 300,
+    "retry": {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0},
+    "compensation_timeout_ms": 200,
+    "compensation_retry": {"max_attempts": 2, "initial_backoff": 20, "max_backoff": 50}
+  }
+}"#;
+
+/// A row of the attention tab, as the page shows it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct AttentionRow {
+    id: String,
+    order: String,
+    step: String,
+    error: String,
+    waited: String,
+}
+
+/// The attention tab's rows, top to bottom (read in one script, so that a
+/// refresh cannot tear them).
+async fn attention_rows(b: &Client) -> Vec<AttentionRow> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#attention-rows tr[data-saga-id]')].map(r => ({
+               id: r.dataset.sagaId,
+               order: r.querySelector('.order-no').textContent.trim(),
+               step: r.querySelector('.step-name').firstChild.textContent.trim(),
+               error: r.querySelector('.last-error').textContent.trim(),
+               waited: r.querySelector('.waited-text').textContent.trim(),
+             }));",
+            vec![],
+        )
+        .await
+        .expect("read the attention rows");
+    serde_json::from_value(v).expect("rows")
+}
+
+/// Waits until the attention tab lists exactly `ids`, in that order.
+async fn attention_lists(b: &Client, ids: &[&str]) -> Vec<AttentionRow> {
+    let until = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let rows = attention_rows(b).await;
+        if rows.iter().map(|r| r.id.as_str()).eq(ids.iter().copied()) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the attention tab lists {:?}, not {ids:?}; page error: {:?}",
+            rows.iter().map(|r| &r.id).collect::<Vec<_>>(),
+            page_error(b).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `selector`'s text contains `want`; returns the text.
+async fn text_contains(b: &Client, selector: &str, want: &str) -> String {
+    let until = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let now = text_of(b, selector).await.unwrap_or_default();
+        if now.contains(want) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "`{selector}` shows {now:?}, without {want:?}; page error: {:?}",
+            page_error(b).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn is_enabled(b: &Client, selector: &str) -> bool {
+    displayed(b, selector).await.is_enabled().await.unwrap()
+}
+
+async fn type_into(b: &Client, selector: &str, text: &str) {
+    let field = displayed(b, selector).await;
+    field.clear().await.unwrap();
+    if !text.is_empty() {
+        field.send_keys(text).await.unwrap();
+    }
+}
+
+/// The background colour of a `state` badge on this page.
+async fn badge_colour(b: &Client, state: &str) -> String {
+    b.execute(
+        "const s = document.body.appendChild(document.createElement('span'));
+         s.className = 'badge state-' + arguments[0];
+         const c = getComputedStyle(s).backgroundColor;
+         s.remove();
+         return c;",
+        vec![serde_json::json!(state)],
+    )
+    .await
+    .expect("a badge's colour")
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+/// Places an order of 5.00 for user 71 (whose debit nobody answers).
+async fn doomed_order(app: &TestApp) -> (String, String) {
+    let (status, order) = app.place_order(71, "5.00", None).await;
+    assert_eq!(status, 201, "{order}");
+    (
+        order["order_no"].as_str().unwrap().to_owned(),
+        order["saga_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_works_off_the_needs_attention_queue_in_the_dashboard() {
+    // The drill's hold can never be released and its check always refuses
+    // a saga that asks for it: such a drill ends FAILED.
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![drill()],
+        actions: vec![
+            ("drill.hold", Arc::new(Drill::Hold)),
+            (
+                "drill.release",
+                Arc::new(Drill::Release(Arc::new(AtomicBool::new(false)))),
+            ),
+            (
+                "drill.check",
+                Arc::new(Drill::Check(Arc::new(AtomicBool::new(true)))),
+            ),
+        ],
+    };
+    // No funds participant: every order's debit and refunds go unanswered.
+    let no_funds = Roles {
+        funds: false,
+        ..Roles::ALL
+    };
+    let app = TestApp::start_extended(
+        &["--saga-tuning", GIVES_UP, "--poll-interval-ms", "50"],
+        no_funds,
+        ext,
+    )
+    .await;
+
+    let mut driver = Chromedriver::spawn();
+    driver.ready().await;
+    let browser = driver.browser().await;
+    let run = AssertUnwindSafe(work_off_the_queue(&app, &browser))
+        .catch_unwind()
+        .await;
+    if run.is_err() {
+        if let Ok(png) = browser.screenshot().await {
+            std::fs::write(artifacts().join("dashboard-attention-failure.png"), png).ok();
+        }
+    }
+    browser.close().await.ok();
+    drop(driver);
+    match run {
+        Ok(()) => app.stop().await,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+async fn work_off_the_queue(app: &TestApp, b: &Client) {
+    // a. Four FAILED sagas, created in this order: a drill (its hold's
+    //    release fails), then three orders whose refunds go unanswered.
+    let drill_saga = start_drill(app, "DRILL-attention", true).await;
+    app.funded_account(71, "50.00").await;
+    let (order_a, saga_a) = doomed_order(app).await;
+    let (order_b, saga_b) = doomed_order(app).await;
+    let (order_c, saga_c) = doomed_order(app).await;
+    for saga in [&drill_saga, &saga_a, &saga_b, &saga_c] {
+        app.await_saga_state(saga, "FAILED", WITHIN).await;
+    }
+
+    // b. The tab lists them oldest first, with the failing step, the last
+    //    error and how long each has waited.
+    b.goto(&format!("{}/#/", app.base)).await.unwrap();
+    text_becomes(b, "#nav-attention-count", "4", WITHIN).await;
+    click(b, "#nav-attention").await;
+    displayed(b, "#attention").await;
+    assert_eq!(
+        b.current_url().await.unwrap().fragment(),
+        Some("/attention")
+    );
+    let rows = attention_lists(b, &[&drill_saga, &saga_a, &saga_b, &saga_c]).await;
+    assert_eq!(rows[0].step, "drill.hold", "{rows:?}");
+    assert!(
+        rows[0].error.contains("the hold service is down"),
+        "{rows:?}"
+    );
+    for (row, order_no) in rows[1..].iter().zip([&order_a, &order_b, &order_c]) {
+        assert_eq!(&row.order, order_no, "{rows:?}");
+        assert_eq!(row.step, "debit", "{rows:?}");
+        assert!(row.error.contains("compensation timed out"), "{rows:?}");
+    }
+    for row in &rows {
+        // "7 s", "3 min", "1 h 12 min": a number, then a unit.
+        let mut words = row.waited.split(' ');
+        let (n, unit) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        assert!(
+            n.parse::<u64>().is_ok() && ["s", "min", "h", "d"].contains(&unit),
+            "waited: {:?}",
+            row.waited
+        );
+    }
+    // Without a token the queue-health report waits to be asked for.
+    displayed(b, "#queue-health #qh-show").await;
+
+    // c. Order A was refunded by bank transfer: mark it resolved, settled
+    //    outside. The money effect is a choice the operator must make.
+    let resolve_a = format!("tr[data-saga-id=\"{saga_a}\"] button[data-action=\"resolve\"]");
+    click(b, &resolve_a).await;
+    displayed(b, "#resolution").await;
+    for radio in [
+        "#resolution-none",
+        "#resolution-applied",
+        "#resolution-settled-outside",
+    ] {
+        assert!(
+            !displayed(b, radio).await.is_selected().await.unwrap(),
+            "{radio} is not preselected"
+        );
+    }
+    assert!(
+        !b.find(css("#retry-mode"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap(),
+        "a resolve offers no retry choice"
+    );
+    type_into(b, "#actor-input", "alice").await;
+    let resolve_reason = "refunded by bank transfer, TICKET-88";
+    confirm(b, resolve_reason, Some(ADMIN_TOKEN)).await;
+    text_contains(b, "#dialog-error", "money").await;
+    screenshot(b, "dashboard-resolve-dialog.png").await;
+    click(b, "#resolution-settled-outside").await;
+    click(b, "#dialog-ok").await;
+    app.await_saga_state(&saga_a, "RESOLVED", WITHIN).await;
+    assert_eq!(
+        app.settled_order(&order_a, WITHIN).await["status"],
+        "FAILED"
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga_a}' AND resolution = 'SETTLED_OUTSIDE'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{saga_a}' AND kind = 'OPERATOR_REQUEST' \
+             AND actor = 'alice' AND detail->>'reason' = '{resolve_reason}'"
+        ))
+        .await,
+        1,
+        "the history names who resolved it and why"
+    );
+    attention_lists(b, &[&drill_saga, &saga_b, &saga_c]).await;
+    text_becomes(b, "#nav-attention-count", "3", WITHIN).await;
+
+    // d. The token is kept now: the queue-health report shows itself, with
+    //    the oldest open transaction and the four tables.
+    let oldest = displayed(b, "#qh-oldest-xact").await.text().await.unwrap();
+    assert!(!oldest.trim().is_empty(), "the oldest transaction's figure");
+    for table in ["saga_instances", "saga_events", "outbox", "inbox"] {
+        let row = displayed(b, &format!("#qh-tables tr[data-table=\"{table}\"]")).await;
+        let text = row.text().await.unwrap();
+        assert!(text.contains(table) && text.contains('%'), "{text}");
+    }
+    displayed(b, "#qh-outbox").await;
+    displayed(b, "#qh-inbox").await;
+
+    // e. The other two orders: one bulk resolve, counted first. The name
+    //    given in the dialog is remembered.
+    assert_eq!(
+        displayed(b, "#bulk-actor")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("alice")
+    );
+    assert!(
+        !is_enabled(b, "#bulk-apply").await,
+        "no Apply before a count"
+    );
+    type_into(b, "#bulk-type", "order_payment").await;
+    displayed(b, "#bulk-action")
+        .await
+        .select_by_value("RESOLVE")
+        .await
+        .unwrap();
+    displayed(b, "#bulk-resolution")
+        .await
+        .select_by_value("NONE")
+        .await
+        .unwrap();
+    let bulk_reason = "participant outage: no debit happened";
+    type_into(b, "#bulk-reason", bulk_reason).await;
+    click(b, "#bulk-count").await;
+    text_becomes(b, "#bulk-result", "2 sagas match, 2 applicable.", WITHIN).await;
+    assert!(is_enabled(b, "#bulk-apply").await);
+    text_becomes(b, "#bulk-apply", "Apply to 2 sagas", WITHIN).await;
+    screenshot(b, "dashboard-attention.png").await;
+
+    // Changing the filter takes the count back.
+    type_into(b, "#bulk-error", "timed out").await;
+    assert!(
+        !is_enabled(b, "#bulk-apply").await,
+        "a changed filter needs a new count"
+    );
+    click(b, "#bulk-count").await;
+    text_becomes(b, "#bulk-result", "2 sagas match, 2 applicable.", WITHIN).await;
+
+    // Another order fails meanwhile: the confirmed count is stale, and
+    // nothing is done.
+    let (order_d, saga_d) = doomed_order(app).await;
+    app.await_saga_state(&saga_d, "FAILED", WITHIN).await;
+    click(b, "#bulk-apply").await;
+    text_contains(b, "#bulk-result", "Not applied").await;
+    let stale = text_of(b, "#bulk-result").await.unwrap();
+    assert!(stale.contains("matches 3"), "{stale}");
+    assert!(!is_enabled(b, "#bulk-apply").await, "{stale}");
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM saga_instances WHERE operator_request IS NOT NULL")
+            .await,
+        0,
+        "a stale count files nothing"
+    );
+
+    click(b, "#bulk-count").await;
+    text_becomes(b, "#bulk-result", "3 sagas match, 3 applicable.", WITHIN).await;
+    click(b, "#bulk-apply").await;
+    text_contains(b, "#bulk-result", "filed on 3 sagas").await;
+    for (saga, order_no) in [
+        (&saga_b, &order_b),
+        (&saga_c, &order_c),
+        (&saga_d, &order_d),
+    ] {
+        app.await_saga_state(saga, "RESOLVED", WITHIN).await;
+        assert_eq!(
+            app.settled_order(order_no, WITHIN).await["status"],
+            "FAILED"
+        );
+        assert_eq!(
+            app.scalar_i64(&format!(
+                "SELECT count(*) FROM saga_instances WHERE id = '{saga}' AND resolution = 'NONE'"
+            ))
+            .await,
+            1
+        );
+        assert_eq!(
+            app.scalar_i64(&format!(
+                "SELECT count(*) FROM saga_events WHERE saga_id = '{saga}' AND kind = 'OPERATOR_REQUEST' \
+                 AND actor = 'alice' AND detail->>'reason' = '{bulk_reason}'"
+            ))
+            .await,
+            1
+        );
+    }
+    // Only the drill is left; the other type was not matched.
+    attention_lists(b, &[&drill_saga]).await;
+    text_becomes(b, "#nav-attention-count", "1", WITHIN).await;
+
+    // f. RESOLVED has its own badge, tile and filter.
+    click(b, "#nav-overview").await;
+    text_becomes(b, "#count-RESOLVED", "4", WITHIN).await;
+    find_and_open(b, "RESOLVED", &order_a, &saga_a).await;
+    text_becomes(b, "#saga-state", "RESOLVED", WITHIN).await;
+    text_contains(b, "#saga-resolution", "SETTLED_OUTSIDE").await;
+    let resolved = badge_colour(b, "RESOLVED").await;
+    for other in ["COMPENSATED", "COMPLETED", "FAILED", "CANCELLED"] {
+        assert_ne!(
+            resolved,
+            badge_colour(b, other).await,
+            "RESOLVED looks like {other}"
+        );
+    }
+
+    // Verify holds each resolve to its assertion: B, C and D moved no
+    // money (NONE holds); A was asserted settled outside, but its debit
+    // never happened, so verify names A, and only A.
+    let anomalies = money_anomalies(&app.db.conn).await;
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    assert!(
+        anomalies[0].starts_with("a RESOLVED saga") && anomalies[0].contains(&saga_a),
+        "{anomalies:?}"
+    );
 }
