@@ -172,7 +172,7 @@ struct DoctorArgs {
     json: bool,
     /// Warn when a transaction holding back vacuum has been open this many
     /// seconds.
-    #[arg(long, env = "SAGAFLOW_XMIN_WARN_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "SAGAFLOW_XMIN_WARN_SECONDS", default_value_t = 60)]
     xmin_warn_seconds: u64,
     #[command(flatten)]
     config: Config,

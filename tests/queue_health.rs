@@ -195,7 +195,7 @@ async fn the_queue_health_endpoint_is_for_operators() {
     assert!(body["oldest_xact"].is_null(), "{body}");
     assert_eq!(body["outbox"]["backlog"], 0, "{body}");
     assert_eq!(body["inbox"]["rows"], 0, "{body}");
-    assert_eq!(body["thresholds"]["xmin_warn_seconds"], 300, "{body}");
+    assert_eq!(body["thresholds"]["xmin_warn_seconds"], 60, "{body}");
     assert_eq!(body["warnings"], serde_json::json!([]), "{body}");
     assert!(body["checked_at"].is_string(), "{body}");
 

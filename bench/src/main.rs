@@ -10,6 +10,7 @@
 // floating point (no money is involved here).
 #![allow(clippy::print_stdout, clippy::float_arithmetic)]
 
+mod held_xmin;
 mod report;
 mod scenario;
 mod system;
@@ -41,6 +42,9 @@ enum Scenario {
     /// order-e2e with 2 `sagaflow worker` and 2 `sagaflow participant
     /// funds` processes (and a relay) instead of one process.
     ScaleOut,
+    /// claim-1step in waves, without and then with another session's
+    /// transaction holding the xmin horizon for the whole run.
+    HeldXmin,
 }
 
 impl Scenario {
@@ -52,6 +56,7 @@ impl Scenario {
             Scenario::HotAccount => "hot-account",
             Scenario::TableSize => "table-size",
             Scenario::ScaleOut => "scale-out",
+            Scenario::HeldXmin => "held-xmin",
         }
     }
 }
@@ -84,6 +89,15 @@ struct Args {
     /// Sagas of claim-1step and table-size.
     #[arg(long, default_value_t = 20_000)]
     claim_sagas: u64,
+
+    /// held-xmin: sagas per wave (each half runs --xmin-waves of them).
+    #[arg(long, default_value_t = 50_000)]
+    xmin_wave: u64,
+
+    /// held-xmin: waves per half, each inserted once the last one was
+    /// drained.
+    #[arg(long, default_value_t = 6)]
+    xmin_waves: u64,
 
     /// Sagas of engine-3step.
     #[arg(long, default_value_t = 10_000)]
@@ -174,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
         args.claim_sagas = args.claim_sagas.min(2_000);
         args.engine_sagas = args.engine_sagas.min(1_000);
         args.table_rows = args.table_rows.min(50_000);
+        args.xmin_wave = args.xmin_wave.min(2_000);
+        args.xmin_waves = args.xmin_waves.min(3);
         args.duration_s = args.duration_s.min(5);
         args.accounts = args.accounts.min(100);
         args.hot_orders = args.hot_orders.min(500);
@@ -235,31 +251,51 @@ async fn main() -> anyhow::Result<()> {
     for s in &args.scenarios {
         let name = s.name();
         println!("running {name}");
-        let mut r = match s {
-            Scenario::Claim1step => {
-                scenario::backlog(
+        let rs = match s {
+            Scenario::HeldXmin => {
+                held_xmin::run(
                     &env,
-                    name,
-                    format!("{} sagas of one local no-op step, inserted at once and drained", args.claim_sagas),
-                    "bench_1step",
-                    args.claim_sagas,
-                    0,
+                    held_xmin::Sizes {
+                        wave: args.xmin_wave,
+                        waves: args.xmin_waves,
+                    },
                 )
                 .await?
+            }
+            Scenario::Claim1step => {
+                vec![
+                    scenario::backlog(
+                        &env,
+                        name,
+                        format!(
+                            "{} sagas of one local no-op step, inserted at once and drained",
+                            args.claim_sagas
+                        ),
+                        "bench_1step",
+                        args.claim_sagas,
+                        0,
+                    )
+                    .await?,
+                ]
             }
             Scenario::Engine3step => {
-                scenario::backlog(
-                    &env,
-                    name,
-                    format!("{} sagas of three local no-op steps, inserted at once and drained", args.engine_sagas),
-                    "bench_3step",
-                    args.engine_sagas,
-                    0,
-                )
-                .await?
+                vec![
+                    scenario::backlog(
+                        &env,
+                        name,
+                        format!(
+                            "{} sagas of three local no-op steps, inserted at once and drained",
+                            args.engine_sagas
+                        ),
+                        "bench_3step",
+                        args.engine_sagas,
+                        0,
+                    )
+                    .await?,
+                ]
             }
             Scenario::TableSize => {
-                scenario::backlog(
+                vec![scenario::backlog(
                     &env,
                     name,
                     format!(
@@ -270,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
                     args.claim_sagas,
                     args.table_rows,
                 )
-                .await?
+                .await?]
             }
             Scenario::OrderE2e => {
                 let duration = Duration::from_secs(args.duration_s);
@@ -292,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
                         format!("closed loop, {} clients", args.concurrency),
                     )
                 };
-                scenario::orders(
+                vec![scenario::orders(
                     &env,
                     name,
                     format!(
@@ -304,10 +340,10 @@ async fn main() -> anyhow::Result<()> {
                     load,
                     None,
                 )
-                .await?
+                .await?]
             }
             Scenario::ScaleOut => {
-                scenario::orders(
+                vec![scenario::orders(
                     &env,
                     name,
                     format!(
@@ -326,40 +362,49 @@ async fn main() -> anyhow::Result<()> {
                         participants: 2,
                     }),
                 )
-                .await?
+                .await?]
             }
             Scenario::HotAccount => {
                 let affordable = args.hot_orders * 4 / 5;
-                scenario::orders(
-                    &env,
-                    name,
-                    format!(
-                        "{} orders of 1.00 on one account holding {affordable}.00 ({} clients)",
-                        args.hot_orders, args.concurrency
-                    ),
-                    1,
-                    &format!("{affordable}.00"),
-                    Load::Closed {
-                        concurrency: args.concurrency,
-                        duration: Duration::from_secs(3600),
-                        orders: Some(args.hot_orders),
-                    },
-                    None,
-                )
-                .await?
+                vec![
+                    scenario::orders(
+                        &env,
+                        name,
+                        format!(
+                            "{} orders of 1.00 on one account holding {affordable}.00 ({} clients)",
+                            args.hot_orders, args.concurrency
+                        ),
+                        1,
+                        &format!("{affordable}.00"),
+                        Load::Closed {
+                            concurrency: args.concurrency,
+                            duration: Duration::from_secs(3600),
+                            orders: Some(args.hot_orders),
+                        },
+                        None,
+                    )
+                    .await?,
+                ]
             }
         };
-        r.per_pgbench_commit = baseline
-            .as_ref()
-            .map(|b| r.sagas_per_second / b.tps_8_clients);
-        println!(
-            "  {:.0} sagas/s{}",
-            r.sagas_per_second,
-            r.latency_ms
+        for mut r in rs {
+            r.per_pgbench_commit = baseline
                 .as_ref()
-                .map_or(String::new(), |l| format!(", p99 {:.1} ms", l.p99))
-        );
-        results.push(r);
+                .map(|b| r.sagas_per_second / b.tps_8_clients);
+            println!(
+                "  {}{:.0} sagas/s{}",
+                if r.name == name {
+                    String::new()
+                } else {
+                    format!("{}: ", r.name)
+                },
+                r.sagas_per_second,
+                r.latency_ms
+                    .as_ref()
+                    .map_or(String::new(), |l| format!(", p99 {:.1} ms", l.p99))
+            );
+            results.push(r);
+        }
     }
     // table-size is read against claim-1step of the same run.
     let empty = results

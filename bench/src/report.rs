@@ -77,6 +77,46 @@ pub struct ScenarioResult {
     pub checks: Vec<Check>,
     /// Anything worth knowing about the figure.
     pub notes: Vec<String>,
+    /// The table's dead tuples and the xmin horizon at the end of the run,
+    /// where the scenario looks at them (held-xmin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<Horizon>,
+}
+
+/// What vacuum could and could not clean up by the end of a run, and the
+/// claim statement's own figures (held-xmin).
+#[derive(Debug, Clone, Serialize)]
+pub struct Horizon {
+    /// Whether another session held a transaction open through the run.
+    pub held: bool,
+    /// Waves of sagas inserted (each once the last was drained).
+    pub waves: u64,
+    /// Claim statements run, and how many of them found nothing.
+    pub claims: u64,
+    /// Claims that returned no saga.
+    pub empty_claims: u64,
+    /// `pg_stat_user_tables.n_dead_tup` of `saga_instances`.
+    pub dead_tuples: i64,
+    /// `n_live_tup` of `saga_instances`.
+    pub live_tuples: i64,
+    /// Autovacuum runs on `saga_instances` during the run.
+    pub autovacuums: i64,
+    /// Heap size of `saga_instances`, bytes.
+    pub table_bytes: i64,
+    /// Size of the claim's partial index `saga_instances_due`, bytes.
+    pub due_index_bytes: i64,
+    /// Oldest `age(backend_xmin)` / `age(backend_xid)` of the other
+    /// sessions on the database, in transactions.
+    pub xmin_age_xids: i64,
+    /// `now() - xact_start` of the oldest open transaction, seconds.
+    pub oldest_xact_s: f64,
+    /// `n_dead_tup` right after a manual `VACUUM saga_instances` (the dead
+    /// tuples vacuum found but could not remove), labelled with when it
+    /// ran.
+    pub dead_after_vacuum: Vec<(String, i64)>,
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of the claim (with one batch of fresh
+    /// sagas due, rolled back), labelled with when it ran.
+    pub explain: Vec<(String, String)>,
 }
 
 /// A correctness check after a run.

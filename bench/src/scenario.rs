@@ -48,8 +48,8 @@ pub struct Env {
 #[derive(Debug)]
 pub struct BenchDb {
     name: String,
-    url: String,
-    conn: DatabaseConnection,
+    pub(crate) url: String,
+    pub(crate) conn: DatabaseConnection,
 }
 
 /// `url` with its database name replaced by `db`.
@@ -63,7 +63,7 @@ pub fn with_database(url: &str, db: &str) -> String {
 }
 
 impl BenchDb {
-    async fn create(env: &Env, scenario: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(env: &Env, scenario: &str) -> anyhow::Result<Self> {
         let name = format!(
             "bench_{}_{}",
             scenario.replace('-', "_"),
@@ -85,7 +85,7 @@ impl BenchDb {
         Ok(BenchDb { name, url, conn })
     }
 
-    async fn drop(self, env: &Env) -> anyhow::Result<()> {
+    pub(crate) async fn drop(self, env: &Env) -> anyhow::Result<()> {
         self.conn.close().await.ok();
         if env.keep {
             return Ok(());
@@ -103,7 +103,7 @@ impl BenchDb {
 }
 
 /// The engine's configuration for a scenario database.
-fn config(env: &Env, db: &BenchDb) -> anyhow::Result<Config> {
+pub(crate) fn config(env: &Env, db: &BenchDb) -> anyhow::Result<Config> {
     let prefix = format!("{}.", db.name);
     Config::parse_from([
         "sagaflow-bench",
@@ -164,17 +164,17 @@ fn local_saga(name: &'static str, steps: usize) -> SagaDefinition {
     }
 }
 
-const ONE_STEP: &str = "bench_1step";
+pub(crate) const ONE_STEP: &str = "bench_1step";
 const THREE_STEPS: &str = "bench_3step";
 
-fn extensions() -> Extensions {
+pub(crate) fn extensions() -> Extensions {
     Extensions {
         definitions: vec![local_saga(ONE_STEP, 1), local_saga(THREE_STEPS, 3)],
         actions: vec![(NOOP, Arc::new(Noop))],
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(
@@ -218,7 +218,7 @@ async fn drain(
 }
 
 /// Database time now, as an RFC 3339 string the queries take back.
-async fn db_now(db: &DatabaseConnection) -> anyhow::Result<String> {
+pub(crate) async fn db_now(db: &DatabaseConnection) -> anyhow::Result<String> {
     crate::system::scalar_text(
         db,
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
@@ -228,7 +228,10 @@ async fn db_now(db: &DatabaseConnection) -> anyhow::Result<String> {
 
 /// Finished sagas per second in buckets since `t0`, and the span from `t0`
 /// to the last one, in seconds.
-async fn timeline(db: &DatabaseConnection, t0: &str) -> anyhow::Result<(Vec<(f64, f64)>, f64)> {
+pub(crate) async fn timeline(
+    db: &DatabaseConnection,
+    t0: &str,
+) -> anyhow::Result<(Vec<(f64, f64)>, f64)> {
     let span: f64 = db
         .query_one(Statement::from_sql_and_values(
             db.get_database_backend(),
@@ -260,13 +263,13 @@ async fn timeline(db: &DatabaseConnection, t0: &str) -> anyhow::Result<(Vec<(f64
 }
 
 /// What every scenario measures around its run.
-struct Meter {
+pub(crate) struct Meter {
     commits: i64,
     cpu: CpuSample,
 }
 
 impl Meter {
-    async fn start(db: &DatabaseConnection) -> anyhow::Result<Self> {
+    pub(crate) async fn start(db: &DatabaseConnection) -> anyhow::Result<Self> {
         Ok(Meter {
             commits: commits(db).await?,
             cpu: CpuSample::now(),
@@ -281,8 +284,20 @@ impl Meter {
         engine: Running,
         own_queries: u64,
     ) -> anyhow::Result<(u64, u64, u64)> {
+        self.finish_after(db, engine.stop(Duration::from_secs(5)), own_queries)
+            .await
+    }
+
+    /// [`Meter::finish`] for a load that `stop` ends (and whose
+    /// connections it closes) other than the engine.
+    pub(crate) async fn finish_after(
+        self,
+        db: &DatabaseConnection,
+        stop: impl std::future::Future<Output = ()>,
+        own_queries: u64,
+    ) -> anyhow::Result<(u64, u64, u64)> {
         let cpu = CpuSample::now();
-        engine.stop(Duration::from_secs(5)).await;
+        stop.await;
         // Exiting backends flush their statistics as they go; give the
         // last of them a moment (a figure's accuracy, not a test's pass).
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -294,7 +309,7 @@ impl Meter {
     }
 }
 
-fn per(n: u64, sagas: u64) -> f64 {
+pub(crate) fn per(n: u64, sagas: u64) -> f64 {
     n as f64 / sagas.max(1) as f64
 }
 
@@ -326,12 +341,7 @@ pub async fn backlog(
     )
     .await?;
     let meter = Meter::start(&db.conn).await?;
-    // One transaction: the claim loops see the whole backlog at once.
-    let insert = format!(
-        "INSERT INTO saga_instances (id, saga_type, definition_version, state, next_run_at, data) \
-         SELECT gen_random_uuid(), '{saga_type}', 1, 'RUNNING', now(), '{{}}'::jsonb FROM generate_series(1, {n})"
-    );
-    db.conn.execute_unprepared(&insert).await?;
+    insert_due(&db.conn, saga_type, n).await?;
     let t0 = db_now(&db.conn).await?;
     let pb = bar(n, name);
     let polls = drain(&db.conn, n, &pb, env.settle).await?;
@@ -369,7 +379,23 @@ pub async fn backlog(
         timeline,
         checks,
         notes: Vec::new(),
+        horizon: None,
     })
+}
+
+/// `n` sagas of `saga_type`, due now, in one statement (one transaction:
+/// the claim loops see the whole backlog at once).
+pub(crate) async fn insert_due<C: ConnectionTrait>(
+    db: &C,
+    saga_type: &str,
+    n: u64,
+) -> anyhow::Result<()> {
+    db.execute_unprepared(&format!(
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, next_run_at, data) \
+         SELECT gen_random_uuid(), '{saga_type}', 1, 'RUNNING', now(), '{{}}'::jsonb FROM generate_series(1, {n})"
+    ))
+    .await?;
+    Ok(())
 }
 
 /// `rows` finished sagas, created a day ago, with a history row each, as
@@ -672,6 +698,7 @@ pub async fn orders(
         timeline,
         checks,
         notes: vec![format!("{failed} orders refused for insufficient funds")],
+        horizon: None,
     })
 }
 

@@ -115,8 +115,8 @@ pub async fn scalar_text(db: &DatabaseConnection, sql: &str) -> anyhow::Result<S
     Ok(row.try_get_by_index(0)?)
 }
 
-/// One integer value.
-pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+/// One integer value (on a connection or inside a transaction).
+pub async fn scalar_i64<C: ConnectionTrait>(db: &C, sql: &str) -> anyhow::Result<i64> {
     let row = db
         .query_one(Statement::from_string(db.get_database_backend(), sql))
         .await?
