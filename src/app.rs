@@ -240,7 +240,14 @@ pub async fn start_extended(
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let (wakeups, listener) = wake::listen(cfg.database_url.clone(), shutdown.clone());
+    let channels: Vec<&'static str> = [
+        (roles.worker, wake::SAGA_CHANNEL),
+        (roles.relay, wake::OUTBOX_CHANNEL),
+    ]
+    .into_iter()
+    .filter_map(|(on, channel)| on.then_some(channel))
+    .collect();
+    let (wakeups, listener) = wake::listen(cfg.database_url.clone(), &channels, shutdown.clone());
     tasks.spawn(async move {
         listener.await.ok();
     });
