@@ -707,6 +707,38 @@ async fn badge_colour(b: &Client, state: &str) -> String {
 }
 
 /// Places an order of 5.00 for user 71 (whose debit nobody answers).
+/// Waits for `saga` to be RESOLVED with `resolution`, its order FAILED,
+/// and its history naming alice and `reason`.
+async fn assert_resolved(
+    app: &TestApp,
+    saga: &str,
+    order_no: &str,
+    resolution: &str,
+    reason: &str,
+) {
+    app.await_saga_state(saga, "RESOLVED", WITHIN).await;
+    assert_eq!(
+        app.settled_order(order_no, WITHIN).await["status"],
+        "FAILED"
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{saga}' AND resolution = '{resolution}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_events WHERE saga_id = '{saga}' AND kind = 'OPERATOR_REQUEST' \
+             AND actor = 'alice' AND detail->>'reason' = '{reason}'"
+        ))
+        .await,
+        1,
+        "the history names who resolved it and why"
+    );
+}
+
 async fn doomed_order(app: &TestApp) -> (String, String) {
     let (status, order) = app.place_order(71, "5.00", None).await;
     assert_eq!(status, 201, "{order}");
@@ -842,27 +874,7 @@ async fn work_off_the_queue(app: &TestApp, b: &Client) {
     screenshot(b, "dashboard-resolve-dialog.png").await;
     click(b, "#resolution-settled-outside").await;
     click(b, "#dialog-ok").await;
-    app.await_saga_state(&saga_a, "RESOLVED", WITHIN).await;
-    assert_eq!(
-        app.settled_order(&order_a, WITHIN).await["status"],
-        "FAILED"
-    );
-    assert_eq!(
-        app.scalar_i64(&format!(
-            "SELECT count(*) FROM saga_instances WHERE id = '{saga_a}' AND resolution = 'SETTLED_OUTSIDE'"
-        ))
-        .await,
-        1
-    );
-    assert_eq!(
-        app.scalar_i64(&format!(
-            "SELECT count(*) FROM saga_events WHERE saga_id = '{saga_a}' AND kind = 'OPERATOR_REQUEST' \
-             AND actor = 'alice' AND detail->>'reason' = '{resolve_reason}'"
-        ))
-        .await,
-        1,
-        "the history names who resolved it and why"
-    );
+    assert_resolved(app, &saga_a, &order_a, "SETTLED_OUTSIDE", resolve_reason).await;
     attention_lists(b, &[&drill_saga, &saga_b, &saga_c]).await;
     text_becomes(b, "#nav-attention-count", "3", WITHIN).await;
 
@@ -946,26 +958,7 @@ async fn work_off_the_queue(app: &TestApp, b: &Client) {
         (&saga_c, &order_c),
         (&saga_d, &order_d),
     ] {
-        app.await_saga_state(saga, "RESOLVED", WITHIN).await;
-        assert_eq!(
-            app.settled_order(order_no, WITHIN).await["status"],
-            "FAILED"
-        );
-        assert_eq!(
-            app.scalar_i64(&format!(
-                "SELECT count(*) FROM saga_instances WHERE id = '{saga}' AND resolution = 'NONE'"
-            ))
-            .await,
-            1
-        );
-        assert_eq!(
-            app.scalar_i64(&format!(
-                "SELECT count(*) FROM saga_events WHERE saga_id = '{saga}' AND kind = 'OPERATOR_REQUEST' \
-                 AND actor = 'alice' AND detail->>'reason' = '{bulk_reason}'"
-            ))
-            .await,
-            1
-        );
+        assert_resolved(app, saga, order_no, "NONE", bulk_reason).await;
     }
     // Only the drill is left; the other type was not matched.
     attention_lists(b, &[&drill_saga]).await;
