@@ -104,10 +104,13 @@ pub struct TableHealth {
     /// dead / (live + dead), 0 for an empty table.
     pub dead_ratio: f64,
     /// When autovacuum last finished on it; `null` if never.
+    #[oai(nullable)]
     pub last_autovacuum: Option<DateTime<Utc>>,
     /// When a manual `VACUUM` last finished on it; `null` if never.
+    #[oai(nullable)]
     pub last_vacuum: Option<DateTime<Utc>>,
     /// When autovacuum last analyzed it; `null` if never.
+    #[oai(nullable)]
     pub last_autoanalyze: Option<DateTime<Utc>>,
 }
 
@@ -169,6 +172,7 @@ pub struct QueueHealth {
     /// One entry per table of [`TABLES`], in that order.
     pub tables: Vec<TableHealth>,
     /// The oldest open transaction holding back vacuum; `null` if none.
+    #[oai(nullable)]
     pub oldest_xact: Option<OldestXact>,
     /// The outbox backlog.
     pub outbox: OutboxHealth,
