@@ -67,20 +67,62 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     let cfg = dir.join("schemathesis.toml");
     std::fs::write(&cfg, config(&order_no)).unwrap();
     // A new seed each run, printed, so that a failure can be replayed.
-    let seed = uuid::Uuid::new_v4().as_u128() as u32;
-    let log = dir.join("schemathesis.log");
-    let mut child = std::process::Command::new(&bin)
+    let mut seed = uuid::Uuid::new_v4().as_u128() as u32;
+    let (mut status, mut stdout) = run_schemathesis(&bin, &cfg, &dir, &app.base, seed).await;
+    // CPython 3.11's ast module can fail with "AST constructor recursion
+    // depth mismatch" (python/cpython#106905) when hypothesis parses
+    // schemathesis's source to describe a lambda: an error of the tool,
+    // reported as a Runtime Error with no finding about sagaflow. Only
+    // then, run once more with another seed; any check failure stands.
+    if !status.success() && tool_crashed(&stdout) {
+        eprintln!("schemathesis seed {seed} crashed inside CPython's ast module; running it again");
+        seed = seed.wrapping_add(1);
+        (status, stdout) = run_schemathesis(&bin, &cfg, &dir, &app.base, seed).await;
+    }
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    eprintln!("schemathesis seed {seed}:\n{}", summary.join("\n"));
+    assert!(
+        status.success(),
+        "schemathesis found problems (seed {seed}; rerun with --seed):\n{stdout}"
+    );
+    assert!(
+        stdout.contains("No issues found") || stdout.contains("passed"),
+        "schemathesis printed no verdict:\n{stdout}"
+    );
+    app.stop().await;
+}
+
+/// Whether a schemathesis run failed only because the tool itself crashed
+/// on CPython's ast bug: errors reported, no check failure.
+fn tool_crashed(stdout: &str) -> bool {
+    stdout.contains("AST constructor recursion depth mismatch") && !stdout.contains("Failures:")
+}
+
+/// Runs schemathesis with `seed` against `base` (bounded by `BOUND`);
+/// its exit status and its output.
+async fn run_schemathesis(
+    bin: &std::path::Path,
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    base: &str,
+    seed: u32,
+) -> (std::process::ExitStatus, String) {
+    let log = dir.join(format!("schemathesis-{seed}.log"));
+    let mut child = std::process::Command::new(bin)
         .arg("--config-file")
-        .arg(&cfg)
+        .arg(cfg)
         .arg("run")
-        .arg(format!("{}/openapi.json", app.base))
+        .arg(format!("{base}/openapi.json"))
         .args(["--checks", "all"])
         .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
         .args(["--max-examples", "100", "--workers", "2"])
         .args(["--seed", &seed.to_string()])
         .arg("--report-dir")
-        .arg(dir.join("report"))
-        .current_dir(&dir)
+        .arg(dir.join(format!("report-{seed}")))
+        .current_dir(dir)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
@@ -100,19 +142,5 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let out = std::fs::read(&log).unwrap();
-    let stdout = String::from_utf8_lossy(&out);
-    let summary: Vec<&str> = stdout
-        .lines()
-        .skip_while(|l| !l.contains("SUMMARY"))
-        .collect();
-    eprintln!("schemathesis seed {seed}:\n{}", summary.join("\n"));
-    assert!(
-        status.success(),
-        "schemathesis found problems (seed {seed}; rerun with --seed):\n{stdout}"
-    );
-    assert!(
-        stdout.contains("No issues found") || stdout.contains("passed"),
-        "schemathesis printed no verdict:\n{stdout}"
-    );
-    app.stop().await;
+    (status, String::from_utf8_lossy(&out).into_owned())
 }

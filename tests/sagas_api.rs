@@ -294,7 +294,7 @@ async fn operator_actions_need_the_token_and_the_right_state() {
         (format!("/sagas/{completed}/retry"), "COMPLETED"),
         (
             format!("/sagas/{failed}/cancel"),
-            "retry it or force it forward",
+            "retry it, force it forward or resolve it instead",
         ),
         (format!("/sagas/{running}/retry"), "already due"),
         (
@@ -496,7 +496,11 @@ async fn list_parameters_are_documented_as_strictly_as_they_are_checked() {
             .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
             .clone()
     };
-    assert_eq!(schema("state")["enum"].as_array().unwrap().len(), 7);
+    assert_eq!(schema("state")["enum"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        schema("order")["enum"],
+        serde_json::json!(["newest", "oldest"])
+    );
     assert_eq!(schema("created_after")["format"], "date-time");
     assert_eq!(schema("limit")["maximum"], 500.0);
     assert!(schema("cursor")["pattern"].is_string());
