@@ -309,6 +309,17 @@ impl Fields<'_> {
         self.text(name, max).map(Some)
     }
 
+    /// An optional [`Fields::choice`] member.
+    pub fn optional_choice<T: sagaflow_entity::StateValues + Copy>(
+        &mut self,
+        name: &'static str,
+    ) -> Option<Option<T>> {
+        if !self.optional(name) {
+            return Some(None);
+        }
+        self.choice(name).map(Some)
+    }
+
     /// A required member holding one of `T`'s values.
     pub fn choice<T: sagaflow_entity::StateValues + Copy>(
         &mut self,
@@ -377,17 +388,12 @@ impl Fields<'_> {
 }
 
 /// Body of an operator's action on one saga (retry, cancel, force
-/// forward).
+/// forward): a [`ReasonRequest`] and who asks.
 #[derive(Debug, Clone, poem_openapi::Object)]
 pub struct ActionRequest {
-    /// Why (1-500 characters, not blank, no NUL); kept in the saga's
-    /// history.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    ))]
-    pub reason: String,
+    /// Why; kept in the saga's history.
+    #[oai(flatten)]
+    pub reason: ReasonRequest,
     /// Who asks (1-100 characters, not blank, no NUL), recorded as the
     /// history row's actor; `operator` when absent. The admin token is
     /// shared, so this is what tells operators apart in the audit trail.
@@ -408,10 +414,10 @@ pub struct Action {
     pub actor: String,
 }
 
-impl FromJsonObject for Action {
-    type Schema = ActionRequest;
-
-    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+impl Action {
+    /// Reads `reason` and `actor`; both are checked (and refused) even
+    /// when the other is bad.
+    fn read(fields: &mut Fields<'_>) -> Option<Self> {
         let reason = fields.text("reason", 500);
         let actor = fields.optional_text("actor", 100);
         Some(Self {
@@ -421,17 +427,21 @@ impl FromJsonObject for Action {
     }
 }
 
-/// Body of `POST /sagas/{id}/resolve`.
+impl FromJsonObject for Action {
+    type Schema = ActionRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        Self::read(fields)
+    }
+}
+
+/// Body of `POST /sagas/{id}/resolve`: an [`ActionRequest`] and the money
+/// effect asserted.
 #[derive(Debug, Clone, poem_openapi::Object)]
 pub struct ResolveRequest {
-    /// What was done outside the system, and why (1-500 characters, not
-    /// blank, no NUL); kept in the saga's history.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    ))]
-    pub reason: String,
+    /// What was done outside the system and why, and who resolves it.
+    #[oai(flatten)]
+    pub action: ActionRequest,
     /// The money effect the operator asserts: `NONE` (the saga's ledger
     /// entries net to zero; the order becomes FAILED), `APPLIED` (the
     /// movement stands and the order becomes PAID, or REFUNDED for a
@@ -440,14 +450,6 @@ pub struct ResolveRequest {
     /// `sagaflow verify` holds the ledger to it.
     #[oai(validator(pattern = "^(NONE|APPLIED|SETTLED_OUTSIDE)$"))]
     pub resolution: String,
-    /// Who resolves it (1-100 characters, not blank, no NUL); `operator`
-    /// when absent.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    ))]
-    pub actor: Option<String>,
 }
 
 /// A validated [`ResolveRequest`].
@@ -463,14 +465,10 @@ impl FromJsonObject for Resolve {
     type Schema = ResolveRequest;
 
     fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
-        let reason = fields.text("reason", 500);
+        let action = Action::read(fields);
         let resolution = fields.choice("resolution");
-        let actor = fields.optional_text("actor", 100);
         Some(Self {
-            action: Action {
-                reason: reason?,
-                actor: actor?.unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
-            },
+            action: action?,
             resolution: resolution?,
         })
     }
@@ -484,21 +482,9 @@ pub struct BulkRequest {
     /// The action: `RETRY`, `FORCE_FORWARD`, `RESOLVE` or `CANCEL`.
     #[oai(validator(pattern = "^(CANCEL|RETRY|FORCE_FORWARD|RESOLVE)$"))]
     pub action: String,
-    /// Why (1-500 characters, not blank, no NUL); kept in each saga's
-    /// history.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    ))]
-    pub reason: String,
-    /// Who acts; `operator` when absent.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    ))]
-    pub actor: Option<String>,
+    /// Why (kept in each saga's history), and who acts.
+    #[oai(flatten)]
+    pub request: ActionRequest,
     /// For `RESOLVE` (and only for it): the asserted money effect, as in
     /// `POST /sagas/{id}/resolve`.
     #[oai(validator(pattern = "^(NONE|APPLIED|SETTLED_OUTSIDE)$"))]
@@ -574,18 +560,9 @@ impl FromJsonObject for Bulk {
     fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
         use sagaflow_entity::{OperatorRequest, Resolution, SagaState};
         let request = fields.choice::<OperatorRequest>("action");
-        let reason = fields.text("reason", 500);
-        let actor = fields.optional_text("actor", 100);
-        let resolution = if fields.optional("resolution") {
-            fields.choice::<Resolution>("resolution").map(Some)
-        } else {
-            Some(None)
-        };
-        let state = if fields.optional("state") {
-            fields.choice::<SagaState>("state").map(Some)
-        } else {
-            Some(None)
-        };
+        let action = Action::read(fields);
+        let resolution = fields.optional_choice::<Resolution>("resolution");
+        let state = fields.optional_choice::<SagaState>("state");
         let saga_type = fields.optional_text("type", 200);
         let step = if fields.optional("step") {
             match fields.int64("step").map(i32::try_from) {
@@ -630,10 +607,7 @@ impl FromJsonObject for Bulk {
         }
         Some(Self {
             request,
-            action: Action {
-                reason: reason?,
-                actor: actor?.unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
-            },
+            action: action?,
             resolution,
             filter: BulkFilter {
                 state: state?,
