@@ -81,32 +81,36 @@ const MAX_BATCHES_PER_PASS: u32 = 100;
 /// `pg_locks`).
 pub const LOCK_KEY: i64 = 0x5a6a_f10e;
 
-/// Archives (or deletes) up to `batch` sagas that finished more than
-/// `older_than` ago, with their history, in one transaction. Returns how
-/// many moved.
-const ARCHIVE_SQL: &str = "\
-WITH victims AS ( \
-    SELECT id FROM saga_instances \
-    WHERE state IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'RESOLVED') \
-      AND updated_at < now() - $1 * interval '1 millisecond' \
-    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-moved_events AS ( \
-    DELETE FROM saga_events e USING victims v WHERE e.saga_id = v.id RETURNING e.*), \
-archived_events AS ( \
-    INSERT INTO saga_events_archive SELECT * FROM moved_events), \
-moved AS ( \
-    DELETE FROM saga_instances s USING victims v WHERE s.id = v.id RETURNING s.*) \
-INSERT INTO saga_instances_archive SELECT m.*, now() FROM moved m";
+/// Up to `$2` sagas that finished more than `$1` ms ago, locked, oldest
+/// first; rows a worker or consumer holds are left for a later pass.
+macro_rules! victims {
+    () => {
+        "WITH victims AS ( \
+            SELECT id FROM saga_instances \
+            WHERE state IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'RESOLVED') \
+              AND updated_at < now() - $1 * interval '1 millisecond' \
+            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    };
+}
 
-/// [`ARCHIVE_SQL`] without keeping anything (history goes by the foreign
-/// key's cascade).
-const DELETE_SQL: &str = "\
-WITH victims AS ( \
-    SELECT id FROM saga_instances \
-    WHERE state IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'RESOLVED') \
-      AND updated_at < now() - $1 * interval '1 millisecond' \
-    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-DELETE FROM saga_instances s USING victims v WHERE s.id = v.id";
+/// Moves the [`victims!`] with their history to the archive tables.
+const ARCHIVE_SQL: &str = concat!(
+    victims!(),
+    ", moved_events AS ( \
+        DELETE FROM saga_events e USING victims v WHERE e.saga_id = v.id RETURNING e.*), \
+    archived_events AS ( \
+        INSERT INTO saga_events_archive SELECT * FROM moved_events), \
+    moved AS ( \
+        DELETE FROM saga_instances s USING victims v WHERE s.id = v.id RETURNING s.*) \
+    INSERT INTO saga_instances_archive SELECT m.*, now() FROM moved m"
+);
+
+/// Deletes the [`victims!`]; their history goes by the foreign key's
+/// cascade.
+const DELETE_SQL: &str = concat!(
+    victims!(),
+    "DELETE FROM saga_instances s USING victims v WHERE s.id = v.id"
+);
 
 /// Trims up to `batch` inbox rows older than the inbox retention.
 const TRIM_INBOX_SQL: &str = "\
@@ -145,37 +149,54 @@ async fn batch(
     Ok(Some(n))
 }
 
-/// One pass of both jobs: batches until a batch comes back short (or the
-/// per-pass bound is reached).
+/// Runs `sql` batch after batch until one comes back short (or the
+/// per-pass bound is reached); the rows it touched, or `None` if another
+/// process holds the jobs' lock.
+async fn drain(
+    db: &DatabaseConnection,
+    sql: &str,
+    age: Duration,
+    size: u32,
+) -> Result<Option<u64>, DbErr> {
+    let mut total = 0;
+    for _ in 0..MAX_BATCHES_PER_PASS {
+        let Some(n) = batch(db, sql, age, size).await? else {
+            return Ok(None);
+        };
+        total += n;
+        if n < u64::from(size) {
+            break;
+        }
+    }
+    Ok(Some(total))
+}
+
+/// One pass of both jobs.
 pub async fn pass(db: &DatabaseConnection, cfg: &MaintenanceConfig) -> Result<PassReport, DbErr> {
-    let mut report = PassReport::default();
+    let skipped = PassReport {
+        skipped: true,
+        ..PassReport::default()
+    };
     let retention = match cfg.mode {
         RetentionMode::Archive => Some(ARCHIVE_SQL),
         RetentionMode::Delete => Some(DELETE_SQL),
         RetentionMode::Off => None,
     };
-    let jobs = [
-        (retention, cfg.retain_finished, true),
-        (Some(TRIM_INBOX_SQL), cfg.inbox_retention, false),
-    ];
-    for (sql, age, sagas) in jobs {
-        let Some(sql) = sql else { continue };
-        for _ in 0..MAX_BATCHES_PER_PASS {
-            let Some(n) = batch(db, sql, age, cfg.batch).await? else {
-                report.skipped = true;
-                return Ok(report);
-            };
-            if sagas {
-                report.sagas += n;
-            } else {
-                report.inbox_rows += n;
-            }
-            if n < u64::from(cfg.batch) {
-                break;
-            }
-        }
-    }
-    Ok(report)
+    let sagas = match retention {
+        Some(sql) => match drain(db, sql, cfg.retain_finished, cfg.batch).await? {
+            Some(n) => n,
+            None => return Ok(skipped),
+        },
+        None => 0,
+    };
+    let Some(inbox_rows) = drain(db, TRIM_INBOX_SQL, cfg.inbox_retention, cfg.batch).await? else {
+        return Ok(PassReport { sagas, ..skipped });
+    };
+    Ok(PassReport {
+        sagas,
+        inbox_rows,
+        skipped: false,
+    })
 }
 
 /// Runs a pass every `cfg.interval` (the first one at once) until
