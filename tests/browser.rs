@@ -409,24 +409,41 @@ async fn an_operator_retries_failed_sagas_and_cancels_a_waiting_order_in_the_das
     )
     .await;
 
-    let mut driver = Chromedriver::spawn();
-    driver.ready().await;
-    let browser = driver.browser().await;
-    let run = AssertUnwindSafe(operate(&mut app, &browser, &release_works, &check_broken))
-        .catch_unwind()
-        .await;
-    if run.is_err() {
-        // What the page looked like when it went wrong.
-        if let Ok(png) = browser.screenshot().await {
-            std::fs::write(artifacts().join("dashboard-failure.png"), png).ok();
-        }
-    }
-    browser.close().await.ok();
-    drop(driver);
+    let app_ref = &mut app;
+    let (release_works, check_broken) = (&release_works, &check_broken);
+    let run = in_browser("dashboard-failure.png", |b| async move {
+        operate(app_ref, &b, release_works, check_broken).await
+    })
+    .await;
     match run {
         Ok(()) => app.stop().await,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Runs `scenario` in a headless Chromium of its own, then closes it. A
+/// panic is caught so that the browser goes away; what the page looked
+/// like is saved as `failure_png`, and the panic is handed back for the
+/// caller to re-raise once it has cleaned up.
+async fn in_browser<F, Fut>(failure_png: &str, scenario: F) -> std::thread::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut driver = Chromedriver::spawn();
+    driver.ready().await;
+    let browser = driver.browser().await;
+    let run = AssertUnwindSafe(scenario(browser.clone()))
+        .catch_unwind()
+        .await;
+    if run.is_err() {
+        if let Ok(png) = browser.screenshot().await {
+            std::fs::write(artifacts().join(failure_png), png).ok();
+        }
+    }
+    browser.close().await.ok();
+    drop(driver);
+    run
 }
 
 async fn operate(
@@ -778,19 +795,11 @@ async fn an_operator_works_off_the_needs_attention_queue_in_the_dashboard() {
     )
     .await;
 
-    let mut driver = Chromedriver::spawn();
-    driver.ready().await;
-    let browser = driver.browser().await;
-    let run = AssertUnwindSafe(work_off_the_queue(&app, &browser))
-        .catch_unwind()
-        .await;
-    if run.is_err() {
-        if let Ok(png) = browser.screenshot().await {
-            std::fs::write(artifacts().join("dashboard-attention-failure.png"), png).ok();
-        }
-    }
-    browser.close().await.ok();
-    drop(driver);
+    let app_ref = &app;
+    let run = in_browser("dashboard-attention-failure.png", |b| async move {
+        work_off_the_queue(app_ref, &b).await
+    })
+    .await;
     match run {
         Ok(()) => app.stop().await,
         Err(panic) => std::panic::resume_unwind(panic),
