@@ -41,7 +41,8 @@ async fn exec(db: &DatabaseConnection, sql: &str) {
     .expect(sql);
 }
 
-/// A saga of `saga_type` about `order_no`, inserted as the API would, then
+/// A saga of `saga_type` about `order_no`, inserted as the API would (a
+/// payment saga with its order, a refund saga recorded on its order), then
 /// put into `state` (finished states have no due time).
 async fn saga(db: &DatabaseConnection, saga_type: &str, order_no: &str, state: &str) -> Uuid {
     let id = Uuid::now_v7();
@@ -55,6 +56,20 @@ async fn saga(db: &DatabaseConnection, saga_type: &str, order_no: &str, state: &
     )
     .await
     .unwrap();
+    exec(
+        db,
+        "INSERT INTO accounts (user_id) VALUES (1) ON CONFLICT DO NOTHING",
+    )
+    .await;
+    let order = if saga_type == "order_refund" {
+        format!("UPDATE orders SET refund_saga_id = '{id}' WHERE order_no = '{order_no}'")
+    } else {
+        format!(
+            "INSERT INTO orders (order_no, user_id, amount, status, saga_id) \
+             VALUES ('{order_no}', 1, 1.00, 'PENDING', '{id}')"
+        )
+    };
+    exec(db, &order).await;
     let due = if matches!(state, "RUNNING" | "WAITING" | "COMPENSATING") {
         "now()"
     } else {
@@ -411,11 +426,6 @@ async fn a_cancel_racing_a_worker_is_applied_exactly_once() {
     .await;
     let cli = client(&db.conn);
     let id = saga(&db.conn, "order_payment", "ORD-X", "RUNNING").await;
-    exec(
-        &db.conn,
-        &format!("INSERT INTO orders (order_no, user_id, amount, saga_id) VALUES ('ORD-X', 1, 1.00, '{id}')"),
-    )
-    .await;
 
     // Worker A holds the saga and is about to send the debit when the
     // operator's cancel lands.

@@ -65,7 +65,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
     .await;
     let (code, out) = cli(&db.url);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("all 10 invariants hold"), "{out}");
+    assert!(out.contains("all 11 invariants hold"), "{out}");
 
     // Now break one of each kind.
     exec(
@@ -97,6 +97,13 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
          VALUES ('00000000-0000-0000-0000-00000000000d', 'funds.commands', 'k', '{}', now() - interval '1 hour')",
     )
     .await;
+    // History of a saga that does not exist (no foreign key refuses it).
+    exec(
+        &db.conn,
+        "INSERT INTO saga_events (saga_id, kind, to_state) \
+         VALUES ('00000000-0000-0000-0000-00000000000e', 'CREATED', 'RUNNING')",
+    )
+    .await;
 
     let (code, out) = cli(&db.url);
     assert_eq!(code, 1, "{out}");
@@ -106,6 +113,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
         "saga 00000000-0000-0000-0000-00000000000c: RUNNING due since",
         "outbox 00000000-0000-0000-0000-00000000000d: topic funds.commands",
         "saga 00000000-0000-0000-0000-00000000000c",
+        "saga 00000000-0000-0000-0000-00000000000e: 1 history rows without their saga",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
@@ -132,7 +140,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
         .await;
     resp.assert_status_is_ok();
     let report: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
-    assert_eq!(report["checks"], 10);
+    assert_eq!(report["checks"], 11);
     let subjects: Vec<&str> = report["violations"]
         .as_array()
         .unwrap()

@@ -403,7 +403,8 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 const LIST_NEWEST_SQL: &str = "SELECT * FROM saga_instances \
      WHERE ($1::text IS NULL OR state = $1) \
        AND ($2::text IS NULL OR saga_type = $2) \
-       AND ($3::text IS NULL OR data->>'order_no' = $3) \
+       AND ($3::text IS NULL OR id IN (SELECT saga_id FROM orders WHERE order_no = $3 \
+                                        UNION ALL SELECT refund_saga_id FROM orders WHERE order_no = $3)) \
        AND ($4::timestamptz IS NULL OR created_at >= $4) \
        AND ($5::timestamptz IS NULL OR created_at < $5) \
        AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
@@ -413,7 +414,8 @@ const LIST_NEWEST_SQL: &str = "SELECT * FROM saga_instances \
 const LIST_OLDEST_SQL: &str = "SELECT * FROM saga_instances \
      WHERE ($1::text IS NULL OR state = $1) \
        AND ($2::text IS NULL OR saga_type = $2) \
-       AND ($3::text IS NULL OR data->>'order_no' = $3) \
+       AND ($3::text IS NULL OR id IN (SELECT saga_id FROM orders WHERE order_no = $3 \
+                                        UNION ALL SELECT refund_saga_id FROM orders WHERE order_no = $3)) \
        AND ($4::timestamptz IS NULL OR created_at >= $4) \
        AND ($5::timestamptz IS NULL OR created_at < $5) \
        AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7)) \

@@ -119,6 +119,12 @@ pub const CHECKS: &[(&str, &str)] = &[
                          AND NOT EXISTS (SELECT 1 FROM saga_instances_archive a WHERE a.id = o.saga_id)",
     ),
     (
+        "every history row belongs to a saga (the history has no foreign key, for speed)",
+        "SELECT 'saga ' || e.saga_id, count(*) || ' history rows without their saga' \
+         FROM saga_events e WHERE NOT EXISTS (SELECT 1 FROM saga_instances s WHERE s.id = e.saga_id) \
+         GROUP BY e.saga_id",
+    ),
+    (
         "no active saga is overdue without a live lease (stuck)",
         "SELECT 'saga ' || id, state || ' due since ' || next_run_at \
          FROM saga_instances \

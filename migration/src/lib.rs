@@ -49,6 +49,7 @@ mod m20261125_000003_operator_queries;
 mod m20261125_000004_attempt_base;
 mod m20261126_000005_force_forward;
 mod m20261126_000006_resolve_and_retention;
+mod m20261126_000007_lighter_saga_writes;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -64,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_attempt_base::Migration),
             Box::new(m20261126_000005_force_forward::Migration),
             Box::new(m20261126_000006_resolve_and_retention::Migration),
+            Box::new(m20261126_000007_lighter_saga_writes::Migration),
         ]
     }
 }
@@ -87,6 +89,7 @@ mod tests {
                 "m20261125_000004_attempt_base",
                 "m20261126_000005_force_forward",
                 "m20261126_000006_resolve_and_retention",
+                "m20261126_000007_lighter_saga_writes",
             ]
         );
     }

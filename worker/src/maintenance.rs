@@ -105,11 +105,12 @@ const ARCHIVE_SQL: &str = concat!(
     INSERT INTO saga_instances_archive SELECT m.*, now() FROM moved m"
 );
 
-/// Deletes the [`victims!`]; their history goes by the foreign key's
-/// cascade.
+/// Deletes the [`victims!`] with their history.
 const DELETE_SQL: &str = concat!(
     victims!(),
-    "DELETE FROM saga_instances s USING victims v WHERE s.id = v.id"
+    ", gone_events AS ( \
+        DELETE FROM saga_events e USING victims v WHERE e.saga_id = v.id) \
+    DELETE FROM saga_instances s USING victims v WHERE s.id = v.id"
 );
 
 /// Trims up to `batch` inbox rows older than the inbox retention.
