@@ -11,8 +11,8 @@ use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
 use sagaflow_workflows::order_refund;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr,
-    Statement, TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr, Statement,
+    TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -295,16 +295,8 @@ impl OrdersApi {
         let mut attempts = 0;
         let placed = loop {
             attempts += 1;
-            let txn = self.db.begin().await.map_err(ApiError::from)?;
-            match place(&txn, &new, key.as_deref(), fingerprint.as_deref()).await {
-                Ok(Some(Placed::New(o))) => {
-                    txn.commit().await.map_err(ApiError::from)?;
-                    break Placed::New(o);
-                }
-                Ok(Some(Placed::Existing(o))) => {
-                    txn.rollback().await.map_err(ApiError::from)?;
-                    break Placed::Existing(o);
-                }
+            match place(&self.db, &new, key.as_deref(), fingerprint.as_deref()).await {
+                Ok(Some(placed)) => break placed,
                 // The key's order vanished between the insert and the read,
                 // or a generated id collided: try again with fresh ids.
                 Ok(None) if attempts < 3 => continue,
@@ -462,72 +454,30 @@ async fn refund(
     updated.ok_or_else(|| ApiError::Internal(format!("order {order_no} vanished while locked")))
 }
 
-/// Inserts the order, its saga and the saga's first history row in `txn`
-/// (which the caller commits for [`Placed::New`]). `Ok(None)`: try again.
+/// Inserts the order, its saga and the saga's first history row: one
+/// statement, so one round trip and one implicit transaction (the saga and
+/// its history are inserted only if the order was). An unknown user fails
+/// the order's foreign key, and the whole statement with it.
+const PLACE_SQL: &str = concat!(
+    "WITH new_order AS ( \
+        INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
+        VALUES ($8, $9, $10, 'PENDING', $1, $11, $12) \
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
+     src AS (SELECT saga_id AS id FROM new_order), ",
+    sagaflow_entity::start_saga_ctes!(),
+    "SELECT * FROM new_order"
+);
+
+/// Places `new` (see [`PLACE_SQL`]). `Ok(None)`: try again.
 async fn place(
-    txn: &DatabaseTransaction,
+    db: &DatabaseConnection,
     new: &NewOrder,
     key: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Result<Option<Placed>, ApiError> {
     let pg = DbBackend::Postgres;
-    let account = txn
-        .query_one(Statement::from_sql_and_values(
-            pg,
-            "SELECT 1 AS one FROM accounts WHERE user_id = $1",
-            [new.user_id.into()],
-        ))
-        .await?;
-    if account.is_none() {
-        return Err(unknown_user(new.user_id));
-    }
-
     let order_no = format!("ORD-{}", Uuid::now_v7().simple());
     let saga_id = Uuid::now_v7();
-    let inserted = order::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            pg,
-            "INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
-            [
-                order_no.clone().into(),
-                new.user_id.into(),
-                new.amount.into(),
-                saga_id.into(),
-                key.map(str::to_owned).into(),
-                fingerprint.map(str::to_owned).into(),
-            ],
-        ))
-        .one(txn)
-        .await;
-    let inserted = match inserted {
-        Ok(row) => row,
-        Err(err) => {
-            return match err.sql_err() {
-                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(unknown_user(new.user_id)),
-                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
-                _ => Err(err.into()),
-            }
-        }
-    };
-    let Some(inserted) = inserted else {
-        // ON CONFLICT waited for the other inserter to commit; this new
-        // statement sees its row.
-        let Some(key) = key else {
-            return Err(ApiError::Internal("an order without key conflicted".into()));
-        };
-        let existing = order::Entity::find()
-            .from_raw_sql(Statement::from_sql_and_values(
-                pg,
-                "SELECT * FROM orders WHERE idempotency_key = $1",
-                [key.to_owned().into()],
-            ))
-            .one(txn)
-            .await?;
-        return Ok(existing.map(Placed::Existing));
-    };
-
     let data = OrderData {
         order_no: order_no.clone(),
         user_id: new.user_id,
@@ -539,15 +489,55 @@ async fn place(
         "user_id": new.user_id,
         "amount": format_amount(new.amount),
     });
-    start_saga(
-        txn,
+    let data = serde_json::to_value(&data)
+        .map_err(|e| ApiError::Internal(format!("serialising OrderData: {e}")))?;
+    let version = i32::try_from(order_payment::VERSION)
+        .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
+    let mut values = saga_instance::start_saga_values(
         saga_id,
-        (order_payment::SAGA_TYPE, order_payment::VERSION),
-        &data,
+        (order_payment::SAGA_TYPE, version),
+        data,
         detail,
-    )
-    .await?;
-    Ok(Some(Placed::New(inserted)))
+        "api",
+    );
+    values.extend([
+        order_no.into(),
+        new.user_id.into(),
+        new.amount.into(),
+        key.map(str::to_owned).into(),
+        fingerprint.map(str::to_owned).into(),
+    ]);
+    let inserted = order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(pg, PLACE_SQL, values))
+        .one(db)
+        .await;
+    let inserted = match inserted {
+        Ok(row) => row,
+        Err(err) => {
+            return match err.sql_err() {
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(unknown_user(new.user_id)),
+                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
+                _ => Err(err.into()),
+            }
+        }
+    };
+    if let Some(inserted) = inserted {
+        return Ok(Some(Placed::New(inserted)));
+    }
+    // ON CONFLICT waited for the other inserter to commit; this new
+    // statement sees its row.
+    let Some(key) = key else {
+        return Err(ApiError::Internal("an order without key conflicted".into()));
+    };
+    let existing = order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            pg,
+            "SELECT * FROM orders WHERE idempotency_key = $1",
+            [key.to_owned().into()],
+        ))
+        .one(db)
+        .await?;
+    Ok(existing.map(Placed::Existing))
 }
 
 /// An order number no order can have: one with a NUL character, which

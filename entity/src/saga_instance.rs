@@ -266,42 +266,64 @@ pub async fn file_requests<C: ConnectionTrait>(
         .await
 }
 
-/// Inserts a new saga instance of `saga_type` at `version`, its first step
-/// due now, with `data` as its input, and its `CREATED` history row with
-/// `detail`, written by `actor`. Run it in the transaction that also
-/// writes whatever the saga is about (the order, say), so that neither
-/// exists without the other.
-pub async fn insert_new<C: ConnectionTrait>(
-    conn: &C,
+/// The inserts that start a saga, as two CTEs over `src(id)`: the saga
+/// (`$2` type, `$3` version, `$4` state, `$5` data), due at the database's
+/// `now()` like every timestamp the claim loop compares, and its `CREATED`
+/// history row (`$6` detail, `$7` actor). A statement that starts a saga
+/// only if something else happened first (an order was inserted, say)
+/// puts that first and selects the new saga's id from it as `src`.
+#[macro_export]
+macro_rules! start_saga_ctes {
+    () => {
+        "new_saga AS ( \
+            INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
+            SELECT id, $2, $3, $4, 0, 0, now(), $5 FROM src RETURNING id), \
+         new_saga_event AS ( \
+            INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+            SELECT id, 'CREATED', 0, 0, NULL, $4, $6, $7 FROM new_saga) "
+    };
+}
+
+/// The parameters `$1`–`$7` of [`start_saga_ctes!`].
+pub fn start_saga_values(
     id: Uuid,
     (saga_type, version): (&str, i32),
     data: Json,
     detail: Json,
     actor: &str,
+) -> Vec<sea_orm::Value> {
+    vec![
+        id.into(),
+        saga_type.into(),
+        version.into(),
+        SagaState::Running.as_str().into(),
+        data.into(),
+        detail.into(),
+        actor.into(),
+    ]
+}
+
+/// Inserts a new saga instance of `saga_type` at `version`, its first step
+/// due now, with `data` as its input, and its `CREATED` history row with
+/// `detail`, written by `actor`, in one statement. Run it in the
+/// transaction that also writes whatever the saga is about (the order,
+/// say), so that neither exists without the other.
+pub async fn insert_new<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    saga: (&str, i32),
+    data: Json,
+    detail: Json,
+    actor: &str,
 ) -> Result<(), DbErr> {
-    let pg = DbBackend::Postgres;
-    let state = SagaState::Running.as_str();
-    // next_run_at is the database's now(), like every other timestamp the
-    // claim loop compares, so the saga is due at once whatever this
-    // process's clock says.
     conn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
-         VALUES ($1, $2, $3, $4, 0, 0, now(), $5)",
-        [
-            id.into(),
-            saga_type.into(),
-            version.into(),
-            state.into(),
-            data.into(),
-        ],
-    ))
-    .await?;
-    conn.execute(Statement::from_sql_and_values(
-        pg,
-        "INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-         VALUES ($1, 'CREATED', 0, 0, NULL, $2, $3, $4)",
-        [id.into(), state.into(), detail.into(), actor.into()],
+        DbBackend::Postgres,
+        concat!(
+            "WITH src AS (SELECT $1::uuid AS id), ",
+            start_saga_ctes!(),
+            "SELECT id FROM new_saga"
+        ),
+        start_saga_values(id, saga, data, detail, actor),
     ))
     .await?;
     Ok(())
