@@ -11,7 +11,7 @@ use sagaflow_workflows::policy::Jitter;
 use sagaflow_workflows::transition;
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
-use crate::sql::{exec, outbox_insert, traceparent};
+use crate::sql::{exec, traceparent};
 use crate::{LocalContext, WorkerConfig, WorkerError};
 
 /// What an advance recorded, for metrics once the transaction committed.
@@ -159,9 +159,9 @@ pub(crate) async fn advance(
     Ok(advanced)
 }
 
-/// [`advance`], leaving the saga's new state and history rows in `writes`
-/// for the caller to flush (with other sagas' in a batch). Effects (outbox
-/// rows, local actions) are written through `db` at once.
+/// [`advance`], leaving the saga's new state, history rows and commands in
+/// `writes` for the caller to flush (with other sagas' in a batch). Local
+/// actions and hooks run through `db` at once.
 pub(crate) async fn advance_into(
     db: &DatabaseTransaction,
     cfg: &WorkerConfig,
@@ -239,7 +239,7 @@ pub(crate) async fn advance_into(
                         user_id: target.user_id,
                         amount: target.amount,
                     };
-                    send_command(db, topics, &env).await?;
+                    writes.send_command(topics, &env)?;
                 }
                 Effect::RunLocal {
                     step,
@@ -288,89 +288,79 @@ pub(crate) async fn advance_into(
     Ok(Advanced { recorded })
 }
 
-async fn send_command<C: ConnectionTrait>(
-    db: &C,
-    topics: &Topics,
-    env: &CommandEnvelope,
-) -> Result<(), WorkerError> {
-    let payload = serde_json::to_value(env).map_err(|e| WorkerError::Corrupt {
-        saga_id: env.saga_id,
-        reason: format!("encode command: {e}"),
-    })?;
-    let headers = serde_json::json!({
-        "message_id": env.message_id.to_string(),
-        "saga_id": env.saga_id.to_string(),
-        "type": env.kind.as_str(),
-        "epoch": env.epoch.to_string(),
-        "step": env.step.to_string(),
-        "attempt": env.attempt.to_string(),
-        "traceparent": traceparent(env.saga_id),
-    });
-    // A retry reuses the command's message id; the previous attempt's row
-    // may still be unpublished, so give each attempt (of each epoch) its
-    // own outbox id.
-    let attempt = match env.epoch {
-        0 => env.attempt.to_string(),
-        epoch => format!("{epoch}/{}", env.attempt),
-    };
-    let outbox_id = uuid::Uuid::new_v5(&env.message_id, attempt.as_bytes());
-    outbox_insert(
-        db,
-        outbox_id,
-        &topics.funds_commands,
-        &env.user_id.to_string(),
-        payload,
-        headers,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Sagas' new states and history rows, written by [`Writes::flush`] in
-/// two statements however many sagas and rows there are: one round trip
-/// each for a whole claimed batch. The rows travel as one JSON array
-/// parameter, so the statement text (and its prepared plan) never changes.
+/// Sagas' new states, their history rows and the commands they send,
+/// written by [`Writes::flush`] in one statement however many sagas and
+/// rows there are: one round trip for a whole claimed batch, or for a
+/// reply. The rows travel as JSON array parameters, so the statement text
+/// (and its prepared plan) never changes with their number.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     history: Vec<serde_json::Value>,
+    outbox: Vec<serde_json::Value>,
     /// (id, version read, new state) per saga.
     states: Vec<(uuid::Uuid, i64, Instance)>,
 }
 
-/// The history rows of a [`Writes`], in order.
-const HISTORY_SQL: &str = "\
-INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-SELECT (e->>'saga_id')::uuid, e->>'kind', (e->>'step')::int, (e->>'attempt')::int, \
-       e->>'from_state', e->>'to_state', e->'detail', e->>'actor' \
-FROM jsonb_array_elements($1) WITH ORDINALITY AS r(e, n) ORDER BY n";
+/// The history rows (`$1`) and outbox rows (`$2`) of a [`Writes`], each
+/// inserted in array order (the relay publishes in outbox id order). A
+/// message id already in the outbox is left alone: the same message
+/// written twice is published once.
+macro_rules! effects_ctes {
+    () => {
+        "history AS ( \
+            INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+            SELECT (e->>'saga_id')::uuid, e->>'kind', (e->>'step')::int, (e->>'attempt')::int, \
+                   e->>'from_state', e->>'to_state', e->'detail', e->>'actor' \
+            FROM jsonb_array_elements($1) WITH ORDINALITY AS r(e, n) ORDER BY n), \
+         commands AS ( \
+            INSERT INTO outbox (message_id, topic, key, payload, headers) \
+            SELECT (m->>'message_id')::uuid, m->>'topic', m->>'key', m->'payload', m->'headers' \
+            FROM jsonb_array_elements($2) WITH ORDINALITY AS r(m, n) ORDER BY n \
+            ON CONFLICT (message_id) DO NOTHING) "
+    };
+}
 
-/// The new states of a batch, each guarded by the version its writer read;
-/// releases the lease and clears a consumed operator request. `$2`, the ids
-/// again as an array, is what lets the planner find the rows through the
-/// primary key: joined only on an expression of the JSON, it hashed a
-/// sequential scan of the whole table (1 ms per reply at a few thousand
-/// sagas, the largest single cost of order-e2e).
-const STORE_BATCH_SQL: &str = "\
-UPDATE saga_instances s SET state = v->>'state', current_step = (v->>'step')::int, \
-       attempt = (v->>'attempt')::int, attempt_base = (v->>'attempt_base')::int, \
-       epoch = (v->>'epoch')::int, cancel_requested = (v->>'cancel_requested')::boolean, \
-       next_run_at = (v->>'next_run_at')::timestamptz, deadline = (v->>'deadline')::timestamptz, \
-       last_error = v->>'last_error', failure_reason = v->>'failure', \
-       lease_owner = NULL, lease_expires_at = NULL, operator_request = NULL, operator_reason = NULL, \
-       version = s.version + 1, updated_at = now() \
-FROM jsonb_array_elements($1) AS r(v) \
-WHERE s.id = ANY($2) AND s.id = (v->>'id')::uuid AND s.version = (v->>'version')::bigint \
-RETURNING s.id";
+/// History and outbox rows with no saga state to write.
+const EFFECTS_SQL: &str = concat!("WITH ", effects_ctes!(), "SELECT 1");
+
+/// The new states of a batch (`$3`), each guarded by the version its writer
+/// read; releases the lease and clears a consumed operator request. `$4`,
+/// the ids again as an array, is what lets the planner find the rows
+/// through the primary key: joined only on an expression of the JSON, it
+/// hashed a sequential scan of the whole table (1 ms per reply at a few
+/// thousand sagas, the largest single cost of order-e2e).
+const STORE_BATCH_SQL: &str = concat!(
+    "WITH ",
+    effects_ctes!(),
+    ", stored AS ( \
+        UPDATE saga_instances s SET state = v->>'state', current_step = (v->>'step')::int, \
+           attempt = (v->>'attempt')::int, attempt_base = (v->>'attempt_base')::int, \
+           epoch = (v->>'epoch')::int, cancel_requested = (v->>'cancel_requested')::boolean, \
+           next_run_at = (v->>'next_run_at')::timestamptz, deadline = (v->>'deadline')::timestamptz, \
+           last_error = v->>'last_error', failure_reason = v->>'failure', \
+           lease_owner = NULL, lease_expires_at = NULL, operator_request = NULL, operator_reason = NULL, \
+           version = s.version + 1, updated_at = now() \
+        FROM jsonb_array_elements($3) AS r(v) \
+        WHERE s.id = ANY($4) AND s.id = (v->>'id')::uuid AND s.version = (v->>'version')::bigint \
+        RETURNING s.id) \
+    SELECT id FROM stored"
+);
 
 /// One saga's new state, as [`STORE_BATCH_SQL`] writes it, with plain
 /// parameters: a reply advances one saga at a time, and for one row this
 /// costs a third of the JSON form.
-const STORE_ONE_SQL: &str = "\
-UPDATE saga_instances SET state = $1, current_step = $2, attempt = $3, attempt_base = $4, epoch = $5, \
-       cancel_requested = $6, next_run_at = $7, deadline = $8, last_error = $9, failure_reason = $10, \
-       lease_owner = NULL, lease_expires_at = NULL, operator_request = NULL, operator_reason = NULL, \
-       version = version + 1, updated_at = now() \
-WHERE id = $11 AND version = $12";
+const STORE_ONE_SQL: &str = concat!(
+    "WITH ",
+    effects_ctes!(),
+    ", stored AS ( \
+        UPDATE saga_instances SET state = $3, current_step = $4, attempt = $5, attempt_base = $6, \
+           epoch = $7, cancel_requested = $8, next_run_at = $9, deadline = $10, last_error = $11, \
+           failure_reason = $12, lease_owner = NULL, lease_expires_at = NULL, \
+           operator_request = NULL, operator_reason = NULL, version = version + 1, updated_at = now() \
+        WHERE id = $13 AND version = $14 \
+        RETURNING id) \
+    SELECT id FROM stored"
+);
 
 fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
@@ -383,41 +373,79 @@ impl Writes {
         self.states.push((row.id, row.version, i.clone()));
     }
 
-    /// Writes everything queued. Fails with [`WorkerError::StaleSaga`] (and
-    /// the caller must roll back) if any saga changed since it was read.
+    /// Queues `env` for the outbox.
+    fn send_command(&mut self, topics: &Topics, env: &CommandEnvelope) -> Result<(), WorkerError> {
+        let payload = serde_json::to_value(env).map_err(|e| WorkerError::Corrupt {
+            saga_id: env.saga_id,
+            reason: format!("encode command: {e}"),
+        })?;
+        let headers = serde_json::json!({
+            "message_id": env.message_id.to_string(),
+            "saga_id": env.saga_id.to_string(),
+            "type": env.kind.as_str(),
+            "epoch": env.epoch.to_string(),
+            "step": env.step.to_string(),
+            "attempt": env.attempt.to_string(),
+            "traceparent": traceparent(env.saga_id),
+        });
+        // A retry reuses the command's message id; the previous attempt's
+        // row may still be unpublished, so give each attempt (of each
+        // epoch) its own outbox id.
+        let attempt = match env.epoch {
+            0 => env.attempt.to_string(),
+            epoch => format!("{epoch}/{}", env.attempt),
+        };
+        self.outbox.push(serde_json::json!({
+            "message_id": uuid::Uuid::new_v5(&env.message_id, attempt.as_bytes()),
+            "topic": topics.funds_commands,
+            "key": env.user_id.to_string(),
+            "payload": payload,
+            "headers": headers,
+        }));
+        Ok(())
+    }
+
+    /// Writes everything queued, in one statement. Fails with
+    /// [`WorkerError::StaleSaga`] (and the caller must roll back, which
+    /// takes the history and outbox rows back too) if any saga changed
+    /// since it was read.
     pub(crate) async fn flush<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), WorkerError> {
-        if !self.history.is_empty() {
-            let rows = serde_json::Value::Array(std::mem::take(&mut self.history));
-            exec(db, HISTORY_SQL, [rows.into()]).await?;
-        }
+        let history = serde_json::Value::Array(std::mem::take(&mut self.history));
+        let outbox = serde_json::Value::Array(std::mem::take(&mut self.outbox));
         let states = std::mem::take(&mut self.states);
         let written: std::collections::HashSet<uuid::Uuid> = match &states[..] {
-            [] => return Ok(()),
-            [(id, version, i)] => {
-                let res = exec(
-                    db,
-                    STORE_ONE_SQL,
-                    [
-                        i.state.as_str().into(),
-                        to_i32(i.step).into(),
-                        to_i32(i.attempt).into(),
-                        to_i32(i.attempt_base).into(),
-                        to_i32(i.epoch).into(),
-                        i.cancel_requested.into(),
-                        i.next_run_at.into(),
-                        i.deadline.into(),
-                        i.last_error.clone().into(),
-                        i.failure.clone().into(),
-                        (*id).into(),
-                        (*version).into(),
-                    ],
-                )
-                .await?;
-                if res.rows_affected() == 1 {
-                    return Ok(());
+            [] => {
+                if history.as_array().is_some_and(|h| !h.is_empty())
+                    || outbox.as_array().is_some_and(|o| !o.is_empty())
+                {
+                    exec(db, EFFECTS_SQL, [history.into(), outbox.into()]).await?;
                 }
-                std::collections::HashSet::new()
+                return Ok(());
             }
+            [(id, version, i)] => crate::sql::all(
+                db,
+                STORE_ONE_SQL,
+                [
+                    history.into(),
+                    outbox.into(),
+                    i.state.as_str().into(),
+                    to_i32(i.step).into(),
+                    to_i32(i.attempt).into(),
+                    to_i32(i.attempt_base).into(),
+                    to_i32(i.epoch).into(),
+                    i.cancel_requested.into(),
+                    i.next_run_at.into(),
+                    i.deadline.into(),
+                    i.last_error.clone().into(),
+                    i.failure.clone().into(),
+                    (*id).into(),
+                    (*version).into(),
+                ],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok())
+            .collect(),
             many => {
                 let rows: Vec<serde_json::Value> = many
                     .iter()
@@ -439,26 +467,28 @@ impl Writes {
                     })
                     .collect();
                 let ids: Vec<uuid::Uuid> = many.iter().map(|(id, _, _)| *id).collect();
-                let written = crate::sql::all(
+                crate::sql::all(
                     db,
                     STORE_BATCH_SQL,
-                    [serde_json::Value::Array(rows).into(), ids.into()],
+                    [
+                        history.into(),
+                        outbox.into(),
+                        serde_json::Value::Array(rows).into(),
+                        ids.into(),
+                    ],
                 )
-                .await?;
-                if written.len() == many.len() {
-                    return Ok(());
-                }
-                written
-                    .iter()
-                    .filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok())
-                    .collect()
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<uuid::Uuid>("", "id").ok())
+                .collect()
             }
         };
-        let (saga_id, version) = states
-            .iter()
-            .find(|(id, _, _)| !written.contains(id))
-            .map(|(id, version, _)| (*id, *version))
-            .unwrap_or_default();
-        Err(WorkerError::StaleSaga { saga_id, version })
+        match states.iter().find(|(id, _, _)| !written.contains(id)) {
+            None => Ok(()),
+            Some((saga_id, version, _)) => Err(WorkerError::StaleSaga {
+                saga_id: *saga_id,
+                version: *version,
+            }),
+        }
     }
 }

@@ -19,7 +19,7 @@ use sagaflow_workflows::{Action, Registry};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use uuid::Uuid;
 
-use crate::sql::{exec, outbox_insert, traceparent};
+use crate::sql::{one, traceparent};
 use crate::WorkerError;
 
 /// What a local action gets to work with.
@@ -154,6 +154,23 @@ impl Actions {
     }
 }
 
+/// A hook's order update (parameters from `$6`) and the event it
+/// announces (`$1` message id, `$2` topic, `$3` key, `$4` payload, `$5`
+/// headers) in one statement: the event goes to the outbox only if the
+/// order moved, and `moved` says whether it did.
+macro_rules! with_event {
+    ($update:literal) => {
+        concat!(
+            "WITH moved AS (",
+            $update,
+            " RETURNING 1), \
+             event AS (INSERT INTO outbox (message_id, topic, key, payload, headers) \
+                SELECT $1, $2, $3, $4, $5 FROM moved ON CONFLICT (message_id) DO NOTHING) \
+             SELECT count(*) AS moved FROM moved"
+        )
+    };
+}
+
 /// Runs one of the order sagas' terminal hooks.
 async fn run_hook<C: ConnectionTrait>(
     db: &C,
@@ -170,8 +187,10 @@ async fn run_hook<C: ConnectionTrait>(
     let pay = |status: &'static str, failure: Option<String>| {
         (
             status,
-            "UPDATE orders SET status = $1, failure_reason = $2, updated_at = now() \
-             WHERE order_no = $3 AND saga_id = $4 AND status = 'PENDING'",
+            with_event!(
+                "UPDATE orders SET status = $6, failure_reason = $7, updated_at = now() \
+                 WHERE order_no = $8 AND saga_id = $9 AND status = 'PENDING'"
+            ),
             vec![
                 status.into(),
                 failure.into(),
@@ -218,8 +237,10 @@ async fn run_hook<C: ConnectionTrait>(
             HOOK_MARK_REFUNDED => (
                 refund(
                     "REFUNDED",
-                    "UPDATE orders SET status = 'REFUNDED', updated_at = now() \
-                     WHERE order_no = $1 AND refund_saga_id = $2 AND status = 'PAID'",
+                    with_event!(
+                        "UPDATE orders SET status = 'REFUNDED', updated_at = now() \
+                         WHERE order_no = $6 AND refund_saga_id = $7 AND status = 'PAID'"
+                    ),
                 ),
                 OrderEvent::OrderRefunded {
                     message_id: OrderEvent::message_id_for(saga_id, "OrderRefunded"),
@@ -234,8 +255,10 @@ async fn run_hook<C: ConnectionTrait>(
                 // The order stays PAID and may be refunded again.
                 refund(
                     "PAID (refund abandoned)",
-                    "UPDATE orders SET refund_saga_id = NULL, updated_at = now() \
-                     WHERE order_no = $1 AND refund_saga_id = $2 AND status = 'PAID'",
+                    with_event!(
+                        "UPDATE orders SET refund_saga_id = NULL, updated_at = now() \
+                         WHERE order_no = $6 AND refund_saga_id = $7 AND status = 'PAID'"
+                    ),
                 ),
                 OrderEvent::OrderRefundFailed {
                     message_id: OrderEvent::message_id_for(saga_id, "OrderRefundFailed"),
@@ -252,16 +275,6 @@ async fn run_hook<C: ConnectionTrait>(
                 })
             }
         };
-    let res = exec(db, sql, values).await?;
-    if res.rows_affected() != 1 {
-        return Err(WorkerError::Corrupt {
-            saga_id,
-            reason: format!(
-                "order {} is not in the status this saga expects; refusing to mark it {status}",
-                data.order_no
-            ),
-        });
-    }
     let payload = serde_json::to_value(&event).map_err(|e| WorkerError::Corrupt {
         saga_id,
         reason: format!("encode event: {e}"),
@@ -272,14 +285,27 @@ async fn run_hook<C: ConnectionTrait>(
         "type": event.kind(),
         "traceparent": traceparent(saga_id),
     });
-    outbox_insert(
-        db,
-        event.message_id(),
-        &topics.orders_events,
-        event.order_no(),
-        payload,
-        headers,
-    )
-    .await?;
+    let mut params: Vec<sea_orm::Value> = vec![
+        event.message_id().into(),
+        topics.orders_events.clone().into(),
+        event.order_no().to_owned().into(),
+        payload.into(),
+        headers.into(),
+    ];
+    params.extend(values);
+    let moved: i64 = one(db, sql, params)
+        .await?
+        .map(|r| r.try_get("", "moved"))
+        .transpose()?
+        .unwrap_or(0);
+    if moved != 1 {
+        return Err(WorkerError::Corrupt {
+            saga_id,
+            reason: format!(
+                "order {} is not in the status this saga expects; refusing to mark it {status}",
+                data.order_no
+            ),
+        });
+    }
     Ok(())
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
-use crate::sql::{exec, inbox_insert, one, outbox_insert, traceparent};
+use crate::sql::{exec, inbox_insert, one, traceparent};
 use crate::{WorkerConfig, WorkerError};
 
 /// Inbox name of the funds participant.
@@ -178,12 +178,6 @@ async fn store_and_reply<C: ConnectionTrait>(
         outcome: outcome.clone(),
     })
     .unwrap_or_default();
-    exec(
-        tx,
-        "UPDATE inbox SET result = $3 WHERE consumer = $1 AND message_id = $2",
-        [CONSUMER.into(), cmd.message_id.into(), stored.into()],
-    )
-    .await?;
     let reply = ReplyEnvelope::answering(cmd, outcome);
     let headers = serde_json::json!({
         "message_id": reply.message_id.to_string(),
@@ -193,13 +187,23 @@ async fn store_and_reply<C: ConnectionTrait>(
         "attempt": reply.attempt.to_string(),
         "traceparent": traceparent(reply.saga_id),
     });
-    outbox_insert(
+    // The answer kept in the inbox and the reply in the outbox: one
+    // statement.
+    exec(
         tx,
-        reply.message_id,
-        &topics.saga_replies,
-        &reply.saga_id.to_string(),
-        serde_json::to_value(&reply).unwrap_or_default(),
-        headers,
+        "WITH answered AS (UPDATE inbox SET result = $6 WHERE consumer = $7 AND message_id = $8) \
+         INSERT INTO outbox (message_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (message_id) DO NOTHING",
+        [
+            reply.message_id.into(),
+            topics.saga_replies.clone().into(),
+            reply.saga_id.to_string().into(),
+            serde_json::to_value(&reply).unwrap_or_default().into(),
+            headers.into(),
+            stored.into(),
+            CONSUMER.into(),
+            cmd.message_id.into(),
+        ],
     )
     .await?;
     Ok(())
@@ -214,6 +218,22 @@ enum Direction {
     Give,
 }
 
+/// An account update (`$1` user, `$2` amount) returning the new balance,
+/// and the ledger row of saga `$3` and kind `$4` it moved, in one
+/// statement.
+macro_rules! with_ledger_entry {
+    ($update:literal) => {
+        concat!(
+            "WITH moved AS (",
+            $update,
+            "), entry AS ( \
+                INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) \
+                SELECT $1, $3, $4, $2, balance FROM moved) \
+             SELECT balance FROM moved"
+        )
+    };
+}
+
 /// Moves `amount` for `user_id` and writes the ledger row; `None` if the
 /// account is missing or (taking) the balance does not cover it.
 async fn post<C: ConnectionTrait>(
@@ -224,29 +244,29 @@ async fn post<C: ConnectionTrait>(
     amount: Decimal,
     dir: Direction,
 ) -> Result<Option<Decimal>, WorkerError> {
+    // One statement moves the money and writes its ledger row (only if it
+    // moved). Taking is conditional: concurrent takes from one account
+    // queue on its row lock and can never overdraw it.
     let sql = match dir {
-        // One conditional statement: concurrent takes from one account
-        // queue on its row lock and can never overdraw it.
-        Direction::Take => {
+        Direction::Take => with_ledger_entry!(
             "UPDATE accounts SET balance = balance - $2, updated_at = now() \
              WHERE user_id = $1 AND balance >= $2 RETURNING balance"
-        }
-        Direction::Give => {
+        ),
+        Direction::Give => with_ledger_entry!(
             "UPDATE accounts SET balance = balance + $2, updated_at = now() \
              WHERE user_id = $1 RETURNING balance"
-        }
+        ),
     };
-    let Some(row) = one(tx, sql, [user_id.into(), amount.into()]).await? else {
+    let Some(row) = one(
+        tx,
+        sql,
+        [user_id.into(), amount.into(), saga_id.into(), kind.into()],
+    )
+    .await?
+    else {
         return Ok(None);
     };
-    let balance: Decimal = row.try_get("", "balance")?;
-    exec(
-        tx,
-        "INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) VALUES ($1, $2, $3, $4, $5)",
-        [user_id.into(), saga_id.into(), kind.into(), amount.into(), balance.into()],
-    )
-    .await?;
-    Ok(Some(balance))
+    Ok(Some(row.try_get("", "balance")?))
 }
 
 async fn has_entry<C: ConnectionTrait>(

@@ -31,8 +31,6 @@ pub(crate) async fn all<C: ConnectionTrait>(
     db.query_all(stmt(sql, values)).await
 }
 
-/// Writes a message to the outbox. A message id already there is left
-/// alone: the same message written twice is published once.
 /// Records `message_id` as seen by `consumer`; `false` if it already was.
 /// Runs in the caller's transaction, so the mark commits with the effect.
 pub(crate) async fn inbox_insert<C: ConnectionTrait>(
@@ -47,30 +45,6 @@ pub(crate) async fn inbox_insert<C: ConnectionTrait>(
     )
     .await?
     .is_some())
-}
-
-pub(crate) async fn outbox_insert<C: ConnectionTrait>(
-    db: &C,
-    message_id: uuid::Uuid,
-    topic: &str,
-    key: &str,
-    payload: serde_json::Value,
-    headers: serde_json::Value,
-) -> Result<(), DbErr> {
-    exec(
-        db,
-        "INSERT INTO outbox (message_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (message_id) DO NOTHING",
-        [
-            message_id.into(),
-            topic.into(),
-            key.into(),
-            payload.into(),
-            headers.into(),
-        ],
-    )
-    .await
-    .map(|_| ())
 }
 
 /// A W3C `traceparent` whose trace id is the saga id, so that every message
