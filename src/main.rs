@@ -8,6 +8,12 @@ use sagaflow::app::{self, Roles};
 use sagaflow::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: perf over order-e2e put a quarter
+/// of this process's CPU in glibc's malloc and free (JSON values, SQL
+/// parameters, Kafka payloads are all short-lived allocations).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sagaflow",
