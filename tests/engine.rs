@@ -1283,3 +1283,60 @@ async fn a_late_answer_to_an_earlier_attempt_completes_the_saga() {
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }
+
+/// The funds participant records a whole batch's inbox rows before it
+/// processes the first command. A debit and its refunds arriving in one
+/// batch must still meet as they do one by one: the refund undoes the
+/// debit, and a refund ahead of its debit fences the debit off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_debit_and_its_refund_in_one_participant_batch_settle_as_one_by_one() {
+    use sagaflow_worker::consumer::{Handled, Incoming};
+    let batch = |payloads: Vec<&Vec<u8>>| -> Vec<Incoming> {
+        payloads
+            .into_iter()
+            .map(|p| Incoming {
+                payload: p.clone(),
+                span: tracing::Span::none(),
+            })
+            .collect()
+    };
+    let app = start(GIVES_UP, NO_FUNDS).await;
+    let fake = FakeParticipant::new(&app);
+    let topics = app.config.topics();
+
+    // Debit, then both refunds, in one batch: taken, then given back once.
+    let (_, saga, cmds) = failed_saga(&app, &fake, 31).await;
+    let handled = sagaflow_worker::participant::handle_batch(
+        &app.db.conn,
+        &topics,
+        batch(vec![&cmds[0], &cmds[1], &cmds[2]]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            handled[..],
+            [Handled::Applied, Handled::Applied, Handled::Applied]
+        ),
+        "{handled:?}"
+    );
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
+    assert_eq!(app.account(31).await["balance"], "10.00");
+
+    // A refund ahead of its debit in one batch: nothing to give back, and
+    // the late debit is fenced off.
+    let (_, saga, cmds) = failed_saga(&app, &fake, 32).await;
+    sagaflow_worker::participant::handle_batch(
+        &app.db.conn,
+        &topics,
+        batch(vec![&cmds[1], &cmds[0]]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ledger(&app, &saga, "DEBIT").await, 0);
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 0);
+    assert_eq!(app.account(32).await["balance"], "10.00");
+    assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
+    app.stop().await;
+}

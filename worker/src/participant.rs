@@ -16,6 +16,8 @@
 //! decided anew, a compensation of an earlier epoch than an applied forward
 //! command is refused, and a reversed entry is never taken again.
 
+use std::collections::HashSet;
+
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
 use sagaflow_workflows::messages::{
@@ -24,10 +26,11 @@ use sagaflow_workflows::messages::{
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
-use crate::sql::{exec, inbox_insert, one, traceparent};
+use crate::sql::{exec, inbox_insert_many, one, traceparent};
 use crate::{WorkerConfig, WorkerError};
 
 /// Inbox name of the funds participant.
@@ -57,52 +60,88 @@ pub async fn handle(
     payload: &[u8],
 ) -> Result<Handled, WorkerError> {
     let tx = db.begin().await?;
-    let handled = handle_in(&tx, topics, payload).await?;
+    let handled = match parse(payload) {
+        Err(dead) => dead,
+        Ok(cmd) => {
+            let fresh = inbox_insert_many(&tx, CONSUMER, vec![cmd.message_id]).await?;
+            let first = fresh.contains(&cmd.message_id);
+            apply_traced(&tx, topics, cmd, first, &HashSet::new()).await?
+        }
+    };
     tx.commit().await?;
     Ok(handled)
 }
 
 /// Applies a batch of `funds.commands` messages in one transaction, in
-/// order (a later command sees what an earlier one wrote).
+/// order (a later command sees what an earlier one wrote). The batch's
+/// inbox rows are inserted first, in one statement.
 pub async fn handle_batch(
     db: &DatabaseConnection,
     topics: &Topics,
     batch: Vec<Incoming>,
 ) -> Result<Vec<Handled>, WorkerError> {
+    let parsed: Vec<_> = batch
+        .into_iter()
+        .map(|m| (parse(&m.payload), m.span))
+        .collect();
+    let ids = parsed
+        .iter()
+        .filter_map(|(p, _)| p.as_ref().ok().map(|c| c.message_id))
+        .collect();
     let tx = db.begin().await?;
-    let mut handled = Vec::with_capacity(batch.len());
-    for m in batch {
-        handled.push(
-            handle_in(&tx, topics, &m.payload)
-                .instrument(m.span)
-                .await?,
-        );
+    let mut fresh = inbox_insert_many(&tx, CONSUMER, ids).await?;
+    let mut handled = Vec::with_capacity(parsed.len());
+    for (cmd, span) in parsed {
+        handled.push(match cmd {
+            Err(dead) => dead,
+            Ok(cmd) => {
+                // Only the first of a batch's copies of a message counts as
+                // new; a later copy finds the first's answer.
+                let first = fresh.remove(&cmd.message_id);
+                apply_traced(&tx, topics, cmd, first, &fresh)
+                    .instrument(span)
+                    .await?
+            }
+        });
     }
     tx.commit().await?;
     Ok(handled)
 }
 
-async fn handle_in<C: ConnectionTrait>(
-    tx: &C,
-    topics: &Topics,
-    payload: &[u8],
-) -> Result<Handled, WorkerError> {
-    let cmd: CommandEnvelope = match serde_json::from_slice(payload) {
-        Ok(c) => c,
-        Err(e) => return Ok(Handled::DeadLetter(format!("not a funds command: {e}"))),
-    };
-    let span = tracing::info_span!("funds_command", saga_id = %cmd.saga_id, command = cmd.kind.as_str(),
-        step = cmd.step, attempt = cmd.attempt, user_id = cmd.user_id);
-    apply(tx, topics, cmd).instrument(span).await
+/// The command in `payload`, or the dead letter it makes.
+fn parse(payload: &[u8]) -> Result<CommandEnvelope, Handled> {
+    serde_json::from_slice(payload)
+        .map_err(|e| Handled::DeadLetter(format!("not a funds command: {e}")))
 }
 
+async fn apply_traced<C: ConnectionTrait>(
+    tx: &C,
+    topics: &Topics,
+    cmd: CommandEnvelope,
+    first: bool,
+    pending: &HashSet<Uuid>,
+) -> Result<Handled, WorkerError> {
+    let span = tracing::info_span!("funds_command", saga_id = %cmd.saga_id, command = cmd.kind.as_str(),
+        step = cmd.step, attempt = cmd.attempt, user_id = cmd.user_id);
+    apply(tx, topics, cmd, first, pending)
+        .instrument(span)
+        .await
+}
+
+/// Applies `cmd`; `first` says whether its inbox row was new (inserted by
+/// this transaction for this copy of the message). `pending` holds the
+/// messages whose inbox rows this batch inserted but has not processed
+/// yet: those rows say nothing yet, so the fences below must not read them
+/// as processed (a debit and its refund in one batch would otherwise fence
+/// each other off).
 async fn apply<C: ConnectionTrait>(
     tx: &C,
     topics: &Topics,
     cmd: CommandEnvelope,
+    first: bool,
+    pending: &HashSet<Uuid>,
 ) -> Result<Handled, WorkerError> {
-    let inserted = inbox_insert(tx, CONSUMER, cmd.message_id).await?;
-    if !inserted {
+    if !first {
         match stored(tx, cmd.message_id, true).await? {
             // An operator forced the saga forward since: decide anew.
             Some(s) if cmd.epoch > s.epoch => {}
@@ -117,13 +156,24 @@ async fn apply<C: ConnectionTrait>(
         }
     }
     let outcome = match cmd.kind {
-        CommandKind::FundsDebit => forward(tx, &cmd, ("DEBIT", "REFUND"), Direction::Take).await?,
-        CommandKind::FundsRefund => undo(tx, &cmd, "DEBIT", "REFUND", Direction::Give).await?,
+        CommandKind::FundsDebit => {
+            forward(tx, &cmd, ("DEBIT", "REFUND"), Direction::Take, pending).await?
+        }
+        CommandKind::FundsRefund => {
+            undo(tx, &cmd, "DEBIT", "REFUND", Direction::Give, pending).await?
+        }
         CommandKind::FundsCredit => {
-            forward(tx, &cmd, ("REFUND", "REFUND_VOID"), Direction::Give).await?
+            forward(
+                tx,
+                &cmd,
+                ("REFUND", "REFUND_VOID"),
+                Direction::Give,
+                pending,
+            )
+            .await?
         }
         CommandKind::FundsCreditVoid => {
-            undo(tx, &cmd, "REFUND", "REFUND_VOID", Direction::Take).await?
+            undo(tx, &cmd, "REFUND", "REFUND_VOID", Direction::Take, pending).await?
         }
     };
     store_and_reply(tx, topics, &cmd, outcome).await?;
@@ -313,6 +363,7 @@ async fn forward<C: ConnectionTrait>(
     cmd: &CommandEnvelope,
     (kind, undo_kind): (&str, &str),
     dir: Direction,
+    pending: &HashSet<Uuid>,
 ) -> Result<ReplyOutcome, WorkerError> {
     if cmd.amount <= Decimal::ZERO {
         return Ok(ReplyOutcome::Rejected {
@@ -352,7 +403,7 @@ async fn forward<C: ConnectionTrait>(
     // Fence: once this step's compensation of this epoch (or a later one)
     // was processed, a late forward command (one its own compensation
     // overtook) must not move money.
-    let undo_seen: bool = facts.try_get("", "undo_seen")?;
+    let undo_seen: bool = facts.try_get("", "undo_seen")? && !pending.contains(&undo_id);
     let undo =
         undo_seen.then(|| Stored::from_result(facts.try_get("", "undo_result").ok().flatten()));
     if undo.is_some_and(|u| u.epoch >= cmd.epoch) {
@@ -379,12 +430,17 @@ async fn undo<C: ConnectionTrait>(
     original: &str,
     kind: &str,
     dir: Direction,
+    pending: &HashSet<Uuid>,
 ) -> Result<ReplyOutcome, WorkerError> {
     // Fence: an operator forced the saga forward and its forward command
     // of that later epoch was applied; this compensation was sent before
     // the force and must not undo what the saga now relies on.
     let forward_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, false);
-    if let Some(f) = stored(tx, forward_id, false).await? {
+    let forward = match pending.contains(&forward_id) {
+        true => None,
+        false => stored(tx, forward_id, false).await?,
+    };
+    if let Some(f) = forward {
         if f.epoch > cmd.epoch {
             return Ok(ReplyOutcome::Rejected {
                 reason: format!(

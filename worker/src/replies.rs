@@ -5,7 +5,7 @@
 //! the state machine decides; a reply for a finished step or the other
 //! direction is recorded as ignored and changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
-use crate::sql::{inbox_insert, stmt};
+use crate::sql::{inbox_insert, inbox_insert_many, stmt};
 use crate::{executor, WorkerConfig, WorkerError};
 
 /// Inbox name of the reply consumer.
@@ -67,13 +67,26 @@ pub async fn handle_batch(
             .map(|row| (row.id, row))
             .collect()
     };
+    // The inbox rows of the replies whose saga is here, in one statement;
+    // a reply to a saga that is not (archived, unknown) is recorded, if at
+    // all, on its own.
+    let recorded: HashSet<uuid::Uuid> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .filter(|r| locked.contains_key(&r.saga_id))
+        .map(|r| r.message_id)
+        .collect();
+    let mut inbox = Inbox {
+        fresh: inbox_insert_many(&tx, CONSUMER, recorded.iter().copied().collect()).await?,
+        recorded,
+    };
     let mut handled = Vec::with_capacity(batch.len());
     let mut observed = Observed::new();
     for (m, reply) in batch.into_iter().zip(parsed) {
         handled.push(match reply {
             Err(reason) => Handled::DeadLetter(reason),
             Ok(reply) => {
-                apply(&tx, cfg, reply, &mut locked, &mut observed)
+                apply(&tx, cfg, reply, &mut locked, &mut inbox, &mut observed)
                     .instrument(m.span)
                     .await?
             }
@@ -86,11 +99,34 @@ pub async fn handle_batch(
     Ok(handled)
 }
 
+/// The batch's inbox marks: which message ids the batch recorded up front,
+/// and which of those were new.
+struct Inbox {
+    recorded: HashSet<uuid::Uuid>,
+    fresh: HashSet<uuid::Uuid>,
+}
+
+impl Inbox {
+    /// Whether `message_id` is seen here for the first time (only the first
+    /// of a batch's copies of a message is).
+    async fn first(
+        &mut self,
+        tx: &DatabaseTransaction,
+        message_id: uuid::Uuid,
+    ) -> Result<bool, WorkerError> {
+        if self.recorded.contains(&message_id) {
+            return Ok(self.fresh.remove(&message_id));
+        }
+        Ok(inbox_insert(tx, CONSUMER, message_id).await?)
+    }
+}
+
 async fn apply(
     tx: &DatabaseTransaction,
     cfg: &WorkerConfig,
     reply: ReplyEnvelope,
     locked: &mut HashMap<uuid::Uuid, saga_instance::Model>,
+    inbox: &mut Inbox,
     observed: &mut Observed,
 ) -> Result<Handled, WorkerError> {
     // The locked row, as read, until a reply of this batch advanced the
@@ -127,7 +163,7 @@ async fn apply(
             reply.saga_id
         )));
     };
-    if !inbox_insert(tx, CONSUMER, reply.message_id).await? {
+    if !inbox.first(tx, reply.message_id).await? {
         return Ok(Handled::Duplicate);
     }
     let span = tracing::info_span!("saga_reply", saga_id = %row.id, saga_type = %row.saga_type,

@@ -47,6 +47,34 @@ pub(crate) async fn inbox_insert<C: ConnectionTrait>(
     .is_some())
 }
 
+/// Records every id of `message_ids` as seen by `consumer`, in one
+/// statement, and returns those that were not seen before: a consumer's
+/// whole batch costs one round trip, not one per message. Ids are
+/// inserted in order, so two consumers recording overlapping batches (a
+/// rebalance) queue on each other rather than deadlock. Runs in the
+/// caller's transaction, so the marks commit with the effects.
+pub(crate) async fn inbox_insert_many<C: ConnectionTrait>(
+    conn: &C,
+    consumer: &str,
+    mut message_ids: Vec<uuid::Uuid>,
+) -> Result<std::collections::HashSet<uuid::Uuid>, DbErr> {
+    if message_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    message_ids.sort_unstable();
+    message_ids.dedup();
+    all(
+        conn,
+        "INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS t(id) \
+         ON CONFLICT DO NOTHING RETURNING message_id",
+        [consumer.into(), message_ids.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.try_get::<uuid::Uuid>("", "message_id"))
+    .collect()
+}
+
 /// A W3C `traceparent` whose trace id is the saga id, so that every message
 /// of one saga lands in one trace.
 pub(crate) fn traceparent(saga_id: uuid::Uuid) -> String {
