@@ -48,6 +48,10 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// The process's database pool.
     pub db: DatabaseConnection,
+    /// The process's wake-ups: announce through it what was written
+    /// outside the roles (a saga inserted by hand, say) to have it handled
+    /// at once rather than at the next poll.
+    pub announcer: wake::Announcer,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -240,14 +244,32 @@ pub async fn start_extended(
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let channels: Vec<&'static str> = [
-        (roles.worker, wake::SAGA_CHANNEL),
-        (roles.relay, wake::OUTBOX_CHANNEL),
+    // Wake-ups: this process's own waiters at once, other processes by a
+    // coalesced NOTIFY at most every SAGAFLOW_NOTIFY_GAP_MS.
+    let announcer = wake::Announcer::default();
+    worker_cfg.announcer = announcer.clone();
+    {
+        let stop = shutdown.clone();
+        tasks.spawn(announcer.clone().run(
+            db.clone(),
+            Duration::from_millis(cfg.notify_gap_ms),
+            async move { stop.cancelled().await },
+        ));
+    }
+    let channels: Vec<wake::Channel> = [
+        (roles.worker, wake::Channel::Saga),
+        (roles.relay, wake::Channel::Outbox),
     ]
     .into_iter()
     .filter_map(|(on, channel)| on.then_some(channel))
     .collect();
-    let (wakeups, listener) = wake::listen(cfg.database_url.clone(), &channels, shutdown.clone());
+    let listener = wake::listen(
+        cfg.database_url.clone(),
+        &channels,
+        announcer.clone(),
+        shutdown.clone(),
+    );
+    let wakeups = wake::Wakeups::of(&announcer);
     tasks.spawn(async move {
         listener.await.ok();
     });
@@ -315,6 +337,7 @@ pub async fn start_extended(
             admin_token,
             metrics: Some(metrics),
             registry: Some(Arc::clone(&worker_cfg.registry)),
+            announcer: announcer.clone(),
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();
@@ -344,6 +367,7 @@ pub async fn start_extended(
     Ok(Running {
         http_addr,
         db,
+        announcer,
         shutdown,
         tasks,
     })

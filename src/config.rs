@@ -130,6 +130,13 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
 
+    /// Shortest gap between two wake-up NOTIFYs this process sends to
+    /// others (announcements in between are coalesced into the next one);
+    /// the extra delay a new saga or outbox row can wait for a worker or
+    /// relay in another process. Waiters in this process wake at once.
+    #[arg(long, env = "SAGAFLOW_NOTIFY_GAP_MS", default_value_t = 5)]
+    pub notify_gap_ms: u64,
+
     /// Most outbox rows one relay pass publishes.
     #[arg(long, env = "SAGAFLOW_RELAY_BATCH", default_value_t = 256)]
     pub relay_batch: u32,
@@ -320,6 +327,7 @@ impl Config {
             topics: self.topics(),
             registry: Arc::new(Registry::builtin()),
             actions: Arc::new(Actions::builtin()),
+            announcer: sagaflow_worker::wake::Announcer::default(),
         }
     }
 

@@ -153,6 +153,7 @@ fn worker_config(id: &str) -> WorkerConfig {
         topics: Topics::with_prefix("claim-test."),
         registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),
         actions: std::sync::Arc::new(sagaflow_worker::Actions::builtin()),
+        announcer: Default::default(),
     }
 }
 

@@ -413,6 +413,7 @@ fn worker(id: &str) -> WorkerConfig {
         topics: Topics::with_prefix("race-test."),
         registry: Arc::new(sagaflow_workflows::Registry::builtin()),
         actions: Arc::new(Actions::builtin()),
+        announcer: Default::default(),
     }
 }
 

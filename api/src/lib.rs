@@ -52,6 +52,9 @@ pub struct ApiConfig {
     /// The saga definitions the workers run (for step names); the built-in
     /// ones when absent.
     pub registry: Option<Arc<sagaflow_workflows::Registry>>,
+    /// Where the API announces the sagas it started or made due, so that
+    /// workers take them at once rather than at their next poll.
+    pub announcer: sagaflow_entity::wake::Announcer,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +64,7 @@ impl Default for ApiConfig {
             admin_token: None,
             metrics: None,
             registry: None,
+            announcer: sagaflow_entity::wake::Announcer::default(),
         }
     }
 }
@@ -109,14 +113,15 @@ pub fn app(
     let service = OpenApiService::new(
         (
             accounts::AccountsApi::new(db.clone()),
-            orders::OrdersApi::new(db.clone()),
+            orders::OrdersApi::new(db.clone(), cfg.announcer.clone()),
             sagas::SagasApi::new(
                 db.clone(),
                 operator.clone(),
                 cfg.registry
                     .clone()
                     .unwrap_or_else(|| Arc::new(sagaflow_workflows::Registry::builtin())),
-            ),
+            )
+            .announcing(cfg.announcer.clone()),
             verify::VerifyApi::new(db.clone(), operator.clone()),
             queue_health::QueueHealthApi::new(db.clone(), operator),
             metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),

@@ -6,6 +6,7 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use rust_decimal::Decimal;
+use sagaflow_entity::wake::{Announcer, Channel};
 use sagaflow_entity::{order, saga_instance, OrderStatus};
 use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
@@ -227,12 +228,13 @@ pub enum GetOrderResponse {
 #[derive(Debug, Clone)]
 pub struct OrdersApi {
     db: DatabaseConnection,
+    announcer: Announcer,
 }
 
 impl OrdersApi {
-    /// Operations on `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    /// Operations on `db`, announcing the sagas they start to `announcer`.
+    pub fn new(db: DatabaseConnection, announcer: Announcer) -> Self {
+        Self { db, announcer }
     }
 }
 
@@ -310,7 +312,10 @@ impl OrdersApi {
             }
         };
         Ok(match placed {
-            Placed::New(o) => CreateOrderResponse::Created(Json(o.into())),
+            Placed::New(o) => {
+                self.announcer.announce(Channel::Saga);
+                CreateOrderResponse::Created(Json(o.into()))
+            }
             Placed::Existing(o) if o.request_fingerprint == fingerprint => {
                 CreateOrderResponse::Existing(Json(o.into()))
             }
@@ -347,6 +352,7 @@ impl OrdersApi {
         let txn = self.db.begin().await.map_err(ApiError::from)?;
         let o = refund(&txn, &order_no.0, &body.0.reason).await?;
         txn.commit().await.map_err(ApiError::from)?;
+        self.announcer.announce(Channel::Saga);
         Ok(RefundOrderResponse::Accepted(Json(o.into())))
     }
 

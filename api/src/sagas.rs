@@ -13,6 +13,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_entity::saga_instance::{self, Filed, OperatorRequest, Resolution};
+use sagaflow_entity::wake::{Announcer, Channel};
 use sagaflow_entity::{saga_event, SagaState, StateValues};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, Statement,
@@ -351,6 +352,7 @@ pub struct SagasApi {
     db: DatabaseConnection,
     operator: Operator,
     registry: std::sync::Arc<sagaflow_workflows::Registry>,
+    announcer: Announcer,
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -469,7 +471,15 @@ impl SagasApi {
             db,
             operator,
             registry,
+            announcer: Announcer::default(),
         }
+    }
+
+    /// Announces the requests it files (each makes its saga due) to
+    /// `announcer`, so that a worker applies them at once.
+    pub fn announcing(mut self, announcer: Announcer) -> Self {
+        self.announcer = announcer;
+        self
     }
 
     /// The view of `s`, with its step's name.
@@ -511,7 +521,10 @@ impl SagasApi {
         )
         .await?;
         match filed {
-            Filed::Filed(saga) => Ok(ActionResponse::Accepted(Json(self.view(*saga)))),
+            Filed::Filed(saga) => {
+                self.announcer.announce(Channel::Saga);
+                Ok(ActionResponse::Accepted(Json(self.view(*saga))))
+            }
             Filed::NotFound if archived(&self.db, id).await? => Err(ApiError::Conflict(format!(
                 "saga {id} is finished and archived; {what} applies only to sagas in the hot table"
             ))),
@@ -970,8 +983,10 @@ impl SagasApi {
     #[oai(path = "/sagas/bulk", method = "post", operation_id = "bulkSagaAction")]
     async fn bulk(&self, req: &Request, body: JsonBody<Bulk>) -> poem::Result<BulkResponse> {
         self.operator.authorize(req)?;
-        Ok(BulkResponse::Ok(Json(
-            crate::bulk::run(&self.db, body.0).await?,
-        )))
+        let result = crate::bulk::run(&self.db, body.0).await?;
+        if result.filed > 0 {
+            self.announcer.announce(Channel::Saga);
+        }
+        Ok(BulkResponse::Ok(Json(result)))
     }
 }

@@ -342,6 +342,9 @@ pub async fn backlog(
     .await?;
     let meter = Meter::start(&db.conn).await?;
     insert_due(&db.conn, saga_type, n).await?;
+    engine
+        .announcer
+        .announce(sagaflow_worker::wake::Channel::Saga);
     let t0 = db_now(&db.conn).await?;
     let pb = bar(n, name);
     let polls = drain(&db.conn, n, &pb, env.settle).await?;

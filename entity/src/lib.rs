@@ -12,6 +12,7 @@ pub mod order;
 pub mod outbox;
 pub mod saga_event;
 pub mod saga_instance;
+pub mod wake;
 
 pub use ledger_entry::LedgerKind;
 pub use order::OrderStatus;

@@ -50,6 +50,7 @@ mod m20261125_000004_attempt_base;
 mod m20261126_000005_force_forward;
 mod m20261126_000006_resolve_and_retention;
 mod m20261126_000007_lighter_saga_writes;
+mod m20261126_000008_wake_ups_from_the_application;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -66,6 +67,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000005_force_forward::Migration),
             Box::new(m20261126_000006_resolve_and_retention::Migration),
             Box::new(m20261126_000007_lighter_saga_writes::Migration),
+            Box::new(m20261126_000008_wake_ups_from_the_application::Migration),
         ]
     }
 }
@@ -90,6 +92,7 @@ mod tests {
                 "m20261126_000005_force_forward",
                 "m20261126_000006_resolve_and_retention",
                 "m20261126_000007_lighter_saga_writes",
+                "m20261126_000008_wake_ups_from_the_application",
             ]
         );
     }

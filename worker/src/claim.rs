@@ -120,7 +120,20 @@ pub async fn keep_leases(
 
 /// One iteration of the claim loop: claim a batch, run each saga's due
 /// step in its own transaction while a heartbeat keeps the batch's leases.
+/// Announces the outbox rows the advanced sagas wrote once they committed.
 pub async fn run_once(
+    db: &DatabaseConnection,
+    cfg: &WorkerConfig,
+) -> Result<ClaimPass, WorkerError> {
+    let pass = claim_and_advance(db, cfg).await?;
+    if pass.advanced > 0 {
+        cfg.announcer
+            .announce(sagaflow_entity::wake::Channel::Outbox);
+    }
+    Ok(pass)
+}
+
+async fn claim_and_advance(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
 ) -> Result<ClaimPass, WorkerError> {

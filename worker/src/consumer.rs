@@ -41,6 +41,14 @@ pub struct Incoming {
     pub span: tracing::Span,
 }
 
+/// Announces the outbox rows a committed batch wrote: any message it
+/// applied may have written some (a reply, an event, the next command).
+pub(crate) fn announce_outbox(announcer: &sagaflow_entity::wake::Announcer, handled: &[Handled]) {
+    if handled.contains(&Handled::Applied) {
+        announcer.announce(sagaflow_entity::wake::Channel::Outbox);
+    }
+}
+
 /// Consumes `topic` until `shutdown`, applying what arrives in batches of
 /// up to `max_batch` messages (whatever is already fetched, never waiting
 /// to fill one) with `handle`, which applies a batch in one transaction and

@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     pub registry: std::sync::Arc<sagaflow_workflows::Registry>,
     /// The local steps and hooks those definitions name.
     pub actions: std::sync::Arc<local::Actions>,
+    /// Where this process announces that it wrote outbox rows.
+    pub announcer: wake::Announcer,
 }
 
 /// Errors of the runtime.

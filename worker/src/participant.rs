@@ -496,10 +496,16 @@ pub async fn run(
     let topic = cfg.topics.funds_commands.clone();
     let dlq = cfg.topics.dead_letter.clone();
     let topics = cfg.topics;
+    let announcer = cfg.announcer;
     consumer::run(consumer, topic, dlq, producer, shutdown, BATCH, |batch| {
         let db = db.clone();
         let topics = topics.clone();
-        async move { handle_batch(&db, &topics, batch).await }
+        let announcer = announcer.clone();
+        async move {
+            let handled = handle_batch(&db, &topics, batch).await?;
+            crate::consumer::announce_outbox(&announcer, &handled);
+            Ok(handled)
+        }
     })
     .await
 }

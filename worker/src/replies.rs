@@ -205,7 +205,11 @@ pub async fn run(
     consumer::run(consumer, topic, dlq, producer, shutdown, BATCH, |batch| {
         let db = db.clone();
         let cfg = cfg.clone();
-        async move { handle_batch(&db, &cfg, batch).await }
+        async move {
+            let handled = handle_batch(&db, &cfg, batch).await?;
+            crate::consumer::announce_outbox(&cfg.announcer, &handled);
+            Ok(handled)
+        }
     })
     .await
 }

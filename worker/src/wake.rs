@@ -1,21 +1,18 @@
-//! Wake-ups from Postgres: `LISTEN` on the channels the migration's
-//! triggers notify, so that a new saga or outbox row is handled at once
-//! instead of at the next poll. Polling remains as the fallback (timers,
-//! and any notification lost while the listener reconnects).
+//! Wake-ups: `LISTEN` on the channels other processes' [`Announcer`]s
+//! notify, so that a new saga or outbox row is handled at once instead of
+//! at the next poll. Polling remains as the fallback (timers, and any
+//! notification lost while the listener reconnects).
 
 use std::time::Duration;
 
+pub use sagaflow_entity::wake::{Announcer, Channel, OUTBOX_CHANNEL, SAGA_CHANNEL};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Notified when a saga was inserted.
-pub const SAGA_CHANNEL: &str = "sagaflow_saga";
-/// Notified when an outbox row was inserted.
-pub const OUTBOX_CHANNEL: &str = "sagaflow_outbox";
-
-/// Counters bumped on each notification; a loop that remembers the last
-/// value it saw never misses a wake-up that arrived while it was busy.
+/// Counters bumped on each wake-up, local or from another process; a loop
+/// that remembers the last value it saw never misses a wake-up that
+/// arrived while it was busy.
 #[derive(Debug, Clone)]
 pub struct Wakeups {
     /// Bumped on [`SAGA_CHANNEL`].
@@ -24,9 +21,19 @@ pub struct Wakeups {
     pub outbox: watch::Receiver<u64>,
 }
 
-/// Listens on `channels` (of [`SAGA_CHANNEL`], [`OUTBOX_CHANNEL`]) until
-/// `shutdown`, reconnecting after errors; with no channel it opens no
-/// connection at all.
+impl Wakeups {
+    /// The wake-ups `announcer` delivers.
+    pub fn of(announcer: &Announcer) -> Self {
+        Wakeups {
+            saga: announcer.subscribe(Channel::Saga),
+            outbox: announcer.subscribe(Channel::Outbox),
+        }
+    }
+}
+
+/// Listens on `channels` until `shutdown`, reconnecting after errors, and
+/// delivers what other processes announce through `announcer`; with no
+/// channel it opens no connection at all.
 ///
 /// Why a process should listen only when one of its roles waits on a
 /// channel: Postgres signals every listening backend of the database on
@@ -36,28 +43,27 @@ pub struct Wakeups {
 /// scale-out scenario); an API or participant process has nothing to wake.
 pub fn listen(
     database_url: String,
-    channels: &[&'static str],
+    channels: &[Channel],
+    announcer: Announcer,
     shutdown: CancellationToken,
-) -> (Wakeups, tokio::task::JoinHandle<()>) {
-    let (saga_tx, saga) = watch::channel(0u64);
-    let (outbox_tx, outbox) = watch::channel(0u64);
+) -> tokio::task::JoinHandle<()> {
     let channels = channels.to_vec();
-    let handle = tokio::spawn(async move {
+    tokio::spawn(async move {
         if channels.is_empty() {
-            // Keep the senders until shutdown, so that a waiting loop sees
-            // its timeout rather than a closed channel.
+            // Like every role's task, this one ends with the process.
             shutdown.cancelled().await;
             return;
         }
         while !shutdown.is_cancelled() {
-            match listen_once(&database_url, &channels, &saga_tx, &outbox_tx, &shutdown).await {
+            match listen_once(&database_url, &channels, &announcer, &shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection lost; polling until it is back");
                     // Whatever was notified meanwhile is found by the loops' polls;
                     // wake them once so they look now.
-                    saga_tx.send_modify(|n| *n += 1);
-                    outbox_tx.send_modify(|n| *n += 1);
+                    for c in &channels {
+                        announcer.wake_local(*c);
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -65,28 +71,26 @@ pub fn listen(
                 }
             }
         }
-    });
-    (Wakeups { saga, outbox }, handle)
+    })
 }
 
 async fn listen_once(
     url: &str,
-    channels: &[&'static str],
-    saga: &watch::Sender<u64>,
-    outbox: &watch::Sender<u64>,
+    channels: &[Channel],
+    announcer: &Announcer,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
-    listener.listen_all(channels.iter().copied()).await?;
+    listener
+        .listen_all(channels.iter().map(|c| c.name()))
+        .await?;
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             n = listener.recv() => n?,
         };
-        match n.channel() {
-            SAGA_CHANNEL => saga.send_modify(|c| *c += 1),
-            OUTBOX_CHANNEL => outbox.send_modify(|c| *c += 1),
-            _ => {}
+        if let Some(c) = Channel::from_name(n.channel()) {
+            announcer.wake_local(c);
         }
     }
 }
