@@ -67,6 +67,14 @@ cargo test --workspace "${locked[@]}" -- --test-threads=4 2>&1 | tee "$log" || r
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) n += $i } END { print n + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/) n += $i } END { print n + 0 }' "$log")
 echo "[test] cargo exit status: $rc"
+# A green run's test databases hold nothing anyone needs, and hundreds of
+# them slow autovacuum (and so any benchmark) on this server; a red run's
+# stay for inspection until the next run.
+if [ "$rc" -eq 0 ]; then
+  for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'sft\_%'" 2>/dev/null || true); do
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+fi
 echo "[test] services left running; stop them with: scripts/services.sh stop"
 echo "suite: ${passed:-0} passed, ${failed:-0} failed"
 exit "$rc"
