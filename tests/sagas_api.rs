@@ -61,15 +61,27 @@ async fn saga(db: &DatabaseConnection, saga_type: &str, order_no: &str, state: &
         "INSERT INTO accounts (user_id) VALUES (1) ON CONFLICT DO NOTHING",
     )
     .await;
-    let order = if saga_type == "order_refund" {
-        format!("UPDATE orders SET refund_saga_id = '{id}' WHERE order_no = '{order_no}'")
-    } else {
-        format!(
-            "INSERT INTO orders (order_no, user_id, amount, status, saga_id) \
-             VALUES ('{order_no}', 1, 1.00, 'PENDING', '{id}')"
-        )
-    };
-    exec(db, &order).await;
+    match saga_type {
+        "order_payment" => {
+            exec(
+                db,
+                &format!(
+                    "INSERT INTO orders (order_no, user_id, amount, status, saga_id) \
+                     VALUES ('{order_no}', 1, 1.00, 'PENDING', '{id}')"
+                ),
+            )
+            .await
+        }
+        "order_refund" => {
+            exec(
+                db,
+                &format!("UPDATE orders SET refund_saga_id = '{id}' WHERE order_no = '{order_no}'"),
+            )
+            .await
+        }
+        // An application's own saga: nothing but its input names the order.
+        _ => {}
+    }
     let due = if matches!(state, "RUNNING" | "WAITING" | "COMPENSATING") {
         "now()"
     } else {
@@ -129,6 +141,7 @@ async fn filters_select_exactly_the_matching_sagas() {
     let failed = saga(&db.conn, "order_payment", "ORD-1", "FAILED").await;
     let waiting = saga(&db.conn, "order_payment", "ORD-2", "WAITING").await;
     let refund = saga(&db.conn, "order_refund", "ORD-1", "COMPLETED").await;
+    let own = saga(&db.conn, "loyalty_points", "ORD-1", "COMPLETED").await;
 
     let (status, page) = get(&cli, "/sagas?state=FAILED").await;
     assert_eq!(status, StatusCode::OK);
@@ -144,8 +157,9 @@ async fn filters_select_exactly_the_matching_sagas() {
     let (_, page) = get(&cli, "/sagas?order_no=ORD-1").await;
     assert_eq!(
         ids(&page),
-        [refund.to_string(), failed.to_string()],
-        "newest first"
+        [own.to_string(), refund.to_string(), failed.to_string()],
+        "the order's payment saga (through the order row), its refund and an \
+         application's saga naming it (through the partial index), newest first"
     );
     let (_, page) = get(&cli, "/sagas?type=order_payment&order_no=ORD-2").await;
     assert_eq!(ids(&page), [waiting.to_string()]);
@@ -162,7 +176,10 @@ async fn filters_select_exactly_the_matching_sagas() {
     let (_, page) = get(&cli, "/sagas?created_before=2026-06-01T00:00:00Z").await;
     assert_eq!(ids(&page), [failed.to_string()]);
     let (_, page) = get(&cli, "/sagas?created_after=2026-06-01T00:00:00Z").await;
-    assert_eq!(ids(&page), [refund.to_string(), waiting.to_string()]);
+    assert_eq!(
+        ids(&page),
+        [own.to_string(), refund.to_string(), waiting.to_string()]
+    );
 
     for (query, field) in [
         ("state=DONE", "state"),
