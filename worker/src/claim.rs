@@ -238,6 +238,14 @@ pub async fn process_batch(
 /// Runs the due work of one claimed saga in its own transaction. Fails with
 /// [`WorkerError::StaleSaga`], writing nothing, if the saga changed since
 /// `row` was claimed (another worker took it over, or a reply advanced it).
+///
+/// The row is locked first, as [`process_batch`] and the reply consumer
+/// lock theirs: a saga's row lock is always the first lock a transaction
+/// about it takes. Without that, a step that ran a hook (which updates the
+/// order row) and then wrote the saga could meet a reply for the same saga
+/// that held the saga row and wanted the order row: a deadlock, which
+/// Postgres breaks only after `deadlock_timeout` (1 s). Seen in the server
+/// log under the fault suite.
 pub async fn process(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
@@ -247,6 +255,19 @@ pub async fn process(
         order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
     async move {
         let tx = db.begin().await?;
+        let locked = crate::sql::all(
+            &tx,
+            LOCK_SQL,
+            [vec![row.id].into(), cfg.worker_id.clone().into()],
+        )
+        .await?;
+        let version: Option<i64> = locked.first().and_then(|r| r.try_get("", "version").ok());
+        if version != Some(row.version) {
+            return Err(WorkerError::StaleSaga {
+                saga_id: row.id,
+                version: row.version,
+            });
+        }
         let advanced = executor::advance(&tx, cfg, row, Event::Due, &cfg.worker_id).await?;
         tx.commit().await?;
         advanced.observe(&row.saga_type, row.current_step, None);
