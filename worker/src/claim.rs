@@ -235,46 +235,28 @@ pub async fn process_batch(
     Ok(pass)
 }
 
-/// Runs the due work of one claimed saga in its own transaction. Fails with
-/// [`WorkerError::StaleSaga`], writing nothing, if the saga changed since
-/// `row` was claimed (another worker took it over, or a reply advanced it).
-///
-/// The row is locked first, as [`process_batch`] and the reply consumer
-/// lock theirs: a saga's row lock is always the first lock a transaction
-/// about it takes. Without that, a step that ran a hook (which updates the
-/// order row) and then wrote the saga could meet a reply for the same saga
-/// that held the saga row and wanted the order row: a deadlock, which
-/// Postgres breaks only after `deadlock_timeout` (1 s). Seen in the server
-/// log under the fault suite.
+/// Runs the due work of one claimed saga in its own transaction: a batch
+/// of one, so that it too locks its row before anything else (a saga's
+/// row lock is always the first lock a transaction about it takes;
+/// without that, a step that ran a hook, which updates the order row, and
+/// then wrote the saga could deadlock with a reply holding the saga row
+/// and wanting the order row, which Postgres breaks only after
+/// `deadlock_timeout`, 1 s). Fails with [`WorkerError::StaleSaga`],
+/// writing nothing, if the saga changed since `row` was claimed (another
+/// worker took it over, or a reply advanced it).
 pub async fn process(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
     row: &saga_instance::Model,
 ) -> Result<(), WorkerError> {
-    let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type,
-        order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
-    async move {
-        let tx = db.begin().await?;
-        let locked = crate::sql::all(
-            &tx,
-            LOCK_SQL,
-            [vec![row.id].into(), cfg.worker_id.clone().into()],
-        )
-        .await?;
-        let version: Option<i64> = locked.first().and_then(|r| r.try_get("", "version").ok());
-        if version != Some(row.version) {
-            return Err(WorkerError::StaleSaga {
-                saga_id: row.id,
-                version: row.version,
-            });
-        }
-        let advanced = executor::advance(&tx, cfg, row, Event::Due, &cfg.worker_id).await?;
-        tx.commit().await?;
-        advanced.observe(&row.saga_type, row.current_step, None);
-        Ok(())
+    let pass = process_batch(db, cfg, std::slice::from_ref(row)).await?;
+    if pass.stale > 0 {
+        return Err(WorkerError::StaleSaga {
+            saga_id: row.id,
+            version: row.version,
+        });
     }
-    .instrument(span)
-    .await
+    Ok(())
 }
 
 /// Runs `cfg.workers` claim loops until `shutdown`. A notification of a new

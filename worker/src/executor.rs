@@ -460,12 +460,12 @@ impl Writes {
         let history = std::mem::take(&mut self.history);
         let outbox = std::mem::take(&mut self.outbox);
         let states = std::mem::take(&mut self.states);
-        let nothing_else = history.is_empty() && outbox.is_empty();
+        let no_effects = history.is_empty() && outbox.is_empty();
         let mut values: Vec<sea_orm::Value> = history.values().into();
         values.push(serde_json::Value::Array(outbox).into());
         let written: std::collections::HashSet<uuid::Uuid> = match &states[..] {
             [] => {
-                if !nothing_else {
+                if !no_effects {
                     exec(db, EFFECTS_SQL, values).await?;
                 }
                 return Ok(());

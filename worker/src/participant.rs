@@ -53,23 +53,22 @@ struct Stored {
     outcome: ReplyOutcome,
 }
 
-/// Applies one `funds.commands` message in its own transaction.
+/// Applies one `funds.commands` message in its own transaction: a batch
+/// of one.
 pub async fn handle(
     db: &DatabaseConnection,
     topics: &Topics,
     payload: &[u8],
 ) -> Result<Handled, WorkerError> {
-    let tx = db.begin().await?;
-    let handled = match parse(payload) {
-        Err(dead) => dead,
-        Ok(cmd) => {
-            let fresh = inbox_insert_many(&tx, CONSUMER, vec![cmd.message_id]).await?;
-            let first = fresh.contains(&cmd.message_id);
-            apply_traced(&tx, topics, cmd, first, &HashSet::new()).await?
-        }
+    let one = Incoming {
+        payload: payload.to_vec(),
+        span: tracing::Span::current(),
     };
-    tx.commit().await?;
-    Ok(handled)
+    let mut handled = handle_batch(db, topics, vec![one]).await?;
+    handled.pop().ok_or_else(|| WorkerError::Corrupt {
+        saga_id: Uuid::nil(),
+        reason: "a batch of one command was answered with nothing".to_owned(),
+    })
 }
 
 /// Applies a batch of `funds.commands` messages in one transaction, in
