@@ -105,6 +105,30 @@ struct Id {
     id: Uuid,
 }
 
+/// A saga the action applies to: in a state it is allowed in (`$7`), with
+/// no request pending.
+const APPLICABLE: &str = "state = ANY($7) AND operator_request IS NULL";
+
+/// The sagas the filter matches and the action applies to, in the order
+/// and with the lock `tail` says.
+async fn applicable_ids(
+    tx: &sea_orm::DatabaseTransaction,
+    filter: &BulkFilter,
+    allowed: Vec<String>,
+    tail: &str,
+) -> Result<Vec<Uuid>, ApiError> {
+    Ok(Id::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!("SELECT id FROM saga_instances WHERE {WHERE} AND {APPLICABLE} {tail}"),
+        values(filter, allowed),
+    ))
+    .all(tx)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect())
+}
+
 /// Runs `bulk` against `db`.
 pub async fn run(db: &DatabaseConnection, bulk: Bulk) -> Result<BulkResult, ApiError> {
     let pg = DbBackend::Postgres;
@@ -114,13 +138,12 @@ pub async fn run(db: &DatabaseConnection, bulk: Bulk) -> Result<BulkResult, ApiE
         .iter()
         .map(|s| s.as_str().to_owned())
         .collect();
-    let applicable = "state = ANY($7) AND operator_request IS NULL";
     let tx = db.begin().await?;
     let counts = Counts::find_by_statement(Statement::from_sql_and_values(
         pg,
         format!(
             "SELECT count(*)::bigint AS matched, \
-                    count(*) FILTER (WHERE {applicable})::bigint AS applicable, \
+                    count(*) FILTER (WHERE {APPLICABLE})::bigint AS applicable, \
                     count(*) FILTER (WHERE operator_request IS NOT NULL)::bigint AS pending \
              FROM saga_instances WHERE {WHERE}"
         ),
@@ -143,19 +166,13 @@ pub async fn run(db: &DatabaseConnection, bulk: Bulk) -> Result<BulkResult, ApiE
         sample: Vec::new(),
     };
     if bulk.dry_run {
-        result.sample = Id::find_by_statement(Statement::from_sql_and_values(
-            pg,
-            format!(
-                "SELECT id FROM saga_instances WHERE {WHERE} AND {applicable} \
-                 ORDER BY created_at, id LIMIT {SAMPLE}"
-            ),
-            values(&bulk.filter, allowed),
-        ))
-        .all(&tx)
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+        result.sample = applicable_ids(
+            &tx,
+            &bulk.filter,
+            allowed,
+            &format!("ORDER BY created_at, id LIMIT {SAMPLE}"),
+        )
+        .await?;
         return Ok(result);
     }
     if counts.applicable > MAX_BULK {
@@ -169,19 +186,7 @@ pub async fn run(db: &DatabaseConnection, bulk: Bulk) -> Result<BulkResult, ApiE
     }
     // Lock what the action applies to, then count again: what the
     // operator confirmed must be what is acted on.
-    let ids: Vec<Uuid> = Id::find_by_statement(Statement::from_sql_and_values(
-        pg,
-        format!(
-            "SELECT id FROM saga_instances WHERE {WHERE} AND {applicable} \
-             ORDER BY id FOR UPDATE"
-        ),
-        values(&bulk.filter, allowed),
-    ))
-    .all(&tx)
-    .await?
-    .into_iter()
-    .map(|r| r.id)
-    .collect();
+    let ids = applicable_ids(&tx, &bulk.filter, allowed, "ORDER BY id FOR UPDATE").await?;
     let found = i64::try_from(ids.len()).unwrap_or(i64::MAX);
     if Some(found) != bulk.expected_count {
         return Err(ApiError::Conflict(format!(

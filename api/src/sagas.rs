@@ -596,7 +596,8 @@ impl SagasApi {
         /// Only sagas of this type (e.g. `order_payment`).
         #[oai(name = "type")]
         saga_type: Query<Option<Raw<TextDoc>>>,
-        /// Only sagas about this order.
+        /// Only sagas about this order: its payment saga, its refunds, and
+        /// any other saga whose input names it.
         order_no: Query<Option<Raw<TextDoc>>>,
         /// Only sagas created at or after this RFC 3339 time.
         created_after: Query<Option<Raw<DateTimeDoc>>>,
