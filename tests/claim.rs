@@ -1,7 +1,10 @@
-//! The claim query under contention, on a real Postgres: no saga is handed
-//! to two workers, the plan walks the partial index without sorting, and a
-//! worker whose lease was taken over writes nothing, and a heartbeat keeps
-//! a lease for as long as its worker lives.
+//! The claim queries under contention, on a real Postgres: no saga is
+//! handed to two workers, both plans walk the partial index without
+//! sorting, a claim under lock skips what another holds and gives its
+//! sagas back at once when its worker dies, a due event the machine
+//! ignores does not leave a saga due at once, a worker whose lease was
+//! taken over writes nothing, and a heartbeat keeps a lease for as long as
+//! its worker lives.
 
 mod common;
 
@@ -9,9 +12,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{fresh_database, scalar_i64};
-use sagaflow_worker::claim::{self, CLAIM_SQL};
+use sagaflow_worker::claim::{self, CLAIM_SQL, LOCK_DUE_SQL};
 use sagaflow_worker::{Topics, WorkerConfig, WorkerError};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
 async fn exec(db: &DatabaseConnection, sql: &str) {
     db.execute(Statement::from_string(
@@ -105,23 +108,18 @@ fn plan_nodes<'a>(node: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Val
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_walks_the_partial_index_without_sorting() {
+/// Asserts that `sql` (with `values`) walks `saga_instances_due` and
+/// sorts nothing, in a table of mostly finished sagas.
+async fn assert_walks_the_due_index(sql: &str, values: Vec<sea_orm::Value>) {
     let db = fresh_database().await;
     // Mostly finished sagas, as in a table that has run for a while.
     seed(&db.conn, 200, 20_000).await;
-    let explain = format!("EXPLAIN (FORMAT JSON) {CLAIM_SQL}");
     let row = db
         .conn
         .query_one(Statement::from_sql_and_values(
             db.conn.get_database_backend(),
-            explain,
-            [
-                "w".into(),
-                chrono::Utc::now().into(),
-                chrono::Utc::now().into(),
-                32i64.into(),
-            ],
+            format!("EXPLAIN (FORMAT JSON) {sql}"),
+            values,
         ))
         .await
         .unwrap()
@@ -140,6 +138,117 @@ async fn claim_walks_the_partial_index_without_sorting() {
             .any(|n| n["Node Type"] == "Index Scan" && n["Index Name"] == "saga_instances_due"),
         "claim plan does not use saga_instances_due: {plan}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_walks_the_partial_index_without_sorting() {
+    assert_walks_the_due_index(
+        CLAIM_SQL,
+        vec![
+            "w".into(),
+            chrono::Utc::now().into(),
+            chrono::Utc::now().into(),
+            32i64.into(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_under_lock_walks_the_partial_index_without_sorting() {
+    assert_walks_the_due_index(LOCK_DUE_SQL, vec![chrono::Utc::now().into(), 32i64.into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_under_lock_skips_what_another_holds_and_a_dead_claimer_gives_back_at_once() {
+    let db = fresh_database().await;
+    seed(&db.conn, 30, 0).await;
+    let lease = Duration::from_secs(30);
+    // Each claimer gets a connection of its own, as the pool gives them.
+    let (a_conn, b_conn, c_conn) = (
+        sea_orm::Database::connect(&db.url).await.unwrap(),
+        sea_orm::Database::connect(&db.url).await.unwrap(),
+        sea_orm::Database::connect(&db.url).await.unwrap(),
+    );
+    let a = a_conn.begin().await.unwrap();
+    let held = claim::lock_due(&a, "a", 10, lease).await.unwrap();
+    assert_eq!(held.len(), 10);
+    // B claims while A still holds its rows: it must neither wait for A
+    // nor get any of A's sagas.
+    let b = b_conn.begin().await.unwrap();
+    let other = tokio::time::timeout(Duration::from_secs(10), claim::lock_due(&b, "b", 10, lease))
+        .await
+        .expect("a claim under lock waited for rows another claim holds")
+        .unwrap();
+    assert_eq!(other.len(), 10);
+    let held_ids: HashSet<_> = held.iter().map(|r| r.id).collect();
+    assert!(
+        other.iter().all(|r| !held_ids.contains(&r.id)),
+        "two claims under lock got the same saga"
+    );
+    // A dies: its transaction ends without a commit. Its sagas are due
+    // again at once (no lease to wait out), and come first, being the
+    // earliest due.
+    a.rollback().await.unwrap();
+    a_conn.close().await.unwrap();
+    let c = c_conn.begin().await.unwrap();
+    let again = claim::lock_due(&c, "c", 10, lease).await.unwrap();
+    assert_eq!(
+        again.iter().map(|r| r.id).collect::<HashSet<_>>(),
+        held_ids,
+        "the dead claimer's sagas were not claimable at once"
+    );
+    // Nothing was written by any claim: the lease fields are in memory.
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE lease_owner IS NOT NULL OR version <> 0"
+        )
+        .await,
+        0
+    );
+    c.rollback().await.unwrap();
+    b.rollback().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_event_the_machine_ignores_leaves_the_saga_due_when_a_lease_would_end() {
+    let db = fresh_database().await;
+    // A WAITING saga whose deadline is an hour away but which is due now
+    // (as a hand-edited row could be): the machine ignores its due event.
+    exec(
+        &db.conn,
+        "INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, next_run_at, deadline, data) \
+         VALUES (gen_random_uuid(), 'order_payment', 1, 'WAITING', 0, now() - interval '1 second', \
+                 now() + interval '1 hour', '{\"order_no\":\"x\",\"user_id\":1,\"amount\":\"1.00\"}'::jsonb)",
+    )
+    .await;
+    let cfg = worker_config("worker-a");
+    let pass = claim::run_once(&db.conn, &cfg).await.unwrap();
+    assert_eq!((pass.claimed, pass.advanced), (1, 1));
+    // Written once, with the lease's time as its next run: not due again
+    // at once (a claim loop would spin on it), but not left for an hour
+    // either.
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE state = 'WAITING' AND version = 1 \
+               AND lease_owner IS NULL \
+               AND next_run_at BETWEEN now() + interval '20 seconds' AND now() + interval '40 seconds'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_events WHERE kind = 'EVENT_IGNORED'"
+        )
+        .await,
+        1
+    );
+    let again = claim::run_once(&db.conn, &cfg).await.unwrap();
+    assert_eq!(again.claimed, 0, "the saga was due again at once");
 }
 
 fn worker_config(id: &str) -> WorkerConfig {

@@ -6,9 +6,9 @@
 //! index) while it lasts.
 //!
 //! The claim loops here are the engine's, driven through
-//! `sagaflow_worker::claim`'s public API (`claim`, then `process_batch`,
-//! as the engine's `run_once` does for a batch), so that each claim
-//! statement can be timed on its own.
+//! `sagaflow_worker::claim`'s public API (`lock_due`, then
+//! `advance_locked` in the same transaction, as the engine's `run_once`
+//! does), so that each claim statement can be timed on its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,10 +129,12 @@ async fn claim_loop(
     let mut claims = Histogram::<u64>::new(3)?;
     let mut empty = 0;
     while !stop.is_cancelled() {
+        let tx = db.begin().await?;
         let started = Instant::now();
-        let rows = claim::claim(&db, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
+        let rows = claim::lock_due(&tx, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
         claims.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))?;
         if rows.is_empty() {
+            tx.commit().await?;
             empty += 1;
             tokio::select! {
                 _ = stop.cancelled() => {}
@@ -141,8 +143,8 @@ async fn claim_loop(
             }
             continue;
         }
-        let pass = claim::process_batch(&db, &cfg, &rows).await?;
-        done.fetch_add(u64::try_from(pass.advanced)?, Ordering::SeqCst);
+        let advanced = claim::advance_locked(tx, &cfg, &rows).await?;
+        done.fetch_add(u64::try_from(advanced)?, Ordering::SeqCst);
     }
     Ok((claims, empty))
 }
@@ -156,11 +158,9 @@ async fn explain_claim(url: &str, batch: u32) -> anyhow::Result<String> {
     let db = Database::connect(url).await?;
     let tx = db.begin().await?;
     insert_due(&tx, ONE_STEP, u64::from(batch)).await?;
-    let sql = claim::CLAIM_SQL
-        .replace("$1", "'bench-explain'")
-        .replace("$2", "now() + interval '30 seconds'")
-        .replace("$3", "now()")
-        .replace("$4", &batch.to_string());
+    let sql = claim::LOCK_DUE_SQL
+        .replace("$1", "now()")
+        .replace("$2", &batch.to_string());
     let rows = tx
         .query_all(Statement::from_string(
             tx.get_database_backend(),
@@ -383,7 +383,7 @@ async fn half(env: &Env, name: &str, sizes: Sizes, hold: bool) -> anyhow::Result
     for (label, plan) in &horizon.explain {
         notes.push(format!(
             "EXPLAIN claim ({label}): all {} · due index scan {} · {}",
-            buffers_after(plan, "Update on"),
+            buffers_after(plan, "Limit"),
             buffers_after(plan, "using saga_instances_due"),
             plan.lines()
                 .find(|l| l.starts_with("Execution Time"))

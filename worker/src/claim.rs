@@ -1,18 +1,29 @@
 //! The worker pool: claim due sagas, run their due step, repeat.
 //!
-//! A claim is one statement that locks due rows with `FOR UPDATE SKIP
-//! LOCKED` and marks them leased in the same statement (River's
-//! `JobGetAvailable` pattern), so the claim commits before any step runs and
-//! no row lock is held across work. The lease moves `next_run_at` to the
-//! lease's expiry: if this worker dies, the saga simply becomes due again
-//! and another worker claims it, with no separate reaper.
+//! A claim loop claims under lock: in one transaction it selects due rows
+//! with `FOR UPDATE SKIP LOCKED`, runs each saga's due work, writes every
+//! new state, history row and command, and commits. The row locks are the
+//! claim: another loop skips the rows until the commit, and if this worker
+//! dies its connection closes, the transaction rolls back and the sagas
+//! are due again at once. Each saga is written once per step (not once to
+//! lease it and again to advance it), and a batch costs one commit.
+//!
+//! Leases remain for what cannot be done under one lock. A batch that
+//! fails rolls back whole; its sagas are then leased ([`claim_ids`]: the
+//! lease moves `next_run_at` to its expiry and commits at once) and
+//! advanced one by one, so that a saga whose step keeps failing waits for
+//! its lease to run out instead of being claimed again at once, and no
+//! separate reaper is needed. [`claim`] takes leases on whatever is due,
+//! for tools and tests that drive the steps themselves.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,6 +45,25 @@ WHERE id = ANY(ARRAY( \
     SELECT id FROM saga_instances \
     WHERE next_run_at <= $3 \
     ORDER BY next_run_at \
+    LIMIT $4 \
+    FOR UPDATE SKIP LOCKED)) \
+RETURNING *";
+
+/// The claim under lock, run inside the transaction that advances what it
+/// returns: walks the partial index `saga_instances_due` in `next_run_at`
+/// order (no sort, no finished saga) and locks up to `$2` rows due at
+/// `$1`, skipping rows another transaction holds.
+pub const LOCK_DUE_SQL: &str = "\
+SELECT * FROM saga_instances WHERE next_run_at <= $1 ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+/// [`CLAIM_SQL`] restricted to the sagas in `$5` (a batch that failed
+/// under lock, leased to be advanced one by one).
+pub const CLAIM_IDS_SQL: &str = "\
+UPDATE saga_instances SET lease_owner = $1, lease_expires_at = $2, next_run_at = $2, \
+       version = version + 1, updated_at = $3 \
+WHERE id = ANY(ARRAY( \
+    SELECT id FROM saga_instances \
+    WHERE id = ANY($5) AND next_run_at <= $3 \
     LIMIT $4 \
     FOR UPDATE SKIP LOCKED)) \
 RETURNING *";
@@ -68,20 +98,73 @@ pub async fn claim(
     batch: u32,
     lease: Duration,
 ) -> Result<Vec<saga_instance::Model>, WorkerError> {
+    take_leases(db, CLAIM_SQL, owner, batch, lease, None).await
+}
+
+/// Leases those of the sagas `ids` that are still due (and not locked by
+/// anyone) to `owner` for `lease`.
+pub async fn claim_ids(
+    db: &DatabaseConnection,
+    owner: &str,
+    ids: Vec<uuid::Uuid>,
+    lease: Duration,
+) -> Result<Vec<saga_instance::Model>, WorkerError> {
+    let batch = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+    take_leases(db, CLAIM_IDS_SQL, owner, batch, lease, Some(ids)).await
+}
+
+async fn take_leases(
+    db: &DatabaseConnection,
+    sql: &str,
+    owner: &str,
+    batch: u32,
+    lease: Duration,
+    ids: Option<Vec<uuid::Uuid>>,
+) -> Result<Vec<saga_instance::Model>, WorkerError> {
     let now = Utc::now();
-    let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
-    let rows = saga_instance::Entity::find()
-        .from_raw_sql(stmt(
-            CLAIM_SQL,
-            [
-                owner.into(),
-                expires.into(),
-                now.into(),
-                i64::from(batch).into(),
-            ],
-        ))
+    let mut values: Vec<sea_orm::Value> = vec![
+        owner.into(),
+        lease_until(now, lease).into(),
+        now.into(),
+        i64::from(batch).into(),
+    ];
+    values.extend(ids.map(Into::into));
+    Ok(saga_instance::Entity::find()
+        .from_raw_sql(stmt(sql, values))
         .all(db)
+        .await?)
+}
+
+fn lease_until(now: chrono::DateTime<Utc>, lease: Duration) -> chrono::DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
+}
+
+/// Claims up to `batch` due sagas under lock in `tx` ([`LOCK_DUE_SQL`]),
+/// each as if leased to `owner` for `lease`: `lease_owner` and
+/// `next_run_at` of the returned rows are set to what a lease would have
+/// written, in memory only. Advanced with [`advance_locked`], a saga then
+/// behaves as a leased one would: it is written whatever its step did,
+/// and a step that leaves it waiting without a time of its own (a due
+/// event the machine ignores) leaves it due when the lease would have
+/// run out, not at once. Nothing of this is written unless the
+/// transaction commits the sagas' new states.
+pub async fn lock_due(
+    tx: &DatabaseTransaction,
+    owner: &str,
+    batch: u32,
+    lease: Duration,
+) -> Result<Vec<saga_instance::Model>, WorkerError> {
+    let now = Utc::now();
+    let mut rows = saga_instance::Entity::find()
+        .from_raw_sql(stmt(LOCK_DUE_SQL, [now.into(), i64::from(batch).into()]))
+        .all(tx)
         .await?;
+    let until = lease_until(now, lease).fixed_offset();
+    for row in &mut rows {
+        row.lease_owner = Some(owner.to_owned());
+        row.lease_expires_at = Some(until);
+        row.next_run_at = Some(until);
+    }
     Ok(rows)
 }
 
@@ -102,8 +185,7 @@ pub async fn keep_leases(
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let until =
-            Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let until = lease_until(Utc::now(), lease);
         if let Err(e) = db
             .execute(stmt(
                 RENEW_SQL,
@@ -118,9 +200,10 @@ pub async fn keep_leases(
     }
 }
 
-/// One iteration of the claim loop: claim a batch, run each saga's due
-/// step in its own transaction while a heartbeat keeps the batch's leases.
-/// Announces the outbox rows the advanced sagas wrote once they committed.
+/// One iteration of the claim loop: claim a batch under lock and advance
+/// it in the same transaction; if that fails, lease the batch and advance
+/// its sagas one by one. Announces the outbox rows the advanced sagas
+/// wrote once they committed.
 pub async fn run_once(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
@@ -137,14 +220,29 @@ async fn claim_and_advance(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
 ) -> Result<ClaimPass, WorkerError> {
-    let rows = claim(db, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
+    let tx = db.begin().await?;
+    let rows = lock_due(&tx, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
     let mut pass = ClaimPass {
         claimed: rows.len(),
         ..ClaimPass::default()
     };
     if rows.is_empty() {
+        tx.commit().await?;
         return Ok(pass);
     }
+    metrics::histogram!("sagaflow_claim_batch_size").record(rows.len() as f64);
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    match advance_locked(tx, cfg, &rows).await {
+        Ok(advanced) => {
+            pass.advanced = advanced;
+            return Ok(pass);
+        }
+        // Something in the batch failed (a local action, a write) and
+        // the batch rolled back whole: lease its sagas and go one by one,
+        // so that only the saga at fault waits for its lease to expire.
+        Err(e) => tracing::debug!(error = %e, "batch failed; advancing its sagas one by one"),
+    }
+    let rows = claim_ids(db, &cfg.worker_id, ids, cfg.lease).await?;
     let done = CancellationToken::new();
     let _stop_heartbeat = done.clone().drop_guard();
     tokio::spawn(keep_leases(
@@ -154,20 +252,6 @@ async fn claim_and_advance(
         cfg.lease,
         done,
     ));
-    metrics::histogram!("sagaflow_claim_batch_size").record(rows.len() as f64);
-    if rows.len() > 1 {
-        match process_batch(db, cfg, &rows).await {
-            Ok(batch) => {
-                pass.advanced = batch.advanced;
-                pass.stale = batch.stale;
-                return Ok(pass);
-            }
-            // Something in the batch failed (a local action, a write): the
-            // batch rolled back whole; go saga by saga so that only the
-            // saga at fault waits for its lease to expire.
-            Err(e) => tracing::debug!(error = %e, "batch failed; advancing its sagas one by one"),
-        }
-    }
     for row in rows {
         match process(db, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
@@ -191,11 +275,11 @@ async fn claim_and_advance(
 const LOCK_SQL: &str = "\
 SELECT id, version FROM saga_instances WHERE id = ANY($1) AND lease_owner = $2 ORDER BY id FOR UPDATE";
 
-/// Runs the due work of a whole claimed batch in one transaction: one lock
-/// statement, each saga's effects, then every new state and history row in
-/// two statements, and one commit. A saga changed since the claim (an
-/// operator's request, a takeover) is left out; any error rolls the whole
-/// batch back for [`run_once`] to redo saga by saga.
+/// Runs the due work of a whole leased batch in one transaction: one lock
+/// statement, each saga's effects, then every new state, history row and
+/// command in one statement, and one commit. A saga changed since the
+/// claim (an operator's request, a takeover) is left out and counted
+/// stale; any error rolls the whole batch back.
 pub async fn process_batch(
     db: &DatabaseConnection,
     cfg: &WorkerConfig,
@@ -209,15 +293,32 @@ pub async fn process_batch(
             .iter()
             .filter_map(|r| Some((r.try_get("", "id").ok()?, r.try_get("", "version").ok()?)))
             .collect();
-    let mut pass = ClaimPass::default();
+    let (current, changed): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .partition(|row| locked.get(&row.id) == Some(&row.version));
+    for row in &changed {
+        tracing::debug!(saga_id = %row.id, "saga changed since the claim; leaving it");
+    }
+    let current: Vec<saga_instance::Model> = current.into_iter().cloned().collect();
+    Ok(ClaimPass {
+        advanced: advance_locked(tx, cfg, &current).await?,
+        stale: changed.len(),
+        ..ClaimPass::default()
+    })
+}
+
+/// Runs the due work of `rows`, which `tx` holds locked at the versions
+/// they carry: each saga's effects, then every new state, history row and
+/// command in one statement, and the commit. Returns how many sagas were
+/// advanced (all of them, or an error and nothing committed).
+pub async fn advance_locked(
+    tx: DatabaseTransaction,
+    cfg: &WorkerConfig,
+    rows: &[saga_instance::Model],
+) -> Result<usize, WorkerError> {
     let mut writes = executor::Writes::default();
     let mut done = Vec::with_capacity(rows.len());
     for row in rows {
-        if locked.get(&row.id) != Some(&row.version) {
-            tracing::debug!(saga_id = %row.id, "saga changed since the claim; leaving it");
-            pass.stale += 1;
-            continue;
-        }
         let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type,
             order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
         let advanced =
@@ -228,11 +329,10 @@ pub async fn process_batch(
     }
     writes.flush(&tx).await?;
     tx.commit().await?;
-    for (row, advanced) in done {
+    for (row, advanced) in &done {
         advanced.observe(&row.saga_type, row.current_step, None);
-        pass.advanced += 1;
     }
-    Ok(pass)
+    Ok(done.len())
 }
 
 /// Runs the due work of one claimed saga in its own transaction: a batch
