@@ -141,27 +141,13 @@ fn operator_event(row: &saga_instance::Model) -> Option<Event> {
 
 /// Applies `event` to the saga `row` (which the caller has locked or
 /// leased at `row.version`), then keeps going while the saga has work due
-/// now (local actions, the next step's command), and writes everything
-/// through `db`. An operator's pending request on the row is applied first,
-/// whatever `event` is, so that no path can skip it. Fails with
-/// [`WorkerError::StaleSaga`] if someone else changed the row since it was
-/// read.
-pub(crate) async fn advance(
-    db: &DatabaseTransaction,
-    cfg: &WorkerConfig,
-    row: &saga_instance::Model,
-    event: Event,
-    actor: &str,
-) -> Result<Advanced, WorkerError> {
-    let mut writes = Writes::default();
-    let advanced = advance_into(db, cfg, row, event, actor, &mut writes).await?;
-    writes.flush(db).await?;
-    Ok(advanced)
-}
-
-/// [`advance`], leaving the saga's new state, history rows and commands in
-/// `writes` for the caller to flush (with other sagas' in a batch). Local
-/// actions and hooks run through `db` at once.
+/// now (local actions, the next step's command). Local actions and hooks
+/// run through `db` at once; the saga's new state, history rows and
+/// commands are left in `writes` for the caller to flush (with other
+/// sagas' in a batch), where a row someone else changed since it was read
+/// fails with [`WorkerError::StaleSaga`]. An operator's pending request on
+/// the row is applied first, whatever `event` is, so that no path can skip
+/// it.
 pub(crate) async fn advance_into(
     db: &DatabaseTransaction,
     cfg: &WorkerConfig,
@@ -284,8 +270,8 @@ pub(crate) async fn advance_into(
 /// Sagas' new states, their history rows and the commands they send,
 /// written by [`Writes::flush`] in one statement however many sagas and
 /// rows there are: one round trip for a whole claimed batch, or for a
-/// reply. The rows travel as JSON array parameters, so the statement text
-/// (and its prepared plan) never changes with their number.
+/// batch of replies. The rows travel as array parameters, so the statement
+/// text (and its prepared plan) never changes with their number.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     history: History,

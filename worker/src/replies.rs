@@ -1,9 +1,11 @@
 //! The reply consumer: applies participants' replies to their sagas.
 //!
-//! In one transaction per batch of replies, for each: the saga row is
-//! locked, the reply's id goes into the inbox (a duplicate stops here), and
-//! the state machine decides; a reply for a finished step or the other
-//! direction is recorded as ignored and changes nothing.
+//! In one transaction per batch of replies: the batch's saga rows are
+//! locked, the replies' ids go into the inbox (a duplicate stops here), the
+//! state machine decides for each reply in turn, and every new state,
+//! history row and command is written in one statement at the end. A reply
+//! for a finished step or the other direction is recorded as ignored and
+//! changes nothing.
 
 use std::collections::{HashMap, HashSet};
 
@@ -82,21 +84,57 @@ pub async fn handle_batch(
     };
     let mut handled = Vec::with_capacity(batch.len());
     let mut observed = Observed::new();
+    let mut writes = Pending::default();
     for (m, reply) in batch.into_iter().zip(parsed) {
         handled.push(match reply {
             Err(reason) => Handled::DeadLetter(reason),
             Ok(reply) => {
-                apply(&tx, cfg, reply, &mut locked, &mut inbox, &mut observed)
-                    .instrument(m.span)
-                    .await?
+                apply(
+                    &tx,
+                    cfg,
+                    reply,
+                    &mut locked,
+                    &mut inbox,
+                    &mut writes,
+                    &mut observed,
+                )
+                .instrument(m.span)
+                .await?
             }
         });
     }
+    writes.writes.flush(&tx).await?;
     tx.commit().await?;
     for (advanced, saga_type, step, waited) in observed {
         advanced.observe(&saga_type, step, waited);
     }
     Ok(handled)
+}
+
+/// The new states, history rows and commands of the sagas this batch
+/// advanced, written in one statement when the batch ends: one round trip
+/// per batch, not one per reply.
+#[derive(Debug, Default)]
+struct Pending {
+    writes: executor::Writes,
+    /// The sagas with writes queued.
+    sagas: HashSet<uuid::Uuid>,
+}
+
+impl Pending {
+    /// Writes what is queued if `saga_id` is among it, so that a second
+    /// reply for a saga in one batch reads what the first one wrote.
+    async fn settle_for(
+        &mut self,
+        tx: &DatabaseTransaction,
+        saga_id: uuid::Uuid,
+    ) -> Result<(), WorkerError> {
+        if self.sagas.contains(&saga_id) {
+            self.writes.flush(tx).await?;
+            self.sagas.clear();
+        }
+        Ok(())
+    }
 }
 
 /// The batch's inbox marks: which message ids the batch recorded up front,
@@ -127,6 +165,7 @@ async fn apply(
     reply: ReplyEnvelope,
     locked: &mut HashMap<uuid::Uuid, saga_instance::Model>,
     inbox: &mut Inbox,
+    pending: &mut Pending,
     observed: &mut Observed,
 ) -> Result<Handled, WorkerError> {
     // The locked row, as read, until a reply of this batch advanced the
@@ -134,6 +173,7 @@ async fn apply(
     let row = match locked.remove(&reply.saga_id) {
         Some(row) => Some(row),
         None => {
+            pending.settle_for(tx, reply.saga_id).await?;
             saga_instance::Entity::find()
                 .from_raw_sql(stmt(
                     "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE",
@@ -184,9 +224,10 @@ async fn apply(
                 .ok()
         })
         .flatten();
-    let advanced = executor::advance(tx, cfg, &row, event, CONSUMER)
+    let advanced = executor::advance_into(tx, cfg, &row, event, CONSUMER, &mut pending.writes)
         .instrument(span)
         .await?;
+    pending.sagas.insert(row.id);
     observed.push((advanced, row.saga_type.clone(), row.current_step, waited));
     Ok(Handled::Applied)
 }
