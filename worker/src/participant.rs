@@ -15,8 +15,16 @@
 //! carry it): a command of a later epoch than the one the inbox answered is
 //! decided anew, a compensation of an earlier epoch than an applied forward
 //! command is refused, and a reversed entry is never taken again.
+//!
+//! A batch of commands is one transaction of a handful of statements,
+//! however many commands it holds: the inbox rows, then for each run of
+//! commands of distinct sagas what the ledger and the inbox say about them
+//! (one query), the money they move (one statement per round of distinct
+//! accounts, so that one account's commands still apply in order) and
+//! their answers with their replies (one statement). What a command comes
+//! to is decided by [`decide`], which does no I/O.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
@@ -25,12 +33,11 @@ use sagaflow_workflows::messages::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
-use crate::sql::{exec, inbox_insert_many, one, traceparent};
+use crate::sql::{all, exec, inbox_insert_many, one, traceparent};
 use crate::{WorkerConfig, WorkerError};
 
 /// Inbox name of the funds participant.
@@ -45,12 +52,28 @@ const BATCH: usize = 64;
 /// What the inbox keeps of a command: its answer, and the epoch and
 /// highest attempt answered, so a redelivery of that attempt is recognised
 /// and a command of a later epoch is decided anew.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Stored {
     #[serde(default)]
     epoch: u32,
     attempt: u32,
     outcome: ReplyOutcome,
+}
+
+impl Stored {
+    /// An inbox row's `result`. The answer is written in the transaction
+    /// that inserts the row, so an unreadable one can only come from an
+    /// older release: it counts as answered in epoch 0 (which keeps it a
+    /// fence) with nothing to replay.
+    fn from_result(result: Option<serde_json::Value>) -> Self {
+        result
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or(Stored {
+                epoch: 0,
+                attempt: u32::MAX,
+                outcome: ReplyOutcome::Ok,
+            })
+    }
 }
 
 /// Applies one `funds.commands` message in its own transaction: a batch
@@ -71,40 +94,67 @@ pub async fn handle(
     })
 }
 
+/// A parsed command, where it stands in its batch, and its trace.
+struct Command {
+    index: usize,
+    cmd: CommandEnvelope,
+    span: tracing::Span,
+}
+
 /// Applies a batch of `funds.commands` messages in one transaction, in
-/// order (a later command sees what an earlier one wrote). The batch's
-/// inbox rows are inserted first, in one statement.
+/// order: a command sees what every earlier one of its saga wrote. The
+/// batch's inbox rows are inserted first, in one statement; the commands
+/// then go in runs of distinct sagas ([`apply_run`]).
 pub async fn handle_batch(
     db: &DatabaseConnection,
     topics: &Topics,
     batch: Vec<Incoming>,
 ) -> Result<Vec<Handled>, WorkerError> {
-    let parsed: Vec<_> = batch
-        .into_iter()
-        .map(|m| (parse(&m.payload), m.span))
-        .collect();
-    let ids = parsed
-        .iter()
-        .filter_map(|(p, _)| p.as_ref().ok().map(|c| c.message_id))
-        .collect();
-    let tx = db.begin().await?;
-    let mut fresh = inbox_insert_many(&tx, CONSUMER, ids).await?;
-    let mut handled = Vec::with_capacity(parsed.len());
-    for (cmd, span) in parsed {
-        handled.push(match cmd {
-            Err(dead) => dead,
-            Ok(cmd) => {
-                // Only the first of a batch's copies of a message counts as
-                // new; a later copy finds the first's answer.
-                let first = fresh.remove(&cmd.message_id);
-                apply_traced(&tx, topics, cmd, first, &fresh)
-                    .instrument(span)
-                    .await?
-            }
-        });
+    let mut handled: Vec<Option<Handled>> = vec![None; batch.len()];
+    let mut commands = Vec::with_capacity(batch.len());
+    for (index, m) in batch.into_iter().enumerate() {
+        match parse(&m.payload) {
+            Ok(cmd) => commands.push(Command {
+                index,
+                cmd,
+                span: m.span,
+            }),
+            Err(dead) => handled[index] = Some(dead),
+        }
     }
+    let tx = db.begin().await?;
+    let mut fresh = inbox_insert_many(
+        &tx,
+        CONSUMER,
+        commands.iter().map(|c| c.cmd.message_id).collect(),
+    )
+    .await?;
+    let mut run: Vec<Command> = Vec::new();
+    for command in commands {
+        // A second command of a saga waits for the first one's writes.
+        if run.iter().any(|c| c.cmd.saga_id == command.cmd.saga_id) {
+            apply_run(
+                &tx,
+                topics,
+                std::mem::take(&mut run),
+                &mut fresh,
+                &mut handled,
+            )
+            .await?;
+        }
+        run.push(command);
+    }
+    apply_run(&tx, topics, run, &mut fresh, &mut handled).await?;
     tx.commit().await?;
-    Ok(handled)
+    handled
+        .into_iter()
+        .map(|h| {
+            h.ok_or_else(|| WorkerError::Corrupt {
+                saga_id: Uuid::nil(),
+                reason: "a funds command was left unanswered".to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The command in `payload`, or the dead letter it makes.
@@ -113,149 +163,89 @@ fn parse(payload: &[u8]) -> Result<CommandEnvelope, Handled> {
         .map_err(|e| Handled::DeadLetter(format!("not a funds command: {e}")))
 }
 
-async fn apply_traced<C: ConnectionTrait>(
+/// Applies a run of commands of distinct sagas. `fresh` holds the batch's
+/// messages whose inbox rows were new and that no run has taken yet: only
+/// the first of a batch's copies of a message counts as new, and the rows
+/// of messages still to come say nothing yet, so the fences must not read
+/// them as processed (a debit and its refund in one batch would otherwise
+/// fence each other off).
+async fn apply_run<C: ConnectionTrait>(
     tx: &C,
     topics: &Topics,
-    cmd: CommandEnvelope,
-    first: bool,
-    pending: &HashSet<Uuid>,
-) -> Result<Handled, WorkerError> {
-    let span = tracing::info_span!("funds_command", saga_id = %cmd.saga_id, command = cmd.kind.as_str(),
-        step = cmd.step, attempt = cmd.attempt, user_id = cmd.user_id);
-    apply(tx, topics, cmd, first, pending)
-        .instrument(span)
-        .await
-}
-
-/// Applies `cmd`; `first` says whether its inbox row was new (inserted by
-/// this transaction for this copy of the message). `pending` holds the
-/// messages whose inbox rows this batch inserted but has not processed
-/// yet: those rows say nothing yet, so the fences below must not read them
-/// as processed (a debit and its refund in one batch would otherwise fence
-/// each other off).
-async fn apply<C: ConnectionTrait>(
-    tx: &C,
-    topics: &Topics,
-    cmd: CommandEnvelope,
-    first: bool,
-    pending: &HashSet<Uuid>,
-) -> Result<Handled, WorkerError> {
-    if !first {
-        match stored(tx, cmd.message_id, true).await? {
-            // An operator forced the saga forward since: decide anew.
-            Some(s) if cmd.epoch > s.epoch => {}
-            // A later attempt (the saga retried after a timeout) gets the
-            // stored answer again under its own attempt number.
-            Some(s) if cmd.epoch == s.epoch && cmd.attempt > s.attempt => {
-                store_and_reply(tx, topics, &cmd, s.outcome).await?;
-                return Ok(Handled::Applied);
+    run: Vec<Command>,
+    fresh: &mut HashSet<Uuid>,
+    handled: &mut [Option<Handled>],
+) -> Result<(), WorkerError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let firsts: Vec<bool> = run
+        .iter()
+        .map(|c| fresh.remove(&c.cmd.message_id))
+        .collect();
+    let mut replies = Replies::default();
+    let mut to_decide = Vec::with_capacity(run.len());
+    for (command, first) in run.into_iter().zip(firsts) {
+        if !first {
+            match stored(tx, command.cmd.message_id).await? {
+                // An operator forced the saga forward since: decide anew.
+                Some(s) if command.cmd.epoch > s.epoch => {}
+                // A later attempt (the saga retried after a timeout) gets
+                // the stored answer again under its own attempt number.
+                Some(s) if command.cmd.epoch == s.epoch && command.cmd.attempt > s.attempt => {
+                    replies.push(&command, s.outcome)?;
+                    handled[command.index] = Some(Handled::Applied);
+                    continue;
+                }
+                // A redelivery of an attempt already answered changes
+                // nothing.
+                _ => {
+                    handled[command.index] = Some(Handled::Duplicate);
+                    continue;
+                }
             }
-            // A redelivery of an attempt already answered changes nothing.
-            _ => return Ok(Handled::Duplicate),
+        }
+        to_decide.push(command);
+    }
+    let facts = read_facts(tx, &to_decide, fresh).await?;
+    let mut moves = Vec::new();
+    for (command, facts) in to_decide.into_iter().zip(facts) {
+        match decide(&command.cmd, &facts) {
+            Decision::Answer(outcome) => {
+                replies.push(&command, outcome)?;
+                handled[command.index] = Some(Handled::Applied);
+            }
+            Decision::Move(posting) => moves.push((command, posting)),
         }
     }
-    let outcome = match cmd.kind {
-        CommandKind::FundsDebit => {
-            forward(tx, &cmd, ("DEBIT", "REFUND"), Direction::Take, pending).await?
-        }
-        CommandKind::FundsRefund => {
-            undo(tx, &cmd, "DEBIT", "REFUND", Direction::Give, pending).await?
-        }
-        CommandKind::FundsCredit => {
-            forward(
-                tx,
-                &cmd,
-                ("REFUND", "REFUND_VOID"),
-                Direction::Give,
-                pending,
-            )
-            .await?
-        }
-        CommandKind::FundsCreditVoid => {
-            undo(tx, &cmd, "REFUND", "REFUND_VOID", Direction::Take, pending).await?
-        }
-    };
-    store_and_reply(tx, topics, &cmd, outcome).await?;
-    Ok(Handled::Applied)
+    let postings: Vec<Posting> = moves.iter().map(|(_, p)| p.clone()).collect();
+    let posted = post_all(tx, &postings).await?;
+    for ((command, posting), posted) in moves.into_iter().zip(posted) {
+        let outcome = posting.answer(command.cmd.saga_id, posted)?;
+        replies.push(&command, outcome)?;
+        handled[command.index] = Some(Handled::Applied);
+    }
+    replies.write(tx, topics).await
 }
 
-/// What the inbox answered for `message_id`, if it saw it (`lock` takes
-/// the row, so concurrent deliveries of one command queue on it).
+/// What the inbox answered for `message_id`, if it saw it; the row is
+/// locked, so concurrent deliveries of one command queue on it.
 async fn stored<C: ConnectionTrait>(
     tx: &C,
-    message_id: uuid::Uuid,
-    lock: bool,
+    message_id: Uuid,
 ) -> Result<Option<Stored>, WorkerError> {
-    let sql = if lock {
-        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2 FOR UPDATE"
-    } else {
-        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2"
-    };
-    let Some(row) = one(tx, sql, [CONSUMER.into(), message_id.into()]).await? else {
+    let Some(row) = one(
+        tx,
+        "SELECT result FROM inbox WHERE consumer = $1 AND message_id = $2 FOR UPDATE",
+        [CONSUMER.into(), message_id.into()],
+    )
+    .await?
+    else {
         return Ok(None);
     };
     Ok(Some(Stored::from_result(
         row.try_get("", "result").ok().flatten(),
     )))
-}
-
-impl Stored {
-    /// An inbox row's `result`. The answer is written in the transaction
-    /// that inserts the row, so an unreadable one can only come from an
-    /// older release: it counts as answered in epoch 0 (which keeps it a
-    /// fence) with nothing to replay.
-    fn from_result(result: Option<serde_json::Value>) -> Self {
-        result
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or(Stored {
-                epoch: 0,
-                attempt: u32::MAX,
-                outcome: ReplyOutcome::Ok,
-            })
-    }
-}
-
-async fn store_and_reply<C: ConnectionTrait>(
-    tx: &C,
-    topics: &Topics,
-    cmd: &CommandEnvelope,
-    outcome: ReplyOutcome,
-) -> Result<(), WorkerError> {
-    let stored = serde_json::to_value(Stored {
-        epoch: cmd.epoch,
-        attempt: cmd.attempt,
-        outcome: outcome.clone(),
-    })
-    .unwrap_or_default();
-    let reply = ReplyEnvelope::answering(cmd, outcome);
-    let headers = serde_json::json!({
-        "message_id": reply.message_id.to_string(),
-        "saga_id": reply.saga_id.to_string(),
-        "type": "funds.reply",
-        "step": reply.step.to_string(),
-        "attempt": reply.attempt.to_string(),
-        "traceparent": traceparent(reply.saga_id),
-    });
-    // The answer kept in the inbox and the reply in the outbox: one
-    // statement.
-    exec(
-        tx,
-        "WITH answered AS (UPDATE inbox SET result = $6 WHERE consumer = $7 AND message_id = $8) \
-         INSERT INTO outbox (message_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (message_id) DO NOTHING",
-        [
-            reply.message_id.into(),
-            topics.saga_replies.clone().into(),
-            reply.saga_id.to_string().into(),
-            serde_json::to_value(&reply).unwrap_or_default().into(),
-            headers.into(),
-            stored.into(),
-            CONSUMER.into(),
-            cmd.message_id.into(),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Which way a posting moves money.
@@ -267,219 +257,433 @@ enum Direction {
     Give,
 }
 
-/// An account update (`$1` user, `$2` amount) returning the new balance,
-/// and the ledger row of saga `$3` and kind `$4` it moved, in one
-/// statement.
-macro_rules! with_ledger_entry {
-    ($update:literal) => {
-        concat!(
-            "WITH moved AS (",
-            $update,
-            "), entry AS ( \
-                INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) \
-                SELECT $1, $3, $4, $2, balance FROM moved) \
-             SELECT balance FROM moved"
-        )
-    };
-}
-
-/// Moves `amount` for `user_id` and writes the ledger row; `None` if the
-/// account is missing or (taking) the balance does not cover it.
-async fn post<C: ConnectionTrait>(
-    tx: &C,
-    user_id: i64,
-    saga_id: uuid::Uuid,
-    kind: &str,
-    amount: Decimal,
+/// What a command kind does: the ledger entry it makes, the entry it is
+/// the opposite of, which way it moves money, and whether it undoes a
+/// forward command (a compensation) or is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    entry: &'static str,
+    opposite: &'static str,
     dir: Direction,
-) -> Result<Option<Decimal>, WorkerError> {
-    // One statement moves the money and writes its ledger row (only if it
-    // moved). Taking is conditional: concurrent takes from one account
-    // queue on its row lock and can never overdraw it.
-    let sql = match dir {
-        Direction::Take => with_ledger_entry!(
-            "UPDATE accounts SET balance = balance - $2, updated_at = now() \
-             WHERE user_id = $1 AND balance >= $2 RETURNING balance"
-        ),
-        Direction::Give => with_ledger_entry!(
-            "UPDATE accounts SET balance = balance + $2, updated_at = now() \
-             WHERE user_id = $1 RETURNING balance"
-        ),
-    };
-    let Some(row) = one(
-        tx,
-        sql,
-        [user_id.into(), amount.into(), saga_id.into(), kind.into()],
-    )
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(row.try_get("", "balance")?))
+    undo: bool,
 }
 
-async fn has_entry<C: ConnectionTrait>(
-    tx: &C,
-    saga_id: uuid::Uuid,
-    kind: &str,
-) -> Result<bool, WorkerError> {
-    Ok(one(
-        tx,
-        "SELECT 1 AS x FROM ledger_entries WHERE saga_id = $1 AND kind = $2",
-        [saga_id.into(), kind.into()],
-    )
-    .await?
-    .is_some())
-}
-
-/// Why a take or give did not happen.
-async fn refusal<C: ConnectionTrait>(
-    tx: &C,
-    user_id: i64,
-    amount: Decimal,
-    what: &str,
-) -> Result<ReplyOutcome, WorkerError> {
-    let row = one(
-        tx,
-        "SELECT balance FROM accounts WHERE user_id = $1",
-        [user_id.into()],
-    )
-    .await?;
-    let reason = match row {
-        Some(r) => {
-            let balance: Decimal = r.try_get("", "balance")?;
-            format!("{what}: balance {balance}, amount {amount}")
+impl Kind {
+    fn of(kind: CommandKind) -> Self {
+        let (entry, opposite, dir, undo) = match kind {
+            CommandKind::FundsDebit => ("DEBIT", "REFUND", Direction::Take, false),
+            CommandKind::FundsRefund => ("REFUND", "DEBIT", Direction::Give, true),
+            CommandKind::FundsCredit => ("REFUND", "REFUND_VOID", Direction::Give, false),
+            CommandKind::FundsCreditVoid => ("REFUND_VOID", "REFUND", Direction::Take, true),
+        };
+        Kind {
+            entry,
+            opposite,
+            dir,
+            undo,
         }
-        None => format!("no funds account for user {user_id}"),
-    };
-    Ok(ReplyOutcome::Rejected { reason })
+    }
+
+    /// The message id of the command on the other side of `cmd`'s step:
+    /// its compensation, or (for a compensation) its forward command.
+    fn opposite_message(self, cmd: &CommandEnvelope) -> Uuid {
+        CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, !self.undo)
+    }
 }
 
-/// A forward command (debit, credit): moves the command's amount once per
-/// saga, unless the step was compensated already.
-async fn forward<C: ConnectionTrait>(
-    tx: &C,
-    cmd: &CommandEnvelope,
-    (kind, undo_kind): (&str, &str),
-    dir: Direction,
-    pending: &HashSet<Uuid>,
-) -> Result<ReplyOutcome, WorkerError> {
-    if cmd.amount <= Decimal::ZERO {
-        return Ok(ReplyOutcome::Rejected {
-            reason: format!("amount {} is not positive", cmd.amount),
-        });
+/// What the ledger and the inbox say about a command's saga, read just
+/// before the command is decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Facts {
+    /// The saga already has this command's kind of entry.
+    done: bool,
+    /// The saga's entry of the opposite kind, as (account, amount): for a
+    /// forward command its reversal, for a compensation the entry it
+    /// reverses.
+    opposite_entry: Option<(i64, Decimal)>,
+    /// The inbox's answer to the opposite command, if it was processed
+    /// (not merely recorded by a batch that has yet to come to it).
+    opposite_answer: Option<Stored>,
+}
+
+/// Money to move for a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Posting {
+    saga_id: Uuid,
+    user_id: i64,
+    amount: Decimal,
+    kind: Kind,
+}
+
+/// What a command comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// This answer, moving nothing.
+    Answer(ReplyOutcome),
+    /// Move this money; the answer depends on whether it moved.
+    Move(Posting),
+}
+
+fn rejected(reason: String) -> Decision {
+    Decision::Answer(ReplyOutcome::Rejected { reason })
+}
+
+/// Decides `cmd` from `facts`: the participant's rules, free of I/O.
+fn decide(cmd: &CommandEnvelope, facts: &Facts) -> Decision {
+    let kind = Kind::of(cmd.kind);
+    if kind.undo {
+        // Fence: an operator forced the saga forward and its forward
+        // command of that later epoch was applied; this compensation was
+        // sent before the force and must not undo what the saga now
+        // relies on.
+        if let Some(forward) = facts.opposite_answer.as_ref() {
+            if forward.epoch > cmd.epoch {
+                return rejected(format!(
+                    "superseded: the saga was forced forward (epoch {})",
+                    forward.epoch
+                ));
+            }
+        }
+        if facts.done {
+            return Decision::Answer(ReplyOutcome::Ok);
+        }
+        // With no entry to reverse there is nothing to give back, and this
+        // command's inbox row now fences a late forward command.
+        return match facts.opposite_entry {
+            None => Decision::Answer(ReplyOutcome::Ok),
+            Some((user_id, amount)) => Decision::Move(Posting {
+                saga_id: cmd.saga_id,
+                user_id,
+                amount,
+                kind,
+            }),
+        };
     }
-    // What decides the command, in one round trip: whether the step's money
-    // was reversed, whether its compensation was processed (and in which
-    // epoch), and whether it was moved already.
-    let undo_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, true);
-    let facts = one(
-        tx,
-        "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE saga_id = $1 AND kind = $2) AS undone, \
-                EXISTS (SELECT 1 FROM ledger_entries WHERE saga_id = $1 AND kind = $3) AS done, \
-                EXISTS (SELECT 1 FROM inbox WHERE consumer = $4 AND message_id = $5) AS undo_seen, \
-                (SELECT result FROM inbox WHERE consumer = $4 AND message_id = $5) AS undo_result",
-        [
-            cmd.saga_id.into(),
-            undo_kind.into(),
-            kind.into(),
-            CONSUMER.into(),
-            undo_id.into(),
-        ],
-    )
-    .await?
-    .ok_or(WorkerError::Corrupt {
-        saga_id: cmd.saga_id,
-        reason: "the participant's fence query returned no row".to_owned(),
-    })?;
+    if cmd.amount <= Decimal::ZERO {
+        return rejected(format!("amount {} is not positive", cmd.amount));
+    }
     // Undone money stays undone: the ledger holds one entry per saga and
     // kind, so not even a forced forward can move it again.
-    if facts.try_get::<bool>("", "undone")? {
-        return Ok(ReplyOutcome::Rejected {
-            reason: format!("the saga's {kind} was already reversed"),
-        });
+    if facts.opposite_entry.is_some() {
+        return rejected(format!("the saga's {} was already reversed", kind.entry));
     }
     // Fence: once this step's compensation of this epoch (or a later one)
     // was processed, a late forward command (one its own compensation
     // overtook) must not move money.
-    let undo_seen: bool = facts.try_get("", "undo_seen")? && !pending.contains(&undo_id);
-    let undo =
-        undo_seen.then(|| Stored::from_result(facts.try_get("", "undo_result").ok().flatten()));
-    if undo.is_some_and(|u| u.epoch >= cmd.epoch) {
-        return Ok(ReplyOutcome::Rejected {
-            reason: "the saga was already compensated".to_owned(),
-        });
+    if facts
+        .opposite_answer
+        .as_ref()
+        .is_some_and(|undo| undo.epoch >= cmd.epoch)
+    {
+        return rejected("the saga was already compensated".to_owned());
     }
-    if facts.try_get::<bool>("", "done")? {
-        return Ok(ReplyOutcome::Ok);
+    if facts.done {
+        return Decision::Answer(ReplyOutcome::Ok);
     }
-    match post(tx, cmd.user_id, cmd.saga_id, kind, cmd.amount, dir).await? {
-        Some(_) => Ok(ReplyOutcome::Ok),
-        None => refusal(tx, cmd.user_id, cmd.amount, "insufficient funds").await,
+    Decision::Move(Posting {
+        saga_id: cmd.saga_id,
+        user_id: cmd.user_id,
+        amount: cmd.amount,
+        kind,
+    })
+}
+
+/// What became of a posting: whether the money moved, and the account's
+/// balance when it did not (`None`: no such account).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Posted {
+    moved: bool,
+    balance: Option<Decimal>,
+}
+
+impl Posting {
+    /// The answer to the command this posting was for.
+    fn answer(&self, saga_id: Uuid, posted: Posted) -> Result<ReplyOutcome, WorkerError> {
+        if posted.moved {
+            return Ok(ReplyOutcome::Ok);
+        }
+        let what = match (self.kind.undo, self.kind.dir) {
+            (false, _) => "insufficient funds",
+            (true, Direction::Give) => {
+                return Err(WorkerError::Corrupt {
+                    saga_id,
+                    reason: format!(
+                        "account {} of a {} entry is gone",
+                        self.user_id, self.kind.opposite
+                    ),
+                })
+            }
+            // The credited money was spent meanwhile: the compensation
+            // retries and, if it never can, the saga waits for an operator.
+            (true, Direction::Take) => "the refunded amount is no longer there",
+        };
+        let reason = match posted.balance {
+            Some(balance) => format!("{what}: balance {balance}, amount {}", self.amount),
+            None => format!("no funds account for user {}", self.user_id),
+        };
+        Ok(ReplyOutcome::Rejected { reason })
     }
 }
 
-/// A compensating command (refund of a debit, void of a credit): reverses
-/// this saga's `original` entry if there is one. With none there is nothing
-/// to give back, and this command's inbox row now fences a late forward
-/// command of the same saga.
-async fn undo<C: ConnectionTrait>(
+/// What decides each command of a run, in one round trip: whether its
+/// saga has its kind of entry, its saga's opposite entry, and the inbox's
+/// answer to its opposite command (`$1`–`$4` one array per column, in
+/// command order; `$5` the inbox's consumer).
+const FACTS_SQL: &str = "\
+SELECT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = c.saga_id AND l.kind = c.kind) AS done, \
+       o.user_id AS opposite_user, o.amount AS opposite_amount, \
+       i.message_id IS NOT NULL AS opposite_seen, i.result AS opposite_result \
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS c(saga_id, kind, opposite, message_id, n) \
+LEFT JOIN ledger_entries o ON o.saga_id = c.saga_id AND o.kind = c.opposite \
+LEFT JOIN inbox i ON i.consumer = $5 AND i.message_id = c.message_id \
+ORDER BY c.n";
+
+async fn read_facts<C: ConnectionTrait>(
     tx: &C,
-    cmd: &CommandEnvelope,
-    original: &str,
-    kind: &str,
-    dir: Direction,
+    commands: &[Command],
     pending: &HashSet<Uuid>,
-) -> Result<ReplyOutcome, WorkerError> {
-    // Fence: an operator forced the saga forward and its forward command
-    // of that later epoch was applied; this compensation was sent before
-    // the force and must not undo what the saga now relies on.
-    let forward_id = CommandEnvelope::message_id_for(cmd.saga_id, cmd.step, false);
-    let forward = match pending.contains(&forward_id) {
-        true => None,
-        false => stored(tx, forward_id, false).await?,
-    };
-    if let Some(f) = forward {
-        if f.epoch > cmd.epoch {
-            return Ok(ReplyOutcome::Rejected {
+) -> Result<Vec<Facts>, WorkerError> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<Kind> = commands.iter().map(|c| Kind::of(c.cmd.kind)).collect();
+    let opposite_ids: Vec<Uuid> = commands
+        .iter()
+        .zip(&kinds)
+        .map(|(c, k)| k.opposite_message(&c.cmd))
+        .collect();
+    let rows = all(
+        tx,
+        FACTS_SQL,
+        [
+            commands
+                .iter()
+                .map(|c| c.cmd.saga_id)
+                .collect::<Vec<_>>()
+                .into(),
+            kinds
+                .iter()
+                .map(|k| k.entry.to_owned())
+                .collect::<Vec<_>>()
+                .into(),
+            kinds
+                .iter()
+                .map(|k| k.opposite.to_owned())
+                .collect::<Vec<_>>()
+                .into(),
+            opposite_ids.clone().into(),
+            CONSUMER.into(),
+        ],
+    )
+    .await?;
+    if rows.len() != commands.len() {
+        return Err(WorkerError::Corrupt {
+            saga_id: commands[0].cmd.saga_id,
+            reason: format!(
+                "the participant's fence query answered {} of {} commands",
+                rows.len(),
+                commands.len()
+            ),
+        });
+    }
+    rows.iter()
+        .zip(opposite_ids)
+        .map(|(r, opposite_id)| {
+            let user: Option<i64> = r.try_get("", "opposite_user")?;
+            let amount: Option<Decimal> = r.try_get("", "opposite_amount")?;
+            let seen: bool = r.try_get("", "opposite_seen")?;
+            Ok(Facts {
+                done: r.try_get("", "done")?,
+                opposite_entry: user.zip(amount),
+                opposite_answer: (seen && !pending.contains(&opposite_id))
+                    .then(|| Stored::from_result(r.try_get("", "opposite_result").ok().flatten())),
+            })
+        })
+        .collect()
+}
+
+/// Moves the money of a round of postings to distinct accounts and writes
+/// a ledger row for each that moved, in one statement (`$1`–`$5` one
+/// array per column). Taking is conditional: concurrent takes from one
+/// account queue on its row lock and can never overdraw it. Returns, in
+/// posting order, whether each moved and, if it did not, the account's
+/// balance as the statement found it.
+const POST_SQL: &str = "\
+WITH v AS ( \
+    SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::uuid[], $4::text[], $5::bool[]) \
+        WITH ORDINALITY AS v(user_id, amount, saga_id, kind, take, n)), \
+moved AS ( \
+    UPDATE accounts a \
+       SET balance = CASE WHEN v.take THEN a.balance - v.amount ELSE a.balance + v.amount END, \
+           updated_at = now() \
+      FROM v \
+     WHERE a.user_id = v.user_id AND (NOT v.take OR a.balance >= v.amount) \
+    RETURNING v.n, a.balance), \
+entry AS ( \
+    INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) \
+    SELECT v.user_id, v.saga_id, v.kind, v.amount, moved.balance FROM moved JOIN v USING (n) ORDER BY n) \
+SELECT moved.n IS NOT NULL AS moved, a.balance \
+FROM v LEFT JOIN moved USING (n) LEFT JOIN accounts a ON a.user_id = v.user_id \
+ORDER BY v.n";
+
+/// The round of each posting: the number of earlier postings to its
+/// account.
+fn rounds(postings: &[Posting]) -> Vec<usize> {
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    postings
+        .iter()
+        .map(|p| {
+            let n = seen.entry(p.user_id).or_default();
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+/// Applies `postings` in rounds: each round holds at most one posting per
+/// account, and an account's postings go in successive rounds in their
+/// order, so one statement per round moves them as posting them one by one
+/// would.
+async fn post_all<C: ConnectionTrait>(
+    tx: &C,
+    postings: &[Posting],
+) -> Result<Vec<Posted>, WorkerError> {
+    let rounds = rounds(postings);
+    let mut posted = vec![
+        Posted {
+            moved: false,
+            balance: None,
+        };
+        postings.len()
+    ];
+    for round in 0..rounds.iter().max().map_or(0, |r| r + 1) {
+        let members: Vec<&Posting> = postings
+            .iter()
+            .zip(&rounds)
+            .filter_map(|(p, &r)| (r == round).then_some(p))
+            .collect();
+        let rows = all(
+            tx,
+            POST_SQL,
+            [
+                members.iter().map(|p| p.user_id).collect::<Vec<_>>().into(),
+                members.iter().map(|p| p.amount).collect::<Vec<_>>().into(),
+                members.iter().map(|p| p.saga_id).collect::<Vec<_>>().into(),
+                members
+                    .iter()
+                    .map(|p| p.kind.entry.to_owned())
+                    .collect::<Vec<_>>()
+                    .into(),
+                members
+                    .iter()
+                    .map(|p| p.kind.dir == Direction::Take)
+                    .collect::<Vec<_>>()
+                    .into(),
+            ],
+        )
+        .await?;
+        if rows.len() != members.len() {
+            return Err(WorkerError::Corrupt {
+                saga_id: Uuid::nil(),
                 reason: format!(
-                    "superseded: the saga was forced forward (epoch {})",
-                    f.epoch
+                    "the participant's posting answered {} of {} postings",
+                    rows.len(),
+                    members.len()
                 ),
             });
         }
-    }
-    if has_entry(tx, cmd.saga_id, kind).await? {
-        return Ok(ReplyOutcome::Ok);
-    }
-    let entry = one(
-        tx,
-        "SELECT user_id, amount FROM ledger_entries WHERE saga_id = $1 AND kind = $2",
-        [cmd.saga_id.into(), original.into()],
-    )
-    .await?;
-    let Some(entry) = entry else {
-        return Ok(ReplyOutcome::Ok);
-    };
-    let user_id: i64 = entry.try_get("", "user_id")?;
-    let amount: Decimal = entry.try_get("", "amount")?;
-    match post(tx, user_id, cmd.saga_id, kind, amount, dir).await? {
-        Some(_) => Ok(ReplyOutcome::Ok),
-        None if dir == Direction::Give => Err(WorkerError::Corrupt {
-            saga_id: cmd.saga_id,
-            reason: format!("account {user_id} of a {original} entry is gone"),
-        }),
-        // The credited money was spent meanwhile: the compensation retries
-        // and, if it never can, the saga waits for an operator.
-        None => {
-            refusal(
-                tx,
-                user_id,
-                amount,
-                "the refunded amount is no longer there",
-            )
-            .await
+        let indexes = rounds.iter().enumerate().filter(|(_, &r)| r == round);
+        for ((i, _), r) in indexes.zip(&rows) {
+            posted[i] = Posted {
+                moved: r.try_get("", "moved")?,
+                balance: r.try_get("", "balance")?,
+            };
         }
+    }
+    Ok(posted)
+}
+
+/// The answers of a run: each kept in its command's inbox row, and sent as
+/// a reply through the outbox, all in one statement.
+#[derive(Debug, Default)]
+struct Replies {
+    command_ids: Vec<Uuid>,
+    stored: Vec<serde_json::Value>,
+    message_ids: Vec<Uuid>,
+    keys: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    headers: Vec<serde_json::Value>,
+}
+
+/// `$1`/`$2` the commands' ids and stored answers, `$3` the inbox's
+/// consumer, `$4`–`$7` the replies' ids, keys, payloads and headers, `$8`
+/// their topic; replies go to the outbox in order.
+const REPLIES_SQL: &str = "\
+WITH answered AS ( \
+    UPDATE inbox i SET result = r.result \
+      FROM unnest($1::uuid[], $2::jsonb[]) AS r(message_id, result) \
+     WHERE i.consumer = $3 AND i.message_id = r.message_id) \
+INSERT INTO outbox (message_id, topic, key, payload, headers) \
+SELECT message_id, $8, key, payload, headers \
+FROM unnest($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+     WITH ORDINALITY AS r(message_id, key, payload, headers, n) \
+ORDER BY n \
+ON CONFLICT (message_id) DO NOTHING";
+
+impl Replies {
+    fn push(&mut self, command: &Command, outcome: ReplyOutcome) -> Result<(), WorkerError> {
+        let cmd = &command.cmd;
+        tracing::debug!(parent: &command.span, saga_id = %cmd.saga_id, command = cmd.kind.as_str(),
+            step = cmd.step, attempt = cmd.attempt, user_id = cmd.user_id, ?outcome, "funds command answered");
+        let encode = |e: serde_json::Error| WorkerError::Corrupt {
+            saga_id: cmd.saga_id,
+            reason: format!("encode reply: {e}"),
+        };
+        self.stored.push(
+            serde_json::to_value(Stored {
+                epoch: cmd.epoch,
+                attempt: cmd.attempt,
+                outcome: outcome.clone(),
+            })
+            .map_err(encode)?,
+        );
+        self.command_ids.push(cmd.message_id);
+        let reply = ReplyEnvelope::answering(cmd, outcome);
+        self.headers.push(serde_json::json!({
+            "message_id": reply.message_id.to_string(),
+            "saga_id": reply.saga_id.to_string(),
+            "type": "funds.reply",
+            "step": reply.step.to_string(),
+            "attempt": reply.attempt.to_string(),
+            "traceparent": traceparent(reply.saga_id),
+        }));
+        self.message_ids.push(reply.message_id);
+        self.keys.push(reply.saga_id.to_string());
+        self.payloads
+            .push(serde_json::to_value(&reply).map_err(encode)?);
+        Ok(())
+    }
+
+    async fn write<C: ConnectionTrait>(self, tx: &C, topics: &Topics) -> Result<(), WorkerError> {
+        if self.command_ids.is_empty() {
+            return Ok(());
+        }
+        exec(
+            tx,
+            REPLIES_SQL,
+            [
+                self.command_ids.into(),
+                self.stored.into(),
+                CONSUMER.into(),
+                self.message_ids.into(),
+                self.keys.into(),
+                self.payloads.into(),
+                self.headers.into(),
+                topics.saga_replies.clone().into(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -507,4 +711,219 @@ pub async fn run(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(kind: CommandKind, epoch: u32, amount: &str) -> CommandEnvelope {
+        let saga_id = Uuid::from_u128(7);
+        let compensation = matches!(
+            kind,
+            CommandKind::FundsRefund | CommandKind::FundsCreditVoid
+        );
+        CommandEnvelope {
+            message_id: CommandEnvelope::message_id_for(saga_id, 0, compensation),
+            kind,
+            saga_id,
+            epoch,
+            step: 0,
+            attempt: 1,
+            compensation,
+            user_id: 42,
+            amount: amount.parse().unwrap(),
+        }
+    }
+
+    fn answered(epoch: u32) -> Option<Stored> {
+        Some(Stored {
+            epoch,
+            attempt: 1,
+            outcome: ReplyOutcome::Ok,
+        })
+    }
+
+    fn is_rejected(d: &Decision, containing: &str) -> bool {
+        matches!(d, Decision::Answer(ReplyOutcome::Rejected { reason }) if reason.contains(containing))
+    }
+
+    #[test]
+    fn a_fresh_debit_takes_the_amount_from_the_buyer() {
+        let cmd = command(CommandKind::FundsDebit, 0, "12.50");
+        let Decision::Move(p) = decide(&cmd, &Facts::default()) else {
+            panic!("a fresh debit moved nothing");
+        };
+        assert_eq!((p.user_id, p.amount), (42, "12.50".parse().unwrap()));
+        assert_eq!((p.kind.entry, p.kind.dir), ("DEBIT", Direction::Take));
+    }
+
+    #[test]
+    fn a_debit_already_taken_is_answered_ok_without_moving_again() {
+        let cmd = command(CommandKind::FundsDebit, 0, "1.00");
+        let facts = Facts {
+            done: true,
+            ..Facts::default()
+        };
+        assert_eq!(decide(&cmd, &facts), Decision::Answer(ReplyOutcome::Ok));
+    }
+
+    #[test]
+    fn a_debit_is_refused_once_reversed_or_compensated_in_its_epoch() {
+        let cmd = command(CommandKind::FundsDebit, 1, "1.00");
+        let reversed = Facts {
+            opposite_entry: Some((42, Decimal::ONE)),
+            ..Facts::default()
+        };
+        assert!(is_rejected(&decide(&cmd, &reversed), "already reversed"));
+        for epoch in [1, 2] {
+            let compensated = Facts {
+                opposite_answer: answered(epoch),
+                ..Facts::default()
+            };
+            assert!(is_rejected(
+                &decide(&cmd, &compensated),
+                "already compensated"
+            ));
+        }
+        // A compensation of an earlier epoch does not fence a forced forward.
+        let earlier = Facts {
+            opposite_answer: answered(0),
+            ..Facts::default()
+        };
+        assert!(matches!(decide(&cmd, &earlier), Decision::Move(_)));
+    }
+
+    #[test]
+    fn a_debit_of_nothing_is_refused() {
+        let cmd = command(CommandKind::FundsDebit, 0, "0.00");
+        assert!(is_rejected(
+            &decide(&cmd, &Facts::default()),
+            "not positive"
+        ));
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_the_debit_took_to_the_debited_account() {
+        let cmd = command(CommandKind::FundsRefund, 0, "99.00");
+        let facts = Facts {
+            opposite_entry: Some((5, "3.25".parse().unwrap())),
+            ..Facts::default()
+        };
+        let Decision::Move(p) = decide(&cmd, &facts) else {
+            panic!("a refund of a debit moved nothing");
+        };
+        assert_eq!((p.user_id, p.amount), (5, "3.25".parse().unwrap()));
+        assert_eq!((p.kind.entry, p.kind.dir), ("REFUND", Direction::Give));
+    }
+
+    #[test]
+    fn a_refund_with_nothing_to_undo_or_already_done_moves_nothing() {
+        let cmd = command(CommandKind::FundsRefund, 0, "1.00");
+        assert_eq!(
+            decide(&cmd, &Facts::default()),
+            Decision::Answer(ReplyOutcome::Ok)
+        );
+        let done = Facts {
+            done: true,
+            opposite_entry: Some((42, Decimal::ONE)),
+            ..Facts::default()
+        };
+        assert_eq!(decide(&cmd, &done), Decision::Answer(ReplyOutcome::Ok));
+    }
+
+    #[test]
+    fn a_refund_sent_before_a_force_forward_is_superseded() {
+        let cmd = command(CommandKind::FundsRefund, 0, "1.00");
+        let forced = Facts {
+            opposite_entry: Some((42, Decimal::ONE)),
+            opposite_answer: answered(1),
+            ..Facts::default()
+        };
+        assert!(is_rejected(&decide(&cmd, &forced), "superseded"));
+        let same_epoch = Facts {
+            opposite_answer: answered(0),
+            ..forced
+        };
+        assert!(matches!(decide(&cmd, &same_epoch), Decision::Move(_)));
+    }
+
+    #[test]
+    fn a_credit_void_takes_back_the_credit_only_if_the_balance_covers_it() {
+        let cmd = command(CommandKind::FundsCreditVoid, 0, "1.00");
+        let facts = Facts {
+            opposite_entry: Some((42, Decimal::TEN)),
+            ..Facts::default()
+        };
+        let Decision::Move(p) = decide(&cmd, &facts) else {
+            panic!("a void of a credit moved nothing");
+        };
+        assert_eq!((p.kind.entry, p.kind.dir), ("REFUND_VOID", Direction::Take));
+        let short = p
+            .answer(
+                cmd.saga_id,
+                Posted {
+                    moved: false,
+                    balance: Some(Decimal::ONE),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            short,
+            ReplyOutcome::Rejected {
+                reason: "the refunded amount is no longer there: balance 1, amount 10".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unmoved_posting_answers_why() {
+        let cmd = command(CommandKind::FundsDebit, 0, "5.00");
+        let Decision::Move(p) = decide(&cmd, &Facts::default()) else {
+            panic!("a fresh debit moved nothing");
+        };
+        let moved = Posted {
+            moved: true,
+            balance: None,
+        };
+        assert_eq!(p.answer(cmd.saga_id, moved).unwrap(), ReplyOutcome::Ok);
+        let short = Posted {
+            moved: false,
+            balance: Some("4.99".parse().unwrap()),
+        };
+        assert_eq!(
+            p.answer(cmd.saga_id, short).unwrap(),
+            ReplyOutcome::Rejected {
+                reason: "insufficient funds: balance 4.99, amount 5.00".to_owned()
+            }
+        );
+        let missing = Posted {
+            moved: false,
+            balance: None,
+        };
+        assert_eq!(
+            p.answer(cmd.saga_id, missing).unwrap(),
+            ReplyOutcome::Rejected {
+                reason: "no funds account for user 42".to_owned()
+            }
+        );
+        // A refund whose account vanished is corruption, not a refusal.
+        let refund = Posting {
+            kind: Kind::of(CommandKind::FundsRefund),
+            ..p
+        };
+        assert!(refund.answer(cmd.saga_id, missing).is_err());
+    }
+
+    #[test]
+    fn postings_to_one_account_go_in_successive_rounds_in_order() {
+        let to = |user_id| Posting {
+            saga_id: Uuid::nil(),
+            user_id,
+            amount: Decimal::ONE,
+            kind: Kind::of(CommandKind::FundsDebit),
+        };
+        let postings: Vec<Posting> = [1, 2, 1, 3, 1, 2].into_iter().map(to).collect();
+        assert_eq!(rounds(&postings), vec![0, 0, 1, 0, 2, 1]);
+    }
 }
