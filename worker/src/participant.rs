@@ -428,14 +428,18 @@ impl Posting {
 /// What decides each command of a run, in one round trip: whether its
 /// saga has its kind of entry, its saga's opposite entry, and the inbox's
 /// answer to its opposite command (`$1`–`$4` one array per column, in
-/// command order; `$5` the inbox's consumer).
+/// command order; `$5` the inbox's consumer). Every lookup is a lateral
+/// probe of a unique index: planned as a join, the ledger and the inbox
+/// would be hashed whole for a handful of commands.
 const FACTS_SQL: &str = "\
 SELECT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = c.saga_id AND l.kind = c.kind) AS done, \
        o.user_id AS opposite_user, o.amount AS opposite_amount, \
-       i.message_id IS NOT NULL AS opposite_seen, i.result AS opposite_result \
+       i.seen IS NOT NULL AS opposite_seen, i.result AS opposite_result \
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS c(saga_id, kind, opposite, message_id, n) \
-LEFT JOIN ledger_entries o ON o.saga_id = c.saga_id AND o.kind = c.opposite \
-LEFT JOIN inbox i ON i.consumer = $5 AND i.message_id = c.message_id \
+LEFT JOIN LATERAL (SELECT user_id, amount FROM ledger_entries \
+                   WHERE saga_id = c.saga_id AND kind = c.opposite) o ON true \
+LEFT JOIN LATERAL (SELECT true AS seen, result FROM inbox \
+                   WHERE consumer = $5 AND message_id = c.message_id) i ON true \
 ORDER BY c.n";
 
 async fn read_facts<C: ConnectionTrait>(
@@ -507,7 +511,9 @@ async fn read_facts<C: ConnectionTrait>(
 /// array per column). Taking is conditional: concurrent takes from one
 /// account queue on its row lock and can never overdraw it. Returns, in
 /// posting order, whether each moved and, if it did not, the account's
-/// balance as the statement found it.
+/// balance as the statement found it. `user_id = ANY($1)` makes the
+/// accounts primary-key lookups: joined only to the arrays, the planner
+/// scanned the whole table.
 const POST_SQL: &str = "\
 WITH v AS ( \
     SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::uuid[], $4::text[], $5::bool[]) \
@@ -517,13 +523,14 @@ moved AS ( \
        SET balance = CASE WHEN v.take THEN a.balance - v.amount ELSE a.balance + v.amount END, \
            updated_at = now() \
       FROM v \
-     WHERE a.user_id = v.user_id AND (NOT v.take OR a.balance >= v.amount) \
+     WHERE a.user_id = ANY($1) AND a.user_id = v.user_id AND (NOT v.take OR a.balance >= v.amount) \
     RETURNING v.n, a.balance), \
 entry AS ( \
     INSERT INTO ledger_entries (user_id, saga_id, kind, amount, balance_after) \
     SELECT v.user_id, v.saga_id, v.kind, v.amount, moved.balance FROM moved JOIN v USING (n) ORDER BY n) \
-SELECT moved.n IS NOT NULL AS moved, a.balance \
-FROM v LEFT JOIN moved USING (n) LEFT JOIN accounts a ON a.user_id = v.user_id \
+SELECT moved.n IS NOT NULL AS moved, \
+       (SELECT balance FROM accounts a WHERE a.user_id = v.user_id) AS balance \
+FROM v LEFT JOIN moved USING (n) \
 ORDER BY v.n";
 
 /// The round of each posting: the number of earlier postings to its
@@ -617,12 +624,13 @@ struct Replies {
 
 /// `$1`/`$2` the commands' ids and stored answers, `$3` the inbox's
 /// consumer, `$4`–`$7` the replies' ids, keys, payloads and headers, `$8`
-/// their topic; replies go to the outbox in order.
+/// their topic; replies go to the outbox in order. `message_id = ANY($1)`
+/// makes the inbox rows primary-key lookups rather than a hashed scan.
 const REPLIES_SQL: &str = "\
 WITH answered AS ( \
     UPDATE inbox i SET result = r.result \
       FROM unnest($1::uuid[], $2::jsonb[]) AS r(message_id, result) \
-     WHERE i.consumer = $3 AND i.message_id = r.message_id) \
+     WHERE i.consumer = $3 AND i.message_id = ANY($1) AND i.message_id = r.message_id) \
 INSERT INTO outbox (message_id, topic, key, payload, headers) \
 SELECT message_id, $8, key, payload, headers \
 FROM unnest($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) \
