@@ -138,10 +138,7 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
                 .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("sagaflow_claim_batch_size".to_owned()),
-                        &sizes,
-                    )
+                    b.set_buckets_for_metric(Matcher::Suffix("_batch_size".to_owned()), &sizes)
                 });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),

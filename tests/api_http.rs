@@ -506,6 +506,80 @@ async fn concurrent_posts_with_one_key_place_exactly_one_order() {
     assert_eq!(count(&db.conn, "saga_events").await, 1);
 }
 
+/// Orders placed together (as the API's lanes place concurrent requests)
+/// get the answers each would get alone: new orders, an unknown user's
+/// 422, a key used twice in the batch placing one order, a key of an
+/// earlier order answering that order. The new ones go in by one
+/// statement: they share its transaction's timestamp.
+#[tokio::test]
+async fn orders_placed_together_are_answered_as_if_placed_alone() {
+    use sagaflow_api::orders::NewOrder;
+    use sagaflow_api::placer::{place_all, OrderRequest, Placed};
+    let (db, cli) = setup().await;
+    create_account(&cli, 1).await;
+    let earlier = send(
+        cli.post("/orders")
+            .header("Idempotency-Key", "k-old")
+            .body_json(&json!({ "user_id": 1, "amount": "2.00" })),
+    )
+    .await;
+    assert_eq!(earlier.status, StatusCode::CREATED, "{}", earlier.text);
+    let order = |user_id: i64, key: Option<&str>| {
+        let new = NewOrder {
+            user_id,
+            amount: "2.00".parse().unwrap(),
+        };
+        OrderRequest {
+            new,
+            key: key.map(str::to_owned),
+            fingerprint: key.map(|_| new.fingerprint()),
+        }
+    };
+    let results = place_all(
+        &db.conn,
+        vec![
+            order(1, None),
+            order(1, None),
+            order(999, None),
+            order(1, Some("k-new")),
+            order(1, Some("k-new")),
+            order(1, Some("k-old")),
+            order(1, None),
+        ],
+    )
+    .await;
+    let new_order = |i: usize| match &results[i] {
+        Ok(Some(Placed::New(o))) => o.clone(),
+        other => panic!("order {i}: {other:?}"),
+    };
+    let existing = |i: usize| match &results[i] {
+        Ok(Some(Placed::Existing(o))) => o.clone(),
+        other => panic!("order {i}: {other:?}"),
+    };
+    let new: Vec<_> = [0, 1, 3, 6].into_iter().map(new_order).collect();
+    match &results[2] {
+        Err(e) => assert!(
+            e.to_string().contains("user 999 has no account"),
+            "{e}"
+        ),
+        other => panic!("an unknown user's order: {other:?}"),
+    }
+    assert_eq!(existing(4).order_no, new[2].order_no, "k-new twice");
+    assert_eq!(
+        json!(existing(5).order_no),
+        earlier.body["order_no"],
+        "k-old"
+    );
+    assert!(
+        new.iter().all(|o| o.created_at == new[0].created_at),
+        "the new orders were not placed by one statement: {:?}",
+        new.iter().map(|o| o.created_at).collect::<Vec<_>>()
+    );
+    assert_eq!(count(&db.conn, "orders").await, 5);
+    assert_eq!(count(&db.conn, "saga_instances").await, 5);
+    assert_eq!(count(&db.conn, "saga_events").await, 5);
+}
+
 /// One bad request: what is sent and what must come back.
 struct Bad {
     what: &'static str,

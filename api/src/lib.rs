@@ -28,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod orders;
 pub mod params;
+pub mod placer;
 pub mod queue_health;
 pub mod sagas;
 pub mod spec;

@@ -9,11 +9,10 @@ use rust_decimal::Decimal;
 use sagaflow_entity::wake::{Announcer, Channel};
 use sagaflow_entity::{order, saga_instance, OrderStatus};
 use sagaflow_workflows::money::format_amount;
-use sagaflow_workflows::order_payment::{self, OrderData};
+use sagaflow_workflows::order_payment::OrderData;
 use sagaflow_workflows::order_refund;
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, SqlErr, Statement,
-    TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, Statement, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -22,6 +21,7 @@ use crate::accounts::positive_user_id;
 use crate::body::{Fields, FromJsonObject, JsonBody, Reason};
 use crate::error::{ApiError, ProblemJson};
 use crate::params::{IdempotencyKeyDoc, Raw};
+use crate::placer::{OrderRequest, Placed, Placer};
 use crate::{utc, ApiTags};
 
 /// The header carrying a client's idempotency key.
@@ -229,12 +229,17 @@ pub enum GetOrderResponse {
 pub struct OrdersApi {
     db: DatabaseConnection,
     announcer: Announcer,
+    placer: Placer,
 }
 
 impl OrdersApi {
     /// Operations on `db`, announcing the sagas they start to `announcer`.
     pub fn new(db: DatabaseConnection, announcer: Announcer) -> Self {
-        Self { db, announcer }
+        Self {
+            placer: Placer::new(db.clone()),
+            db,
+            announcer,
+        }
     }
 }
 
@@ -260,14 +265,6 @@ fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
         );
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-/// The result of trying to insert an order.
-enum Placed {
-    /// Inserted, with its saga.
-    New(order::Model),
-    /// The key already placed an order.
-    Existing(order::Model),
 }
 
 #[OpenApi(tag = "ApiTags::Orders")]
@@ -297,7 +294,12 @@ impl OrdersApi {
         let mut attempts = 0;
         let placed = loop {
             attempts += 1;
-            match place(&self.db, &new, key.as_deref(), fingerprint.as_deref()).await {
+            let request = OrderRequest {
+                new,
+                key: key.clone(),
+                fingerprint: fingerprint.clone(),
+            };
+            match self.placer.place(request).await {
                 Ok(Some(placed)) => break placed,
                 // The key's order vanished between the insert and the read,
                 // or a generated id collided: try again with fresh ids.
@@ -460,92 +462,6 @@ async fn refund(
     updated.ok_or_else(|| ApiError::Internal(format!("order {order_no} vanished while locked")))
 }
 
-/// Inserts the order, its saga and the saga's first history row: one
-/// statement, so one round trip and one implicit transaction (the saga and
-/// its history are inserted only if the order was). An unknown user fails
-/// the order's foreign key, and the whole statement with it.
-const PLACE_SQL: &str = concat!(
-    "WITH new_order AS ( \
-        INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
-        VALUES ($8, $9, $10, 'PENDING', $1, $11, $12) \
-        ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
-     src AS (SELECT saga_id AS id FROM new_order), ",
-    sagaflow_entity::start_saga_ctes!(),
-    "SELECT * FROM new_order"
-);
-
-/// Places `new` (see [`PLACE_SQL`]). `Ok(None)`: try again.
-async fn place(
-    db: &DatabaseConnection,
-    new: &NewOrder,
-    key: Option<&str>,
-    fingerprint: Option<&str>,
-) -> Result<Option<Placed>, ApiError> {
-    let pg = DbBackend::Postgres;
-    let order_no = format!("ORD-{}", Uuid::now_v7().simple());
-    let saga_id = Uuid::now_v7();
-    let data = OrderData {
-        order_no: order_no.clone(),
-        user_id: new.user_id,
-        amount: new.amount,
-        reason: None,
-    };
-    let detail = serde_json::json!({
-        "order_no": order_no,
-        "user_id": new.user_id,
-        "amount": format_amount(new.amount),
-    });
-    let data = serde_json::to_value(&data)
-        .map_err(|e| ApiError::Internal(format!("serialising OrderData: {e}")))?;
-    let version = i32::try_from(order_payment::VERSION)
-        .map_err(|_| ApiError::Internal("definition version out of range".into()))?;
-    let mut values = saga_instance::start_saga_values(
-        saga_id,
-        (order_payment::SAGA_TYPE, version),
-        data,
-        detail,
-        "api",
-    );
-    values.extend([
-        order_no.into(),
-        new.user_id.into(),
-        new.amount.into(),
-        key.map(str::to_owned).into(),
-        fingerprint.map(str::to_owned).into(),
-    ]);
-    let inserted = order::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(pg, PLACE_SQL, values))
-        .one(db)
-        .await;
-    let inserted = match inserted {
-        Ok(row) => row,
-        Err(err) => {
-            return match err.sql_err() {
-                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(unknown_user(new.user_id)),
-                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
-                _ => Err(err.into()),
-            }
-        }
-    };
-    if let Some(inserted) = inserted {
-        return Ok(Some(Placed::New(inserted)));
-    }
-    // ON CONFLICT waited for the other inserter to commit; this new
-    // statement sees its row.
-    let Some(key) = key else {
-        return Err(ApiError::Internal("an order without key conflicted".into()));
-    };
-    let existing = order::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            pg,
-            "SELECT * FROM orders WHERE idempotency_key = $1",
-            [key.to_owned().into()],
-        ))
-        .one(db)
-        .await?;
-    Ok(existing.map(Placed::Existing))
-}
-
 /// An order number no order can have: one with a NUL character, which
 /// Postgres could not even compare. Refused as unknown before any query.
 fn known_order_no(order_no: &str) -> Result<(), ApiError> {
@@ -555,11 +471,4 @@ fn known_order_no(order_no: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-fn unknown_user(user_id: i64) -> ApiError {
-    ApiError::field(
-        "user_id",
-        format!("user {user_id} has no account; create it with POST /accounts first"),
-    )
 }

@@ -266,39 +266,31 @@ pub async fn file_requests<C: ConnectionTrait>(
         .await
 }
 
-/// The inserts that start a saga, as two CTEs over `src(id)`: the saga
-/// (`$2` type, `$3` version, `$4` state, `$5` data), due at the database's
-/// `now()` like every timestamp the claim loop compares, and its `CREATED`
-/// history row (`$6` detail, `$7` actor). A statement that starts a saga
-/// only if something else happened first (an order was inserted, say)
-/// puts that first and selects the new saga's id from it as `src`.
+/// The inserts that start sagas, as two CTEs over `src(id, data,
+/// detail)`: each saga (`$1` type, `$2` version, `$3` state, its `data`),
+/// due at the database's `now()` like every timestamp the claim loop
+/// compares, and its `CREATED` history row (its `detail`, `$4` actor). A
+/// statement that starts sagas only if something else happened first
+/// (orders were inserted, say) puts that first and selects the new sagas
+/// from it as `src`.
 #[macro_export]
 macro_rules! start_saga_ctes {
     () => {
         "new_saga AS ( \
             INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, next_run_at, data) \
-            SELECT id, $2, $3, $4, 0, 0, now(), $5 FROM src RETURNING id), \
+            SELECT id, $1, $2, $3, 0, 0, now(), data FROM src RETURNING id), \
          new_saga_event AS ( \
             INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
-            SELECT id, 'CREATED', 0, 0, NULL, $4, $6, $7 FROM new_saga) "
+            SELECT s.id, 'CREATED', 0, 0, NULL, $3, s.detail, $4 FROM src s JOIN new_saga USING (id)) "
     };
 }
 
-/// The parameters `$1`–`$7` of [`start_saga_ctes!`].
-pub fn start_saga_values(
-    id: Uuid,
-    (saga_type, version): (&str, i32),
-    data: Json,
-    detail: Json,
-    actor: &str,
-) -> Vec<sea_orm::Value> {
+/// The parameters `$1`–`$4` of [`start_saga_ctes!`].
+pub fn start_saga_values((saga_type, version): (&str, i32), actor: &str) -> Vec<sea_orm::Value> {
     vec![
-        id.into(),
         saga_type.into(),
         version.into(),
         SagaState::Running.as_str().into(),
-        data.into(),
-        detail.into(),
         actor.into(),
     ]
 }
@@ -316,14 +308,16 @@ pub async fn insert_new<C: ConnectionTrait>(
     detail: Json,
     actor: &str,
 ) -> Result<(), DbErr> {
+    let mut values = start_saga_values(saga, actor);
+    values.extend([id.into(), data.into(), detail.into()]);
     conn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         concat!(
-            "WITH src AS (SELECT $1::uuid AS id), ",
+            "WITH src AS (SELECT $5::uuid AS id, $6::jsonb AS data, $7::jsonb AS detail), ",
             start_saga_ctes!(),
             "SELECT id FROM new_saga"
         ),
-        start_saga_values(id, saga, data, detail, actor),
+        values,
     ))
     .await?;
     Ok(())

@@ -1,0 +1,318 @@
+//! Places orders: the orders of concurrent `POST /orders` requests go to
+//! Postgres together, in one statement and one commit.
+//!
+//! Each request hands its order to one of a few lanes and waits for its
+//! answer. A lane takes whatever orders are waiting when it is free (never
+//! waiting to fill a batch, so a lone order goes at once) and inserts them
+//! with their sagas and history rows in one statement. Under load the
+//! batches grow by themselves, and the per-statement and per-commit work
+//! (a round trip, the executor's set-up, every CHECK constraint's
+//! expression, the WAL flush) is paid once per batch instead of once per
+//! order. Every order is still durable before its request is answered.
+//!
+//! An order the batch statement did not insert (its user has no account,
+//! or its idempotency key placed an order already) is placed again on its
+//! own, which says precisely why; so is every order of a batch whose
+//! statement failed.
+
+use std::sync::{Arc, OnceLock};
+
+use rust_decimal::Decimal;
+use sagaflow_entity::{order, saga_instance};
+use sagaflow_workflows::money::format_amount;
+use sagaflow_workflows::order_payment::{self, OrderData};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, SqlErr, Statement};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::orders::NewOrder;
+
+/// Most orders one statement inserts.
+const MAX_BATCH: usize = 64;
+/// Statements in flight at once.
+const LANES: usize = 4;
+
+/// The result of trying to place an order.
+#[derive(Debug)]
+pub enum Placed {
+    /// Inserted, with its saga.
+    New(order::Model),
+    /// The key already placed an order.
+    Existing(order::Model),
+}
+
+/// An order to place: the order, its request's idempotency key and the
+/// request's fingerprint (both or neither).
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    /// The order.
+    pub new: NewOrder,
+    /// The request's `Idempotency-Key`.
+    pub key: Option<String>,
+    /// [`NewOrder::fingerprint`], when there is a key.
+    pub fingerprint: Option<String>,
+}
+
+/// What [`place_all`] answers for one order. `Ok(None)`: try again with
+/// fresh ids (a generated id collided, or the key's order vanished).
+pub type PlaceResult = Result<Option<Placed>, ApiError>;
+
+/// An order waiting in a lane, and where its answer goes.
+struct Pending {
+    request: OrderRequest,
+    answer: oneshot::Sender<PlaceResult>,
+}
+
+/// Places orders in batches (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Placer {
+    db: DatabaseConnection,
+    lanes: Arc<OnceLock<mpsc::Sender<Pending>>>,
+}
+
+impl std::fmt::Debug for Placer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placer").finish_non_exhaustive()
+    }
+}
+
+impl Placer {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            lanes: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Places `new` (with its idempotency key and the request's
+    /// fingerprint, if any). `Ok(None)`: try again with fresh ids.
+    pub(crate) async fn place(&self, request: OrderRequest) -> PlaceResult {
+        // The lanes start with the first order, on the runtime serving it.
+        let lanes = self.lanes.get_or_init(|| spawn_lanes(self.db.clone()));
+        let (answer, answered) = oneshot::channel();
+        lanes
+            .send(Pending { request, answer })
+            .await
+            .map_err(|_| ApiError::Internal("the order placer stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| ApiError::Internal("the order placer dropped an order".into()))?
+    }
+}
+
+/// Starts the lanes; they end once every [`Placer`] clone is gone.
+fn spawn_lanes(db: DatabaseConnection) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel::<Pending>(MAX_BATCH * LANES);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..LANES {
+        let (db, rx) = (db.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                let batch = {
+                    let mut rx = rx.lock().await;
+                    let Some(first) = rx.recv().await else {
+                        return;
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    batch
+                };
+                let (requests, answers): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|p| (p.request, p.answer)).unzip();
+                for (answer, result) in answers.into_iter().zip(place_all(&db, requests).await) {
+                    // The request may have gone away (client disconnected);
+                    // its order stands either way.
+                    answer.send(result).ok();
+                }
+            }
+        });
+    }
+    tx
+}
+
+/// Places `requests` together, as the lanes do with the orders of
+/// concurrent requests: one statement inserts every order it can; each
+/// order it did not insert is placed again on its own, which says why.
+/// Answers in the order of `requests`.
+pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> Vec<PlaceResult> {
+    metrics::histogram!("sagaflow_order_batch_size").record(requests.len() as f64);
+    let rows: Vec<Row> = requests.iter().map(Row::of).collect();
+    let mut inserted: std::collections::HashMap<Uuid, order::Model> = match insert(db, &rows).await
+    {
+        Ok(inserted) => inserted.into_iter().map(|o| (o.saga_id, o)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, orders = rows.len(), "order batch failed; placing its orders one by one");
+            Default::default()
+        }
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    for (request, row) in requests.iter().zip(rows) {
+        results.push(match inserted.remove(&row.saga_id) {
+            Some(o) => Ok(Some(Placed::New(o))),
+            None => place_one(db, request).await,
+        });
+    }
+    results
+}
+
+/// One order's row of the batch statement.
+struct Row {
+    order_no: String,
+    saga_id: Uuid,
+    user_id: i64,
+    amount: Decimal,
+    key: String,
+    fingerprint: String,
+    data: serde_json::Value,
+    detail: serde_json::Value,
+}
+
+impl Row {
+    /// `p`'s row, with fresh order number and saga id.
+    fn of(p: &OrderRequest) -> Self {
+        let new = &p.new;
+        let order_no = format!("ORD-{}", Uuid::now_v7().simple());
+        let data = OrderData {
+            order_no: order_no.clone(),
+            user_id: new.user_id,
+            amount: new.amount,
+            reason: None,
+        };
+        Row {
+            detail: serde_json::json!({
+                "order_no": order_no,
+                "user_id": new.user_id,
+                "amount": format_amount(new.amount),
+            }),
+            data: serde_json::to_value(&data).unwrap_or_default(),
+            order_no,
+            saga_id: Uuid::now_v7(),
+            user_id: new.user_id,
+            amount: new.amount,
+            // Arrays cannot carry NULLs here; no key or fingerprint is ever
+            // empty (a CHECK says so), so "" stands for none.
+            key: p.key.clone().unwrap_or_default(),
+            fingerprint: p.fingerprint.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Inserts each order of `$5`–`$12` (one array per column) whose user has
+/// an account and whose idempotency key is new, with its saga and its
+/// first history row, in one statement; returns the orders inserted.
+const PLACE_SQL: &str = concat!(
+    "WITH v AS ( \
+        SELECT * FROM unnest($5::text[], $6::bigint[], $7::numeric[], $8::uuid[], $9::text[], \
+                             $10::text[], $11::jsonb[], $12::jsonb[]) \
+            WITH ORDINALITY AS v(order_no, user_id, amount, saga_id, key, fingerprint, data, detail, n)), \
+     new_order AS ( \
+        INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
+        SELECT order_no, user_id, amount, 'PENDING', saga_id, NULLIF(key, ''), NULLIF(fingerprint, '') \
+        FROM v WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = v.user_id) ORDER BY n \
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
+     src AS (SELECT v.saga_id AS id, v.data, v.detail FROM v JOIN new_order o ON o.saga_id = v.saga_id), ",
+    sagaflow_entity::start_saga_ctes!(),
+    "SELECT * FROM new_order"
+);
+
+async fn insert(
+    db: &DatabaseConnection,
+    rows: &[Row],
+) -> Result<Vec<order::Model>, sea_orm::DbErr> {
+    let version = i32::try_from(order_payment::VERSION).unwrap_or(i32::MAX);
+    let mut values = saga_instance::start_saga_values((order_payment::SAGA_TYPE, version), "api");
+    values.extend([
+        rows.iter()
+            .map(|r| r.order_no.clone())
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter().map(|r| r.user_id).collect::<Vec<_>>().into(),
+        rows.iter().map(|r| r.amount).collect::<Vec<_>>().into(),
+        rows.iter().map(|r| r.saga_id).collect::<Vec<_>>().into(),
+        rows.iter()
+            .map(|r| r.key.clone())
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter()
+            .map(|r| r.fingerprint.clone())
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter()
+            .map(|r| r.data.clone())
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter()
+            .map(|r| r.detail.clone())
+            .collect::<Vec<_>>()
+            .into(),
+    ]);
+    order::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            PLACE_SQL,
+            values,
+        ))
+        .all(db)
+        .await
+}
+
+/// Places one order on its own and says why it was not inserted, if it
+/// was not: its key's earlier order, or its user has no account.
+/// `Ok(None)`: nothing explains it (a generated id collided, or the key's
+/// order vanished meanwhile); try again.
+async fn place_one(db: &DatabaseConnection, p: &OrderRequest) -> PlaceResult {
+    let row = Row::of(p);
+    match insert(db, std::slice::from_ref(&row)).await {
+        Ok(mut inserted) => {
+            if let Some(o) = inserted.pop() {
+                return Ok(Some(Placed::New(o)));
+            }
+        }
+        Err(err) => {
+            return match err.sql_err() {
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(unknown_user(p.new.user_id)),
+                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
+                _ => Err(err.into()),
+            }
+        }
+    }
+    // ON CONFLICT waited for the other inserter to commit; this new
+    // statement sees its row.
+    if let Some(key) = &p.key {
+        let existing = order::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM orders WHERE idempotency_key = $1",
+                [key.clone().into()],
+            ))
+            .one(db)
+            .await?;
+        if let Some(o) = existing {
+            return Ok(Some(Placed::Existing(o)));
+        }
+    }
+    let account = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS x FROM accounts WHERE user_id = $1",
+            [p.new.user_id.into()],
+        ))
+        .await?;
+    match account {
+        None => Err(unknown_user(p.new.user_id)),
+        Some(_) => Ok(None),
+    }
+}
+
+fn unknown_user(user_id: i64) -> ApiError {
+    ApiError::field(
+        "user_id",
+        format!("user {user_id} has no account; create it with POST /accounts first"),
+    )
+}
