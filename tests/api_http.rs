@@ -558,10 +558,7 @@ async fn orders_placed_together_are_answered_as_if_placed_alone() {
     };
     let new: Vec<_> = [0, 1, 3, 6].into_iter().map(new_order).collect();
     match &results[2] {
-        Err(e) => assert!(
-            e.to_string().contains("user 999 has no account"),
-            "{e}"
-        ),
+        Err(e) => assert!(e.to_string().contains("user 999 has no account"), "{e}"),
         other => panic!("an unknown user's order: {other:?}"),
     }
     assert_eq!(existing(4).order_no, new[2].order_no, "k-new twice");

@@ -205,7 +205,9 @@ impl Row {
 
 /// Inserts each order of `$5`–`$12` (one array per column) whose user has
 /// an account and whose idempotency key is new, with its saga and its
-/// first history row, in one statement; returns the orders inserted.
+/// first history row, in one statement; returns the orders inserted. The
+/// account test is a scalar subquery, one primary-key probe per order: as
+/// `EXISTS` Postgres may hash all accounts for it.
 const PLACE_SQL: &str = concat!(
     "WITH v AS ( \
         SELECT * FROM unnest($5::text[], $6::bigint[], $7::numeric[], $8::uuid[], $9::text[], \
@@ -214,7 +216,7 @@ const PLACE_SQL: &str = concat!(
      new_order AS ( \
         INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
         SELECT order_no, user_id, amount, 'PENDING', saga_id, NULLIF(key, ''), NULLIF(fingerprint, '') \
-        FROM v WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = v.user_id) ORDER BY n \
+        FROM v WHERE (SELECT true FROM accounts a WHERE a.user_id = v.user_id) ORDER BY n \
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
      src AS (SELECT v.saga_id AS id, v.data, v.detail FROM v JOIN new_order o ON o.saga_id = v.saga_id), ",
     sagaflow_entity::start_saga_ctes!(),

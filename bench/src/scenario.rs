@@ -868,7 +868,11 @@ impl Finished {
                 let rows = db
                     .query_all(Statement::from_sql_and_values(
                         db.get_database_backend(),
-                        "SELECT order_no FROM orders WHERE order_no = ANY($1) AND status <> 'PENDING'",
+                        // One primary-key probe per order whatever the
+                        // statistics (a join on the array was planned as a
+                        // scan of orders while the table was young).
+                        "SELECT n FROM unnest($1::text[]) AS t(n) \
+                         WHERE (SELECT status FROM orders WHERE order_no = t.n) <> 'PENDING'",
                         [waiting.into()],
                     ))
                     .await?;

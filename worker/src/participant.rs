@@ -427,19 +427,20 @@ impl Posting {
 
 /// What decides each command of a run, in one round trip: whether its
 /// saga has its kind of entry, its saga's opposite entry, and the inbox's
-/// answer to its opposite command (`$1`–`$4` one array per column, in
-/// command order; `$5` the inbox's consumer). Every lookup is a lateral
-/// probe of a unique index: planned as a join, the ledger and the inbox
-/// would be hashed whole for a handful of commands.
+/// answer to its opposite command, as `{"result": …}` when the inbox has
+/// a row (`$1`–`$4` one array per column, in command order; `$5` the
+/// inbox's consumer). Every lookup is a scalar subquery on a unique key:
+/// Postgres runs those as one index probe per command, where joins or
+/// `EXISTS` let it hash the whole ledger or inbox for a handful of commands
+/// whenever its statistics make the table look small (as they do in a
+/// database's first minute, before autovacuum first analyzes it).
 const FACTS_SQL: &str = "\
-SELECT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.saga_id = c.saga_id AND l.kind = c.kind) AS done, \
-       o.user_id AS opposite_user, o.amount AS opposite_amount, \
-       i.seen IS NOT NULL AS opposite_seen, i.result AS opposite_result \
+SELECT (SELECT true FROM ledger_entries l WHERE l.saga_id = c.saga_id AND l.kind = c.kind) IS NOT NULL AS done, \
+       (SELECT user_id FROM ledger_entries o WHERE o.saga_id = c.saga_id AND o.kind = c.opposite) AS opposite_user, \
+       (SELECT amount FROM ledger_entries o WHERE o.saga_id = c.saga_id AND o.kind = c.opposite) AS opposite_amount, \
+       (SELECT jsonb_build_object('result', result) FROM inbox i \
+         WHERE i.consumer = $5 AND i.message_id = c.message_id) AS opposite_answer \
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS c(saga_id, kind, opposite, message_id, n) \
-LEFT JOIN LATERAL (SELECT user_id, amount FROM ledger_entries \
-                   WHERE saga_id = c.saga_id AND kind = c.opposite) o ON true \
-LEFT JOIN LATERAL (SELECT true AS seen, result FROM inbox \
-                   WHERE consumer = $5 AND message_id = c.message_id) i ON true \
 ORDER BY c.n";
 
 async fn read_facts<C: ConnectionTrait>(
@@ -495,12 +496,13 @@ async fn read_facts<C: ConnectionTrait>(
         .map(|(r, opposite_id)| {
             let user: Option<i64> = r.try_get("", "opposite_user")?;
             let amount: Option<Decimal> = r.try_get("", "opposite_amount")?;
-            let seen: bool = r.try_get("", "opposite_seen")?;
+            let answer: Option<serde_json::Value> = r.try_get("", "opposite_answer")?;
             Ok(Facts {
                 done: r.try_get("", "done")?,
                 opposite_entry: user.zip(amount),
-                opposite_answer: (seen && !pending.contains(&opposite_id))
-                    .then(|| Stored::from_result(r.try_get("", "opposite_result").ok().flatten())),
+                opposite_answer: answer
+                    .filter(|_| !pending.contains(&opposite_id))
+                    .map(|mut a| Stored::from_result(Some(a["result"].take()))),
             })
         })
         .collect()
@@ -624,13 +626,16 @@ struct Replies {
 
 /// `$1`/`$2` the commands' ids and stored answers, `$3` the inbox's
 /// consumer, `$4`–`$7` the replies' ids, keys, payloads and headers, `$8`
-/// their topic; replies go to the outbox in order. `message_id = ANY($1)`
-/// makes the inbox rows primary-key lookups rather than a hashed scan.
+/// their topic; replies go to the outbox in order. The answers reach
+/// their inbox rows (inserted by this transaction) through `ON CONFLICT`,
+/// which finds each by its primary key whatever the planner thinks of the
+/// table: an `UPDATE … FROM unnest(…)` was planned as a scan of every row
+/// of the consumer while the table was young.
 const REPLIES_SQL: &str = "\
 WITH answered AS ( \
-    UPDATE inbox i SET result = r.result \
-      FROM unnest($1::uuid[], $2::jsonb[]) AS r(message_id, result) \
-     WHERE i.consumer = $3 AND i.message_id = ANY($1) AND i.message_id = r.message_id) \
+    INSERT INTO inbox (consumer, message_id, result) \
+    SELECT $3, message_id, result FROM unnest($1::uuid[], $2::jsonb[]) AS r(message_id, result) \
+    ON CONFLICT (consumer, message_id) DO UPDATE SET result = EXCLUDED.result) \
 INSERT INTO outbox (message_id, topic, key, payload, headers) \
 SELECT message_id, $8, key, payload, headers \
 FROM unnest($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) \
