@@ -260,6 +260,9 @@ pub async fn start_extended(
     .into_iter()
     .filter_map(|(on, channel)| on.then_some(channel))
     .collect();
+    for channel in &channels {
+        announcer.serve_locally(*channel);
+    }
     let listener = wake::listen(
         cfg.database_url.clone(),
         &channels,

@@ -133,8 +133,15 @@ pub struct Config {
     /// Shortest gap between two wake-up NOTIFYs this process sends to
     /// others (announcements in between are coalesced into the next one);
     /// the extra delay a new saga or outbox row can wait for a worker or
-    /// relay in another process. Waiters in this process wake at once.
-    #[arg(long, env = "SAGAFLOW_NOTIFY_GAP_MS", default_value_t = 5)]
+    /// relay in another process while announcements come faster than
+    /// that (the first after a quiet spell goes at once). Waiters in this
+    /// process wake at once, and nothing is sent on a channel a role of
+    /// this process waits on. Each NOTIFY costs a transaction of the sender
+    /// and of every listening backend: with roles split over five
+    /// processes, 20 ms rather than 5 took database transactions per order
+    /// from 4.1 to 3.1-3.2 and CPU per order from 6.1 to 5.5-6.0 ms
+    /// (bench/README, finding 17).
+    #[arg(long, env = "SAGAFLOW_NOTIFY_GAP_MS", default_value_t = 20)]
     pub notify_gap_ms: u64,
 
     /// Most outbox rows one relay pass publishes.

@@ -135,6 +135,14 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     hot_orders: u64,
 
+    /// scale-out: `sagaflow worker` processes.
+    #[arg(long, default_value_t = 2)]
+    split_workers: usize,
+
+    /// scale-out: `sagaflow participant funds` processes.
+    #[arg(long, default_value_t = 2)]
+    split_participants: usize,
+
     /// Claim loops of the engine.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -373,8 +381,8 @@ async fn main() -> anyhow::Result<()> {
                     &env,
                     name,
                     format!(
-                        "order-e2e for {} s (closed loop, {} clients) with 2 worker, 2 funds participant and 1 relay processes; the API in the harness",
-                        args.duration_s, args.concurrency
+                        "order-e2e for {} s (closed loop, {} clients) with {} worker, {} funds participant and 1 relay processes; the API in the harness",
+                        args.duration_s, args.concurrency, args.split_workers, args.split_participants
                     ),
                     args.accounts,
                     "1000000.00",
@@ -384,8 +392,8 @@ async fn main() -> anyhow::Result<()> {
                         orders: None,
                     },
                     Some(scenario::Split {
-                        workers: 2,
-                        participants: 2,
+                        workers: args.split_workers.max(1),
+                        participants: args.split_participants.max(1),
                     }),
                 )
                 .await?]

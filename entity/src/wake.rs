@@ -12,7 +12,8 @@
 //! - wakes this process's own waiters at once (no round trip), and
 //! - sends other processes one `NOTIFY` per channel at most every
 //!   `min_gap` (coalescing whatever was announced meanwhile), from a
-//!   connection and transaction of its own.
+//!   connection and transaction of its own, but only on channels no role
+//!   of this process waits on ([`Announcer::serve_locally`]).
 //!
 //! A lost or late wake-up costs latency, never correctness: every waiter
 //! also polls.
@@ -71,6 +72,9 @@ struct Inner {
     local: [watch::Sender<u64>; 2],
     /// Announced since the last `NOTIFY` was sent.
     pending: [AtomicBool; 2],
+    /// Channels a role of this process waits on: announcements on them are
+    /// handled here and not sent to other processes.
+    served: [AtomicBool; 2],
     kick: Notify,
 }
 
@@ -84,19 +88,37 @@ impl Default for Announcer {
         Announcer(Arc::new(Inner {
             local: [watch::channel(0).0, watch::channel(0).0],
             pending: [AtomicBool::new(false), AtomicBool::new(false)],
+            served: [AtomicBool::new(false), AtomicBool::new(false)],
             kick: Notify::new(),
         }))
     }
 }
 
 impl Announcer {
-    /// Wakes this process's waiters on `channel` now, and other
-    /// processes' once [`Announcer::run`] sends the next `NOTIFY`. Call it
-    /// after the transaction that made the change committed.
+    /// Wakes this process's waiters on `channel` now and, unless this
+    /// process serves `channel` itself, other processes' once
+    /// [`Announcer::run`] sends the next `NOTIFY`. Call it after the
+    /// transaction that made the change committed.
     pub fn announce(&self, channel: Channel) {
         self.wake_local(channel);
+        if self.0.served[channel.index()].load(Ordering::Acquire) {
+            return;
+        }
         self.0.pending[channel.index()].store(true, Ordering::Release);
         self.0.kick.notify_one();
+    }
+
+    /// Says that a role of this process waits on `channel` (its claim
+    /// loops, its relay): from now on what this process announces there is
+    /// handled here, with no `NOTIFY` to other processes.
+    ///
+    /// Why: every `NOTIFY` costs the sender a transaction and makes every
+    /// listening backend of the database run one, and a process that makes
+    /// work for itself does not need anyone else woken for it. Other
+    /// processes serving the channel still find that work at their next
+    /// poll, and a busy process claims again at once after a full batch.
+    pub fn serve_locally(&self, channel: Channel) {
+        self.0.served[channel.index()].store(true, Ordering::Release);
     }
 
     /// Wakes this process's waiters on `channel` only (for a notification
@@ -172,6 +194,20 @@ mod tests {
         a.wake_local(Channel::Saga);
         assert!(saga.has_changed().unwrap());
         assert!(!outbox.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_channel_served_here_wakes_local_waiters_and_notifies_nobody_else() {
+        let a = Announcer::default();
+        let mut outbox = a.subscribe(Channel::Outbox);
+        a.serve_locally(Channel::Outbox);
+        a.announce(Channel::Outbox);
+        assert!(outbox.has_changed().unwrap());
+        outbox.mark_unchanged();
+        assert!(!a.0.pending[Channel::Outbox.index()].load(Ordering::Acquire));
+        // A channel no role here waits on still goes to other processes.
+        a.announce(Channel::Saga);
+        assert!(a.0.pending[Channel::Saga.index()].load(Ordering::Acquire));
     }
 
     #[test]
