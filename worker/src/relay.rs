@@ -1,11 +1,12 @@
 //! The outbox relay: publishes outbox rows to Kafka and deletes them once
 //! the broker acknowledged them (`acks=all`, idempotent producer).
 //!
-//! Rows are locked with `FOR UPDATE SKIP LOCKED` for the length of one
-//! publish, so several relays share the work without publishing a row
-//! twice in the common case. A crash between the broker's ack and the
-//! delete publishes a batch again: every consumer dedupes by message id,
-//! so that costs a duplicate message, never a duplicate effect.
+//! A pass deletes its rows (`FOR UPDATE SKIP LOCKED`, so several relays
+//! share the work without publishing a row twice in the common case) in a
+//! transaction that commits only once the broker acknowledged every one of
+//! them. A crash between the broker's ack and the commit publishes a batch
+//! again: every consumer dedupes by message id, so that costs a duplicate
+//! message, never a duplicate effect.
 
 use std::time::Duration;
 
@@ -14,9 +15,19 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
-use crate::sql::{all, exec};
+use crate::sql::all;
 use crate::wake::{self, Wakeups};
 use crate::{WorkerConfig, WorkerError};
+
+/// Takes up to `$1` outbox rows, oldest first, skipping rows another relay
+/// holds: deletes them, in the transaction that stays open while they are
+/// published. If publishing fails the transaction rolls back and the rows
+/// are there again; nobody else can take them meanwhile (they are locked).
+/// One statement instead of a `SELECT … FOR UPDATE` and a `DELETE`.
+const TAKE_SQL: &str = "\
+DELETE FROM outbox WHERE id = ANY(ARRAY( \
+    SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+RETURNING id, topic, key, payload, headers";
 
 /// Publishes one batch of up to `batch` rows; returns how many.
 pub async fn run_once(
@@ -25,20 +36,21 @@ pub async fn run_once(
     batch: u32,
 ) -> Result<usize, WorkerError> {
     let tx = db.begin().await?;
-    let rows = all(
-        &tx,
-        "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        [i64::from(batch).into()],
-    )
-    .await?;
+    let mut rows = all(&tx, TAKE_SQL, [i64::from(batch).into()]).await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: i64 = r.try_get("", "id")?;
+    // RETURNING keeps no order; publish in the outbox's.
+    let mut keyed = Vec::with_capacity(rows.len());
+    for r in rows.drain(..) {
+        keyed.push((r.try_get::<i64>("", "id")?, r));
+    }
+    keyed.sort_unstable_by_key(|(id, _)| *id);
+    let mut published = 0;
+    let mut deliveries = Vec::with_capacity(keyed.len());
+    for (id, r) in &keyed {
+        let id = *id;
         let topic: String = r.try_get("", "topic")?;
         let key: String = r.try_get("", "key")?;
         let payload: serde_json::Value = r.try_get("", "payload")?;
@@ -68,7 +80,7 @@ pub async fn run_once(
     }
     for (id, d) in deliveries {
         match d.await {
-            Ok(Ok(_)) => ids.push(id),
+            Ok(Ok(_)) => published += 1,
             Ok(Err((e, _))) => {
                 return Err(WorkerError::kafka(format!("publish outbox row {id}"), e))
             }
@@ -80,14 +92,8 @@ pub async fn run_once(
             }
         }
     }
-    exec(
-        &tx,
-        "DELETE FROM outbox WHERE id = ANY($1)",
-        [ids.clone().into()],
-    )
-    .await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(published)
 }
 
 /// Relays until `shutdown`, woken by outbox notifications; a full batch
