@@ -98,8 +98,30 @@ impl BenchDb {
             ))
             .await?;
         admin.close().await.ok();
-        Ok(())
+        drop_topics(env, &self.name).await
     }
+}
+
+/// Deletes the topics of scenario database `name`: left behind, every
+/// run's topics pile up on the broker (hundreds of partitions after a day
+/// of runs) and cost it work in every later run.
+async fn drop_topics(env: &Env, name: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .create()?;
+    let topics = sagaflow_worker::Topics::with_prefix(&format!("{name}."));
+    let names = topics.all();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // A topic the scenario never created is no failure of the run.
+    for result in admin.delete_topics(&names, &opts).await? {
+        if let Err((name, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                eprintln!("could not delete topic {name}: {code}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The engine's configuration for a scenario database.
