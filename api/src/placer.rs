@@ -18,7 +18,7 @@
 use std::sync::{Arc, OnceLock};
 
 use rust_decimal::Decimal;
-use sagaflow_entity::{order, saga_instance};
+use sagaflow_entity::{column, order, saga_instance};
 use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, SqlErr, Statement};
@@ -230,29 +230,14 @@ async fn insert(
     let version = i32::try_from(order_payment::VERSION).unwrap_or(i32::MAX);
     let mut values = saga_instance::start_saga_values((order_payment::SAGA_TYPE, version), "api");
     values.extend([
-        rows.iter()
-            .map(|r| r.order_no.clone())
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter().map(|r| r.user_id).collect::<Vec<_>>().into(),
-        rows.iter().map(|r| r.amount).collect::<Vec<_>>().into(),
-        rows.iter().map(|r| r.saga_id).collect::<Vec<_>>().into(),
-        rows.iter()
-            .map(|r| r.key.clone())
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter()
-            .map(|r| r.fingerprint.clone())
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter()
-            .map(|r| r.data.clone())
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter()
-            .map(|r| r.detail.clone())
-            .collect::<Vec<_>>()
-            .into(),
+        column(rows, |r| r.order_no.clone()),
+        column(rows, |r| r.user_id),
+        column(rows, |r| r.amount),
+        column(rows, |r| r.saga_id),
+        column(rows, |r| r.key.clone()),
+        column(rows, |r| r.fingerprint.clone()),
+        column(rows, |r| r.data.clone()),
+        column(rows, |r| r.detail.clone()),
     ]);
     order::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(

@@ -28,3 +28,14 @@ pub trait StateValues: Sized + 'static {
     /// The value stored in the database.
     fn as_str(&self) -> &'static str;
 }
+
+/// One column of a batch statement's rows, as an array parameter: `f` of
+/// each item, in order. Batch statements take one array per column and
+/// `unnest` them, so that their text (and prepared plan) is the same for
+/// one row or a hundred.
+pub fn column<T, U>(items: &[T], f: impl Fn(&T) -> U) -> sea_orm::Value
+where
+    Vec<U>: Into<sea_orm::Value>,
+{
+    items.iter().map(f).collect::<Vec<U>>().into()
+}

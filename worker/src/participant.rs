@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
+use sagaflow_entity::column;
 use sagaflow_workflows::messages::{
     CommandEnvelope, CommandKind, ReplyEnvelope, ReplyOutcome, Topics,
 };
@@ -461,21 +462,9 @@ async fn read_facts<C: ConnectionTrait>(
         tx,
         FACTS_SQL,
         [
-            commands
-                .iter()
-                .map(|c| c.cmd.saga_id)
-                .collect::<Vec<_>>()
-                .into(),
-            kinds
-                .iter()
-                .map(|k| k.entry.to_owned())
-                .collect::<Vec<_>>()
-                .into(),
-            kinds
-                .iter()
-                .map(|k| k.opposite.to_owned())
-                .collect::<Vec<_>>()
-                .into(),
+            column(commands, |c| c.cmd.saga_id),
+            column(&kinds, |k| k.entry.to_owned()),
+            column(&kinds, |k| k.opposite.to_owned()),
             opposite_ids.clone().into(),
             CONSUMER.into(),
         ],
@@ -575,19 +564,11 @@ async fn post_all<C: ConnectionTrait>(
             tx,
             POST_SQL,
             [
-                members.iter().map(|p| p.user_id).collect::<Vec<_>>().into(),
-                members.iter().map(|p| p.amount).collect::<Vec<_>>().into(),
-                members.iter().map(|p| p.saga_id).collect::<Vec<_>>().into(),
-                members
-                    .iter()
-                    .map(|p| p.kind.entry.to_owned())
-                    .collect::<Vec<_>>()
-                    .into(),
-                members
-                    .iter()
-                    .map(|p| p.kind.dir == Direction::Take)
-                    .collect::<Vec<_>>()
-                    .into(),
+                column(&members, |p| p.user_id),
+                column(&members, |p| p.amount),
+                column(&members, |p| p.saga_id),
+                column(&members, |p| p.kind.entry.to_owned()),
+                column(&members, |p| p.kind.dir == Direction::Take),
             ],
         )
         .await?;
