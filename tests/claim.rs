@@ -371,3 +371,92 @@ async fn a_heartbeat_keeps_the_lease_until_its_worker_stops() {
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].lease_owner.as_deref(), Some("worker-b"));
 }
+
+/// A local step that always fails (an error, as when its store is down)
+/// and counts its runs.
+#[derive(Debug, Default)]
+struct AlwaysFails(std::sync::atomic::AtomicUsize);
+
+impl sagaflow_worker::LocalAction for AlwaysFails {
+    fn run<'a>(
+        &'a self,
+        ctx: sagaflow_worker::LocalContext<'a>,
+    ) -> sagaflow_worker::ActionFuture<'a> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Err(WorkerError::Corrupt {
+                saga_id: ctx.saga.id,
+                reason: "the action's store is down".to_owned(),
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_saga_claimed_alone_runs_once_then_waits_out_its_lease() {
+    use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
+    let db = fresh_database().await;
+    let mut registry = sagaflow_workflows::Registry::builtin();
+    registry
+        .register(SagaDefinition {
+            name: "doomed",
+            version: 1,
+            steps: vec![StepDef {
+                name: "fail",
+                action: Action::Local("doomed.fail"),
+                compensation: None,
+                retry: RetryPolicy::once(),
+                timeout: Duration::from_secs(5),
+            }],
+            hooks: Hooks::default(),
+        })
+        .unwrap();
+    let action = std::sync::Arc::new(AlwaysFails::default());
+    let mut actions = sagaflow_worker::Actions::builtin();
+    actions.register("doomed.fail", action.clone()).unwrap();
+    let cfg = WorkerConfig {
+        registry: std::sync::Arc::new(registry),
+        actions: std::sync::Arc::new(actions),
+        ..worker_config("worker-a")
+    };
+    sagaflow_entity::saga_instance::insert_new(
+        &db.conn,
+        uuid::Uuid::now_v7(),
+        ("doomed", 1),
+        serde_json::json!({}),
+        serde_json::json!({}),
+        "test",
+    )
+    .await
+    .unwrap();
+
+    let pass = claim::run_once(&db.conn, &cfg).await.unwrap();
+    assert_eq!((pass.claimed, pass.advanced, pass.failed), (1, 0, 1));
+    assert_eq!(
+        action.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the failed step ran again in the same pass"
+    );
+    // Leased, due when the lease ends, nothing of the attempt kept.
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_instances WHERE state = 'RUNNING' AND lease_owner = 'worker-a' \
+               AND next_run_at > now() + interval '20 seconds'"
+        )
+        .await,
+        1,
+        "the failed saga was not leased"
+    );
+    assert_eq!(
+        scalar_i64(
+            &db.conn,
+            "SELECT count(*) FROM saga_events WHERE kind <> 'CREATED'"
+        )
+        .await,
+        0
+    );
+    let again = claim::run_once(&db.conn, &cfg).await.unwrap();
+    assert_eq!(again.claimed, 0, "a leased saga was claimed again at once");
+    assert_eq!(action.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

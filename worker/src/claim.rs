@@ -232,17 +232,26 @@ async fn claim_and_advance(
     }
     metrics::histogram!("sagaflow_claim_batch_size").record(rows.len() as f64);
     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
-    match advance_locked(tx, cfg, &rows).await {
+    // Something in the batch failed (a local action, a write) and the
+    // batch rolled back whole: lease its sagas and go one by one, so that
+    // only the saga at fault waits for its lease to expire.
+    let failure = match advance_locked(tx, cfg, &rows).await {
         Ok(advanced) => {
             pass.advanced = advanced;
             return Ok(pass);
         }
-        // Something in the batch failed (a local action, a write) and
-        // the batch rolled back whole: lease its sagas and go one by one,
-        // so that only the saga at fault waits for its lease to expire.
-        Err(e) => tracing::debug!(error = %e, "batch failed; advancing its sagas one by one"),
+        Err(e) => e,
+    };
+    let leased = claim_ids(db, &cfg.worker_id, ids, cfg.lease).await?;
+    if let [row] = &rows[..] {
+        // A batch of one already ran its saga's step, which failed: the
+        // lease alone makes it wait, without running the step again.
+        tracing::warn!(saga_id = %row.id, error = %failure, "step failed; the saga is retried when its lease expires");
+        pass.failed = leased.len();
+        return Ok(pass);
     }
-    let rows = claim_ids(db, &cfg.worker_id, ids, cfg.lease).await?;
+    tracing::debug!(error = %failure, "batch failed; advancing its sagas one by one");
+    let rows = leased;
     let done = CancellationToken::new();
     let _stop_heartbeat = done.clone().drop_guard();
     tokio::spawn(keep_leases(
@@ -316,23 +325,45 @@ pub async fn advance_locked(
     cfg: &WorkerConfig,
     rows: &[saga_instance::Model],
 ) -> Result<usize, WorkerError> {
+    let done = match advance_all(&tx, cfg, rows).await {
+        Ok(done) => done,
+        Err(e) => {
+            // Roll back before returning: a dropped transaction's rollback
+            // is only queued until its connection is reused, and until then
+            // its row locks would hide the batch from the caller's fallback
+            // (a SKIP LOCKED lease of the same sagas).
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(error = %rollback, "rolling back a failed batch");
+            }
+            return Err(e);
+        }
+    };
+    tx.commit().await?;
+    for (row, advanced) in &done {
+        advanced.observe(&row.saga_type, row.current_step, None);
+    }
+    Ok(done.len())
+}
+
+/// Each saga's effects, then every write in one statement, through `tx`.
+async fn advance_all<'r>(
+    tx: &DatabaseTransaction,
+    cfg: &WorkerConfig,
+    rows: &'r [saga_instance::Model],
+) -> Result<Vec<(&'r saga_instance::Model, executor::Advanced)>, WorkerError> {
     let mut writes = executor::Writes::default();
     let mut done = Vec::with_capacity(rows.len());
     for row in rows {
         let span = tracing::info_span!("saga_step", saga_id = %row.id, saga_type = %row.saga_type,
             order_no = executor::order_no(row), step = row.current_step, attempt = row.attempt);
         let advanced =
-            executor::advance_into(&tx, cfg, row, Event::Due, &cfg.worker_id, &mut writes)
+            executor::advance_into(tx, cfg, row, Event::Due, &cfg.worker_id, &mut writes)
                 .instrument(span)
                 .await?;
         done.push((row, advanced));
     }
-    writes.flush(&tx).await?;
-    tx.commit().await?;
-    for (row, advanced) in &done {
-        advanced.observe(&row.saga_type, row.current_step, None);
-    }
-    Ok(done.len())
+    writes.flush(tx).await?;
+    Ok(done)
 }
 
 /// Runs the due work of one claimed saga in its own transaction: a batch

@@ -380,8 +380,9 @@ const STORE_BATCH_SQL: &str = concat!(
 );
 
 /// One saga's new state, as [`STORE_BATCH_SQL`] writes it, with plain
-/// parameters: a reply advances one saga at a time, and for one row this
-/// costs a third of the JSON form.
+/// parameters: a flush of a single saga (a claim or a batch of replies
+/// that found one) is common, and for one row this costs a third of the
+/// JSON form.
 const STORE_ONE_SQL: &str = concat!(
     "WITH ",
     effects_ctes!(),

@@ -32,8 +32,9 @@ pub const GROUP: &str = "sagaflow-replies";
 const BATCH: usize = 64;
 
 /// Locks the sagas a batch of replies is about, in id order, before the
-/// batch touches any of them. The claim loop locks its batches in id order
-/// too, so the two can wait for each other but never deadlock.
+/// batch touches any of them. A claim loop never waits for a saga row (it
+/// skips locked ones; its lease fallback locks in id order too), so the two
+/// can wait for each other but never deadlock.
 /// The rows it returns are what the batch's first reply for each saga
 /// advances from, so no reply reads its saga a second time.
 const LOCK_SQL: &str = "SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
