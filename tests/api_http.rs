@@ -577,6 +577,49 @@ async fn orders_placed_together_are_answered_as_if_placed_alone() {
     assert_eq!(count(&db.conn, "saga_events").await, 5);
 }
 
+/// Only a batch Postgres refused is retried order by order. One whose
+/// outcome is unknown (its connection gone before an answer) may yet have
+/// committed, and placing its orders again could place an order without a
+/// key twice: every order gets the error instead.
+#[tokio::test]
+async fn only_an_order_batch_the_server_refused_is_retried_order_by_order() {
+    use sagaflow_api::orders::NewOrder;
+    use sagaflow_api::placer::{place_all, refused_by_the_server, OrderRequest};
+    let (db, cli) = setup().await;
+    create_account(&cli, 1).await;
+    let refused = db
+        .conn
+        .execute(Statement::from_string(
+            db.conn.get_database_backend(),
+            "SELECT 1 / 0",
+        ))
+        .await
+        .unwrap_err();
+    assert!(refused_by_the_server(&refused), "{refused:?}");
+    let closed = sea_orm::Database::connect(&db.url).await.unwrap();
+    closed.clone().close().await.unwrap();
+    let unknown = closed
+        .execute(Statement::from_string(
+            closed.get_database_backend(),
+            "SELECT 1",
+        ))
+        .await
+        .unwrap_err();
+    assert!(!refused_by_the_server(&unknown), "{unknown:?}");
+    let order = || OrderRequest {
+        new: NewOrder {
+            user_id: 1,
+            amount: "1.00".parse().unwrap(),
+        },
+        key: None,
+        fingerprint: None,
+    };
+    let results = place_all(&closed, vec![order(), order(), order()]).await;
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert_eq!(count(&db.conn, "orders").await, 0);
+}
+
 /// One bad request: what is sent and what must come back.
 struct Bad {
     what: &'static str,

@@ -140,15 +140,29 @@ fn spawn_lanes(db: DatabaseConnection) -> mpsc::Sender<Pending> {
 /// concurrent requests: one statement inserts every order it can; each
 /// order it did not insert is placed again on its own, which says why.
 /// Answers in the order of `requests`.
+///
+/// Only a statement the server refused is retried order by order. When
+/// the outcome is unknown (the connection broke after the statement was
+/// sent, say), the statement may yet commit, and placing its orders again
+/// would place an order without an idempotency key twice: every order of
+/// the batch gets the error instead, as a single request would.
 pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> Vec<PlaceResult> {
     metrics::histogram!("sagaflow_order_batch_size").record(requests.len() as f64);
     let rows: Vec<Row> = requests.iter().map(Row::of).collect();
     let mut inserted: std::collections::HashMap<Uuid, order::Model> = match insert(db, &rows).await
     {
         Ok(inserted) => inserted.into_iter().map(|o| (o.saga_id, o)).collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, orders = rows.len(), "order batch failed; placing its orders one by one");
+        Err(e) if refused_by_the_server(&e) => {
+            tracing::debug!(error = %e, orders = rows.len(), "order batch refused; placing its orders one by one");
             Default::default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, orders = rows.len(), "order batch failed with its outcome unknown");
+            let message = e.to_string();
+            return requests
+                .iter()
+                .map(|_| Err(sea_orm::DbErr::Custom(message.clone()).into()))
+                .collect();
         }
     };
     let mut results = Vec::with_capacity(requests.len());
@@ -159,6 +173,19 @@ pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> 
         });
     }
     results
+}
+
+/// Whether Postgres answered the statement with an error, which means a
+/// statement run in a transaction of its own rolled back; any other error
+/// (no connection, a connection lost mid-statement) leaves its outcome
+/// unknown.
+pub fn refused_by_the_server(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    matches!(
+        err,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
+            | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
+    )
 }
 
 /// One order's row of the batch statement.
@@ -207,7 +234,9 @@ impl Row {
 /// an account and whose idempotency key is new, with its saga and its
 /// first history row, in one statement; returns the orders inserted. The
 /// account test is a scalar subquery, one primary-key probe per order: as
-/// `EXISTS` Postgres may hash all accounts for it.
+/// `EXISTS` Postgres may hash all accounts for it. Rows go in by key, so
+/// two lanes inserting the same keys lock them in the same order and
+/// cannot deadlock.
 const PLACE_SQL: &str = concat!(
     "WITH v AS ( \
         SELECT * FROM unnest($5::text[], $6::bigint[], $7::numeric[], $8::uuid[], $9::text[], \
@@ -216,7 +245,7 @@ const PLACE_SQL: &str = concat!(
      new_order AS ( \
         INSERT INTO orders (order_no, user_id, amount, status, saga_id, idempotency_key, request_fingerprint) \
         SELECT order_no, user_id, amount, 'PENDING', saga_id, NULLIF(key, ''), NULLIF(fingerprint, '') \
-        FROM v WHERE (SELECT true FROM accounts a WHERE a.user_id = v.user_id) ORDER BY n \
+        FROM v WHERE (SELECT true FROM accounts a WHERE a.user_id = v.user_id) ORDER BY key, n \
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
      src AS (SELECT v.saga_id AS id, v.data, v.detail FROM v JOIN new_order o ON o.saga_id = v.saga_id), ",
     sagaflow_entity::start_saga_ctes!(),
