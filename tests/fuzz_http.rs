@@ -66,8 +66,12 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("schemathesis.toml");
     std::fs::write(&cfg, config(&order_no)).unwrap();
-    // A new seed each run, printed, so that a failure can be replayed.
-    let mut seed = uuid::Uuid::new_v4().as_u128() as u32;
+    // A new seed each run, printed, so that a failure can be replayed:
+    // SAGAFLOW_FUZZ_SEED=<seed> runs that seed again.
+    let mut seed = match std::env::var("SAGAFLOW_FUZZ_SEED") {
+        Ok(s) => s.parse().expect("SAGAFLOW_FUZZ_SEED must be a u32"),
+        Err(_) => uuid::Uuid::new_v4().as_u128() as u32,
+    };
     let (mut status, mut stdout) = run_schemathesis(&bin, &cfg, &dir, &app.base, seed).await;
     // CPython 3.11's ast module can fail with "AST constructor recursion
     // depth mismatch" (python/cpython#106905) when hypothesis parses
@@ -86,7 +90,7 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     eprintln!("schemathesis seed {seed}:\n{}", summary.join("\n"));
     assert!(
         status.success(),
-        "schemathesis found problems (seed {seed}; rerun with --seed):\n{stdout}"
+        "schemathesis found problems (seed {seed}; replay with SAGAFLOW_FUZZ_SEED={seed}):\n{stdout}"
     );
     assert!(
         stdout.contains("No issues found") || stdout.contains("passed"),

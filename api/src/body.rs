@@ -402,6 +402,7 @@ pub struct ActionRequest {
         max_length = 100,
         pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
     ))]
+    #[oai(nullable)]
     pub actor: Option<String>,
 }
 
@@ -488,35 +489,44 @@ pub struct BulkRequest {
     /// For `RESOLVE` (and only for it): the asserted money effect, as in
     /// `POST /sagas/{id}/resolve`.
     #[oai(validator(pattern = "^(NONE|APPLIED|SETTLED_OUTSIDE)$"))]
+    #[oai(nullable)]
     pub resolution: Option<String>,
     /// Only sagas in this state.
     #[oai(validator(
         pattern = "^(RUNNING|WAITING|COMPENSATING|COMPLETED|COMPENSATED|FAILED|CANCELLED|RESOLVED)$"
     ))]
+    #[oai(nullable)]
     pub state: Option<String>,
     /// Only sagas of this type.
     #[oai(
         rename = "type",
         validator(max_length = 200, pattern = r"^[^\u0000]*$")
     )]
+    #[oai(nullable)]
     pub saga_type: Option<String>,
     /// Only sagas at this step (the failing step, for FAILED ones).
     #[oai(validator(minimum(value = "0"), maximum(value = "2147483647")))]
+    #[oai(nullable)]
     pub step: Option<i64>,
     /// Only sagas whose last error contains this text (case-insensitive).
     #[oai(validator(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$"))]
+    #[oai(nullable)]
     pub error_contains: Option<String>,
     /// Only sagas created at or after this time.
+    #[oai(nullable)]
     pub created_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Only sagas created before this time.
+    #[oai(nullable)]
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Count only (default `true`).
+    #[oai(nullable)]
     pub dry_run: Option<bool>,
     /// Required when `dry_run` is `false`: how many sagas the operator
     /// expects the action to apply to (the dry run's `applicable`). If the
     /// filter matches a different number by then, nothing is done and the
     /// answer is 409.
     #[oai(validator(minimum(value = "0")))]
+    #[oai(nullable)]
     pub expected_count: Option<i64>,
 }
 
