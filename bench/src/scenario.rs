@@ -91,12 +91,17 @@ impl BenchDb {
             return Ok(());
         }
         let admin = Database::connect(&env.database_url).await?;
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await?;
+        // A plain DROP ends an autovacuum worker in the database itself;
+        // WITH (FORCE) would refuse to (it is not the bench role's process
+        // to terminate) and fail the whole run. FORCE is for what the
+        // scenario may leave connected: a child process still closing.
+        let plain = format!("DROP DATABASE IF EXISTS {}", self.name);
+        if let Err(e) = admin.execute_unprepared(&plain).await {
+            let forced = format!("{plain} WITH (FORCE)");
+            if let Err(e2) = admin.execute_unprepared(&forced).await {
+                eprintln!("could not drop database {}: {e}; {e2}", self.name);
+            }
+        }
         admin.close().await.ok();
         drop_topics(env, &self.name).await
     }
