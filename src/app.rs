@@ -334,6 +334,7 @@ pub async fn start_extended(
             Arc::new(KafkaReadiness(KafkaProbe::new(producer.clone())));
         let api_cfg = ApiConfig {
             body_limit_bytes: cfg.body_limit_bytes,
+            order_lanes: cfg.order_lanes,
             admin_token,
             metrics: Some(metrics),
             registry: Some(Arc::clone(&worker_cfg.registry)),

@@ -44,6 +44,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct ApiConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub body_limit_bytes: usize,
+    /// Order-insert statements in flight at once (`SAGAFLOW_ORDER_LANES`).
+    pub order_lanes: usize,
     /// Bearer token for operator calls; `None` leaves them open (the
     /// binary allows that only with its explicit insecure development
     /// flag). Never printed: the `Debug` output shows `[redacted]`.
@@ -62,6 +64,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: 64 * 1024,
+            order_lanes: 1,
             admin_token: None,
             metrics: None,
             registry: None,
@@ -74,6 +77,7 @@ impl fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiConfig")
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("order_lanes", &self.order_lanes)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "[redacted]"),
@@ -114,7 +118,7 @@ pub fn app(
     let service = OpenApiService::new(
         (
             accounts::AccountsApi::new(db.clone()),
-            orders::OrdersApi::new(db.clone(), cfg.announcer.clone()),
+            orders::OrdersApi::new(db.clone(), cfg.announcer.clone(), cfg.order_lanes),
             sagas::SagasApi::new(
                 db.clone(),
                 operator.clone(),

@@ -233,10 +233,11 @@ pub struct OrdersApi {
 }
 
 impl OrdersApi {
-    /// Operations on `db`, announcing the sagas they start to `announcer`.
-    pub fn new(db: DatabaseConnection, announcer: Announcer) -> Self {
+    /// Operations on `db`, announcing the sagas they start to `announcer`,
+    /// inserting orders with up to `lanes` statements at once.
+    pub fn new(db: DatabaseConnection, announcer: Announcer, lanes: usize) -> Self {
         Self {
-            placer: Placer::new(db.clone()),
+            placer: Placer::new(db.clone(), lanes),
             db,
             announcer,
         }

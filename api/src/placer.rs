@@ -1,8 +1,8 @@
 //! Places orders: the orders of concurrent `POST /orders` requests go to
 //! Postgres together, in one statement and one commit.
 //!
-//! Each request hands its order to one of a few lanes and waits for its
-//! answer. A lane takes whatever orders are waiting when it is free (never
+//! Each request hands its order to a lane (`SAGAFLOW_ORDER_LANES`, one by
+//! default) and waits for its answer. A lane takes whatever orders are waiting when it is free (never
 //! waiting to fill a batch, so a lone order goes at once) and inserts them
 //! with their sagas and history rows in one statement. Under load the
 //! batches grow by themselves, and the per-statement and per-commit work
@@ -30,8 +30,6 @@ use crate::orders::NewOrder;
 
 /// Most orders one statement inserts.
 const MAX_BATCH: usize = 64;
-/// Statements in flight at once.
-const LANES: usize = 4;
 
 /// The result of trying to place an order.
 #[derive(Debug)]
@@ -68,6 +66,8 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Placer {
     db: DatabaseConnection,
+    /// Statements in flight at once.
+    lane_count: usize,
     lanes: Arc<OnceLock<mpsc::Sender<Pending>>>,
 }
 
@@ -78,9 +78,10 @@ impl std::fmt::Debug for Placer {
 }
 
 impl Placer {
-    pub(crate) fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection, lanes: usize) -> Self {
         Self {
             db,
+            lane_count: lanes.max(1),
             lanes: Arc::new(OnceLock::new()),
         }
     }
@@ -89,7 +90,9 @@ impl Placer {
     /// fingerprint, if any). `Ok(None)`: try again with fresh ids.
     pub(crate) async fn place(&self, request: OrderRequest) -> PlaceResult {
         // The lanes start with the first order, on the runtime serving it.
-        let lanes = self.lanes.get_or_init(|| spawn_lanes(self.db.clone()));
+        let lanes = self
+            .lanes
+            .get_or_init(|| spawn_lanes(self.db.clone(), self.lane_count));
         let (answer, answered) = oneshot::channel();
         lanes
             .send(Pending { request, answer })
@@ -102,10 +105,10 @@ impl Placer {
 }
 
 /// Starts the lanes; they end once every [`Placer`] clone is gone.
-fn spawn_lanes(db: DatabaseConnection) -> mpsc::Sender<Pending> {
-    let (tx, rx) = mpsc::channel::<Pending>(MAX_BATCH * LANES);
+fn spawn_lanes(db: DatabaseConnection, lanes: usize) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel::<Pending>(MAX_BATCH * lanes);
     let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..LANES {
+    for _ in 0..lanes {
         let (db, rx) = (db.clone(), rx.clone());
         tokio::spawn(async move {
             loop {

@@ -151,8 +151,8 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     claim_batch: u32,
 
-    /// Kafka consumers per consuming role.
-    #[arg(long, default_value_t = 3)]
+    /// Kafka consumers per consuming role (the service's default).
+    #[arg(long, default_value_t = 1)]
     consumers: usize,
 
     /// The engine's Postgres pool size.
