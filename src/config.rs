@@ -147,6 +147,17 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_NOTIFY_GAP_MS", default_value_t = 20)]
     pub notify_gap_ms: u64,
 
+    /// Shortest time between the starts of two claim passes (all claim
+    /// loops of the process together) or two outbox relay passes, in
+    /// milliseconds, unless the earlier pass was full. Orders arriving
+    /// meanwhile join the next pass instead of each paying a transaction
+    /// of its own; after a quiet spell a pass starts at once. At 210
+    /// orders/s, 10 ms cut commits per order from 3.0 to 2.7 and CPU by
+    /// 4 %, and cost 3 ms of p50 at 100/s (bench/README, finding 24).
+    /// 0 turns it off.
+    #[arg(long, env = "SAGAFLOW_PASS_GAP_MS", default_value_t = 10)]
+    pub pass_gap_ms: u64,
+
     /// Most outbox rows one relay pass publishes.
     #[arg(long, env = "SAGAFLOW_RELAY_BATCH", default_value_t = 256)]
     pub relay_batch: u32,
@@ -276,6 +287,9 @@ impl Config {
         if self.consumers == 0 || self.consumers > 256 {
             return bad("SAGAFLOW_CONSUMERS must be between 1 and 256");
         }
+        if self.pass_gap_ms > 1_000 {
+            return bad("SAGAFLOW_PASS_GAP_MS must be at most 1000");
+        }
         if self.order_lanes == 0 || self.order_lanes > 64 {
             return bad("SAGAFLOW_ORDER_LANES must be between 1 and 64");
         }
@@ -344,6 +358,7 @@ impl Config {
             claim_batch: self.claim_batch,
             lease: Duration::from_millis(self.lease_ms),
             poll_interval: Duration::from_millis(self.poll_interval_ms),
+            pass_gap: Duration::from_millis(self.pass_gap_ms),
             relay_batch: self.relay_batch,
             topics: self.topics(),
             registry: Arc::new(Registry::builtin()),

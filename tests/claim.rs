@@ -258,6 +258,7 @@ fn worker_config(id: &str) -> WorkerConfig {
         claim_batch: 10,
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(100),
+        pass_gap: Duration::ZERO,
         relay_batch: 10,
         topics: Topics::with_prefix("claim-test."),
         registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),

@@ -426,6 +426,7 @@ fn worker(id: &str) -> WorkerConfig {
         claim_batch: 10,
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(100),
+        pass_gap: Duration::ZERO,
         relay_batch: 10,
         topics: Topics::with_prefix("race-test."),
         registry: Arc::new(sagaflow_workflows::Registry::builtin()),

@@ -395,7 +395,9 @@ pub async fn process(
 /// all but one would find nothing: wasted statements and commits, the more
 /// so with several processes); a loop that found a full batch claims again
 /// at once and wakes a sibling to share what is left. Every loop also
-/// claims after the poll interval, which is how timers come due.
+/// claims after the poll interval, which is how timers come due. Other
+/// passes start at least `cfg.pass_gap` apart (all loops together), so
+/// sagas started meanwhile are claimed together.
 pub async fn run(
     db: DatabaseConnection,
     cfg: WorkerConfig,
@@ -420,7 +422,9 @@ pub async fn run(
             }
         });
     }
+    let pacer = crate::wake::Pacer::new(cfg.pass_gap);
     for n in 0..cfg.workers.max(1) {
+        let pacer = pacer.clone();
         let db = db.clone();
         let cfg = cfg.clone();
         let kick = kick.clone();
@@ -446,6 +450,7 @@ pub async fn run(
                     _ = tokio::time::sleep(pause) => {}
                     _ = kick.notified() => {}
                 }
+                pacer.pace(&shutdown).await;
             }
         });
     }

@@ -54,6 +54,11 @@ pub struct WorkerConfig {
     /// notification arrives; bounds the delay of timers (retries,
     /// deadlines).
     pub poll_interval: Duration,
+    /// Shortest time between the starts of two claim passes (all of the
+    /// process's claim loops together) or two relay passes, unless the
+    /// earlier pass was full: what arrives in between joins the next pass.
+    /// A pass after a quiet spell starts at once. Zero: no spacing.
+    pub pass_gap: Duration,
     /// Most outbox rows one relay pass publishes.
     pub relay_batch: u32,
     /// Topic names.

@@ -97,7 +97,8 @@ pub async fn run_once(
 }
 
 /// Relays until `shutdown`, woken by outbox notifications; a full batch
-/// is followed by another pass at once.
+/// is followed by another pass at once, any other pass by the next at
+/// least `cfg.pass_gap` after it began.
 pub async fn run(
     db: DatabaseConnection,
     producer: FutureProducer,
@@ -105,11 +106,15 @@ pub async fn run(
     mut wakeups: Wakeups,
     shutdown: CancellationToken,
 ) {
+    let pacer = wake::Pacer::new(cfg.pass_gap);
     while !shutdown.is_cancelled() {
         wakeups.outbox.borrow_and_update();
         match run_once(&db, &producer, cfg.relay_batch).await {
             Ok(n) if n >= usize::try_from(cfg.relay_batch).unwrap_or(usize::MAX) => continue,
-            Ok(_) => wake::wait(&mut wakeups.outbox, cfg.poll_interval, &shutdown).await,
+            Ok(_) => {
+                wake::wait(&mut wakeups.outbox, cfg.poll_interval, &shutdown).await;
+                pacer.pace(&shutdown).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay pass failed; retrying");
                 wake::wait(

@@ -112,3 +112,107 @@ pub(crate) async fn wait(
         }
     }
 }
+
+/// Spaces a loop's passes: a pass that follows another by less than `gap`
+/// waits out the rest of it, so that work arriving meanwhile joins the
+/// pass; after a quiet spell the pass goes at once. Shared by the loops
+/// of one role (clone it), so that they pace together.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    gap: Duration,
+    last: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Pacer {
+    /// A pacer with `gap` between passes (zero: no pacing).
+    pub fn new(gap: Duration) -> Self {
+        Pacer {
+            gap,
+            last: Default::default(),
+        }
+    }
+
+    /// Waits until `gap` after the previous pass began (or `shutdown`),
+    /// then marks this pass as begun.
+    pub async fn pace(&self, shutdown: &CancellationToken) {
+        if self.gap.is_zero() {
+            return;
+        }
+        let start = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = match *last {
+                Some(prev) if prev + self.gap > now => prev + self.gap,
+                _ => now,
+            };
+            *last = Some(start);
+            start
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep_until(start) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const GAP: Duration = Duration::from_millis(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_after_a_quiet_spell_starts_at_once() {
+        let (pacer, stop) = (Pacer::new(GAP), CancellationToken::new());
+        let t0 = Instant::now();
+        pacer.pace(&stop).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(25)).await;
+        let t1 = Instant::now();
+        pacer.pace(&stop).await;
+        assert_eq!(t1.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_soon_after_another_waits_out_the_rest_of_the_gap() {
+        let (pacer, stop) = (Pacer::new(GAP), CancellationToken::new());
+        let t0 = Instant::now();
+        pacer.pace(&stop).await;
+        tokio::time::advance(Duration::from_millis(4)).await;
+        pacer.pace(&stop).await;
+        assert_eq!(t0.elapsed(), GAP);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loops_sharing_a_pacer_start_a_gap_apart() {
+        let (pacer, stop) = (Pacer::new(GAP), CancellationToken::new());
+        let t0 = Instant::now();
+        let mut starts = futures::future::join_all((0..3).map(|_| {
+            let (pacer, stop) = (pacer.clone(), stop.clone());
+            async move {
+                pacer.pace(&stop).await;
+                t0.elapsed()
+            }
+        }))
+        .await;
+        starts.sort();
+        assert_eq!(starts, vec![Duration::ZERO, GAP, GAP * 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_gap_never_waits_and_shutdown_ends_a_wait() {
+        let (none, stop) = (Pacer::new(Duration::ZERO), CancellationToken::new());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            none.pace(&stop).await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        let pacer = Pacer::new(Duration::from_secs(60));
+        pacer.pace(&stop).await;
+        stop.cancel();
+        pacer.pace(&stop).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+}
