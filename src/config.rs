@@ -151,11 +151,11 @@ pub struct Config {
     /// loops of the process together) or two outbox relay passes, in
     /// milliseconds, unless the earlier pass was full. Orders arriving
     /// meanwhile join the next pass instead of each paying a transaction
-    /// of its own; after a quiet spell a pass starts at once. At 210
-    /// orders/s, 10 ms cut commits per order from 3.0 to 2.7 and CPU by
-    /// 4 %, and cost 3 ms of p50 at 100/s (bench/README, finding 24).
-    /// 0 turns it off.
-    #[arg(long, env = "SAGAFLOW_PASS_GAP_MS", default_value_t = 10)]
+    /// of its own; after a quiet spell a pass starts at once. Off (0) by
+    /// default: 10 ms cut commits per order by 11-20 % and CPU by 4 %, but
+    /// cost 8-10 ms of p50 at 100 orders/s (bench/README, finding 24). For
+    /// a deployment bound by database commits rather than latency.
+    #[arg(long, env = "SAGAFLOW_PASS_GAP_MS", default_value_t = 0)]
     pub pass_gap_ms: u64,
 
     /// Most outbox rows one relay pass publishes.
