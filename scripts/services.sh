@@ -327,9 +327,15 @@ kafka_init() {
   if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
     local cid
     cid="$(cat "$KAFKA_DIR/cluster.id" 2>/dev/null || true)"
-    if [ -z "$cid" ]; then
-      # Kafka cluster ids are 16 random bytes, URL-safe base64 without padding.
-      cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    # Kafka cluster ids are 16 random bytes, URL-safe base64 without
+    # padding. One that starts with '-' (1 in 64) is taken for an option by
+    # the storage tool's argument parser ("--cluster-id: expected one
+    # argument"), so draw again until it does not.
+    if [ -z "$cid" ] || [ "${cid#-}" != "$cid" ]; then
+      cid=-
+      while [ "${cid#-}" != "$cid" ]; do
+        cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+      done
       echo "$cid" >"$KAFKA_DIR/cluster.id"
     fi
     log "kafka: formatting storage $KAFKA_DATA (cluster id $cid)"
