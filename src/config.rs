@@ -143,7 +143,7 @@ pub struct Config {
     /// and of every listening backend: with roles split over five
     /// processes, 20 ms rather than 5 took database transactions per order
     /// from 4.1 to 3.1-3.2 and CPU per order from 6.1 to 5.5-6.0 ms
-    /// (bench/README, finding 17).
+    /// (bench/README, finding 19).
     #[arg(long, env = "SAGAFLOW_NOTIFY_GAP_MS", default_value_t = 20)]
     pub notify_gap_ms: u64,
 
