@@ -211,6 +211,63 @@ async fn a_claim_under_lock_skips_what_another_holds_and_a_dead_claimer_gives_ba
     b.rollback().await.unwrap();
 }
 
+/// The history rows a batch writes carry its transaction's start time, so
+/// a claim must not take a saga that fell due after that: a saga taken
+/// over from a dead worker would show history older than the lease it
+/// waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_under_lock_takes_nothing_that_fell_due_after_its_transaction_began() {
+    let db = fresh_database().await;
+    seed(&db.conn, 1, 0).await;
+    exec(
+        &db.conn,
+        "UPDATE saga_instances SET next_run_at = now() + interval '1 hour'",
+    )
+    .await;
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    let lease = Duration::from_secs(30);
+
+    let tx = conn.begin().await.unwrap();
+    let began: chrono::DateTime<chrono::Utc> = tx
+        .query_one(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT now() AS t",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "t")
+        .unwrap();
+    // The saga falls due just after the transaction began ...
+    let due = began + chrono::Duration::milliseconds(20);
+    db.conn
+        .execute(Statement::from_sql_and_values(
+            db.conn.get_database_backend(),
+            "UPDATE saga_instances SET next_run_at = $1",
+            [due.into()],
+        ))
+        .await
+        .unwrap();
+    // ... and this process's clock passes that time before the claim.
+    while chrono::Utc::now() <= due {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let late = claim::lock_due(&tx, "late", 10, lease).await.unwrap();
+    assert!(
+        late.is_empty(),
+        "claimed a saga that fell due after the claim's transaction began"
+    );
+    tx.rollback().await.unwrap();
+
+    // A transaction begun after it fell due takes it.
+    let tx = conn.begin().await.unwrap();
+    assert_eq!(
+        claim::lock_due(&tx, "next", 10, lease).await.unwrap().len(),
+        1
+    );
+    tx.rollback().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_event_the_machine_ignores_leaves_the_saga_due_when_a_lease_would_end() {
     let db = fresh_database().await;

@@ -53,8 +53,13 @@ RETURNING *";
 /// returns: walks the partial index `saga_instances_due` in `next_run_at`
 /// order (no sort, no finished saga) and locks up to `$2` rows due at
 /// `$1`, skipping rows another transaction holds.
+///
+/// Due as of the earlier of `$1` (this process's clock) and the
+/// transaction's start: the history rows the batch writes carry the
+/// transaction's start time (`now()`), and a saga taken over when another
+/// worker's lease ran out must not show a history row older than that.
 pub const LOCK_DUE_SQL: &str = "\
-SELECT * FROM saga_instances WHERE next_run_at <= $1 ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+SELECT * FROM saga_instances WHERE next_run_at <= LEAST($1, now()) ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED";
 
 /// [`CLAIM_SQL`] restricted to the sagas in `$5` (a batch that failed
 /// under lock, leased to be advanced one by one).
