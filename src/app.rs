@@ -46,7 +46,8 @@ impl Roles {
 pub struct Running {
     /// Where the API listens, if it runs.
     pub http_addr: Option<SocketAddr>,
-    /// The process's database pool.
+    /// The process's query pool (migrations, the API's reads, retention);
+    /// the roles run on a pool of their own (`connect_engine`).
     pub db: DatabaseConnection,
     /// The process's wake-ups: announce through it what was written
     /// outside the roles (a saga inserted by hand, say) to have it handled
@@ -95,19 +96,46 @@ impl ReadinessProbe for KafkaReadiness {
     }
 }
 
-/// Connects to Postgres with the configured pool size.
+/// The pool for the API's reads, migrations and the retention job:
+/// `SAGAFLOW_DB_POOL_SIZE / 4` connections (at least 2), planned as
+/// Postgres plans by default, since the saga list's optional filters need
+/// plans made for the values given.
 pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    pool(cfg, cfg.query_pool_size(), None).await
+}
+
+/// The engine's pool (claim loops, relay, consumers, order placement):
+/// `SAGAFLOW_DB_POOL_SIZE` connections whose statements Postgres plans as
+/// `SAGAFLOW_ENGINE_PLANS` says (generic plans by default).
+pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    pool(cfg, cfg.db_pool_size, Some(cfg.engine_plans.setting())).await
+}
+
+async fn pool(
+    cfg: &Config,
+    size: u32,
+    plan_cache_mode: Option<&'static str>,
+) -> anyhow::Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(cfg.database_url.clone());
-    opts.max_connections(cfg.db_pool_size)
+    opts.max_connections(size)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false)
-        // sagaflow's transactions last milliseconds; one left open (a hung
-        // task, a bug) would hold the xmin horizon and let dead tuples pile
-        // up in the queue tables, so the server ends it. See bench/README
-        // "Held xmin horizon".
-        .map_sqlx_postgres_opts(|o| o.options([("idle_in_transaction_session_timeout", "60s")]));
+        .map_sqlx_postgres_opts(move |o| {
+            // Startup options: set by the server as the connection opens,
+            // no statement of their own.
+            //
+            // sagaflow's transactions last milliseconds; one left open (a
+            // hung task, a bug) would hold the xmin horizon and let dead
+            // tuples pile up in the queue tables, so the server ends it.
+            // See bench/README "Held xmin horizon".
+            let o = o.options([("idle_in_transaction_session_timeout", "60s")]);
+            match plan_cache_mode {
+                Some(mode) => o.options([("plan_cache_mode", mode)]),
+                None => o,
+            }
+        });
     Database::connect(opts)
         .await
         .context("connecting to Postgres (DATABASE_URL)")
@@ -228,6 +256,7 @@ pub async fn start_extended(
     let (registry, actions) = engine(cfg, ext)?;
     let db = connect(cfg).await?;
     migrate(&db).await?;
+    let engine_db = connect_engine(cfg).await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();
     kafka
@@ -280,7 +309,7 @@ pub async fn start_extended(
             shutdown.clone(),
         ));
         tasks.spawn(claim::run(
-            db.clone(),
+            engine_db.clone(),
             worker_cfg.clone(),
             wakeups.clone(),
             shutdown.clone(),
@@ -288,7 +317,7 @@ pub async fn start_extended(
     }
     if roles.relay {
         tasks.spawn(relay::run(
-            db.clone(),
+            engine_db.clone(),
             producer.clone(),
             worker_cfg.clone(),
             wakeups.clone(),
@@ -315,7 +344,7 @@ pub async fn start_extended(
     for (on, what, consume) in consumers {
         for _ in 0..if on { cfg.consumers } else { 0 } {
             let fut = consume(
-                db.clone(),
+                engine_db.clone(),
                 kafka.clone(),
                 producer.clone(),
                 worker_cfg.clone(),
@@ -335,6 +364,7 @@ pub async fn start_extended(
         let api_cfg = ApiConfig {
             body_limit_bytes: cfg.body_limit_bytes,
             order_lanes: cfg.order_lanes,
+            placement_db: Some(engine_db.clone()),
             admin_token,
             metrics: Some(metrics),
             registry: Some(Arc::clone(&worker_cfg.registry)),

@@ -124,7 +124,42 @@ async fn assert_walks_the_due_index(sql: &str, values: Vec<sea_orm::Value>) {
         .await
         .unwrap()
         .unwrap();
+    assert_plan_walks_the_due_index(&row.try_get_by_index(0).unwrap());
+}
+
+/// The same on the plan Postgres makes without the values, as the
+/// engine's pool has it make (`SAGAFLOW_ENGINE_PLANS=generic`): `sql` is
+/// prepared, and explained executing with `args` (SQL literals).
+async fn assert_walks_the_due_index_on_a_generic_plan(
+    db: &DatabaseConnection,
+    sql: &str,
+    args: &str,
+) {
+    // One connection for PREPARE, SET and EXPLAIN EXECUTE.
+    let tx = db.begin().await.unwrap();
+    for s in [
+        format!("PREPARE claim AS {sql}"),
+        "SET LOCAL plan_cache_mode = force_generic_plan".to_owned(),
+    ] {
+        tx.execute_unprepared(&s).await.unwrap();
+    }
+    let explained = format!("EXPLAIN (FORMAT JSON) EXECUTE claim({args})");
+    let row = tx
+        .query_one(Statement::from_string(tx.get_database_backend(), explained))
+        .await
+        .unwrap()
+        .unwrap();
     let plan: serde_json::Value = row.try_get_by_index(0).unwrap();
+    // A generic plan refers to the parameters; a custom one shows values.
+    assert!(
+        plan.to_string().contains("$1"),
+        "not a generic plan: {plan}"
+    );
+    assert_plan_walks_the_due_index(&plan);
+    tx.rollback().await.unwrap();
+}
+
+fn assert_plan_walks_the_due_index(plan: &serde_json::Value) {
     let mut nodes = Vec::new();
     plan_nodes(&plan[0]["Plan"], &mut nodes);
     let types: Vec<&str> = nodes
@@ -157,6 +192,47 @@ async fn claim_walks_the_partial_index_without_sorting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_under_lock_walks_the_partial_index_without_sorting() {
     assert_walks_the_due_index(LOCK_DUE_SQL, vec![chrono::Utc::now().into(), 32i64.into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_claims_walk_the_partial_index_on_a_generic_plan_too() {
+    let db = fresh_database().await;
+    seed(&db.conn, 200, 20_000).await;
+    assert_walks_the_due_index_on_a_generic_plan(&db.conn, LOCK_DUE_SQL, "now(), 32").await;
+    assert_walks_the_due_index_on_a_generic_plan(&db.conn, CLAIM_SQL, "'w', now(), now(), 32")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_pool_plans_generically_and_the_query_pool_as_postgres_does() {
+    let db = fresh_database().await;
+    let config = |plans: Option<&str>| {
+        let mut args = vec!["sagaflow", "--database-url", &db.url];
+        if let Some(p) = plans {
+            args.extend(["--engine-plans", p]);
+        }
+        sagaflow::config::Config::parse_from(args).unwrap()
+    };
+    let mode = |conn: DatabaseConnection| async move {
+        let row = conn
+            .query_one(Statement::from_string(
+                conn.get_database_backend(),
+                "SHOW plan_cache_mode",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<String>(0).unwrap()
+    };
+    let cfg = config(None);
+    let engine = sagaflow::app::connect_engine(&cfg).await.unwrap();
+    assert_eq!(mode(engine).await, "force_generic_plan");
+    let query = sagaflow::app::connect(&cfg).await.unwrap();
+    assert_eq!(mode(query).await, "auto");
+    let engine = sagaflow::app::connect_engine(&config(Some("auto")))
+        .await
+        .unwrap();
+    assert_eq!(mode(engine).await, "auto");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,10 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// Order-insert statements in flight at once (`SAGAFLOW_ORDER_LANES`).
     pub order_lanes: usize,
+    /// The pool orders are placed through; the API's own pool when absent.
+    /// `sagaflow` passes its engine pool, where Postgres plans the
+    /// placement statement once per connection instead of at every call.
+    pub placement_db: Option<DatabaseConnection>,
     /// Bearer token for operator calls; `None` leaves them open (the
     /// binary allows that only with its explicit insecure development
     /// flag). Never printed: the `Debug` output shows `[redacted]`.
@@ -65,6 +69,7 @@ impl Default for ApiConfig {
         Self {
             body_limit_bytes: 64 * 1024,
             order_lanes: 1,
+            placement_db: None,
             admin_token: None,
             metrics: None,
             registry: None,
@@ -118,7 +123,12 @@ pub fn app(
     let service = OpenApiService::new(
         (
             accounts::AccountsApi::new(db.clone()),
-            orders::OrdersApi::new(db.clone(), cfg.announcer.clone(), cfg.order_lanes),
+            orders::OrdersApi::new(
+                db.clone(),
+                cfg.placement_db.clone().unwrap_or_else(|| db.clone()),
+                cfg.announcer.clone(),
+                cfg.order_lanes,
+            ),
             sagas::SagasApi::new(
                 db.clone(),
                 operator.clone(),

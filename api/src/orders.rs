@@ -234,10 +234,16 @@ pub struct OrdersApi {
 
 impl OrdersApi {
     /// Operations on `db`, announcing the sagas they start to `announcer`,
-    /// inserting orders with up to `lanes` statements at once.
-    pub fn new(db: DatabaseConnection, announcer: Announcer, lanes: usize) -> Self {
+    /// inserting orders through `placement_db` with up to `lanes`
+    /// statements at once.
+    pub fn new(
+        db: DatabaseConnection,
+        placement_db: DatabaseConnection,
+        announcer: Announcer,
+        lanes: usize,
+    ) -> Self {
         Self {
-            placer: Placer::new(db.clone(), lanes),
+            placer: Placer::new(placement_db, lanes),
             db,
             announcer,
         }

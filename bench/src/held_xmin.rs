@@ -241,7 +241,7 @@ async fn half(env: &Env, name: &str, sizes: Sizes, hold: bool) -> anyhow::Result
     let db = BenchDb::create(env, name).await?;
     let cfg = config(env, &db)?;
     let worker = worker_config(&cfg)?;
-    let pool = sagaflow::app::connect(&cfg).await?;
+    let pool = sagaflow::app::connect_engine(&cfg).await?;
     let holder = match hold {
         true => Some(Holder::open(&db.url).await?),
         false => None,
