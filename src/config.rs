@@ -256,6 +256,19 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_KAFKA_LINGER_MS", default_value_t = 1)]
     pub kafka_linger_ms: u64,
 
+    /// How often a consumer commits the offsets of what it has applied, in
+    /// milliseconds (librdkafka `auto.commit.interval.ms` over offsets
+    /// stored only after their batch's transaction committed); also on
+    /// rebalance and shutdown. A crash redelivers at most this much, which
+    /// the inbox drops. One offset commit per batch cost the broker more
+    /// than any other request but fetches (bench/README, finding 26).
+    #[arg(
+        long,
+        env = "SAGAFLOW_KAFKA_COMMIT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub kafka_commit_interval_ms: u64,
+
     /// How long a stopping process (SIGTERM, Ctrl-C) waits for in-flight
     /// work — steps, messages, HTTP requests — before aborting it, in
     /// milliseconds. Leases of anything aborted expire on their own.
@@ -433,6 +446,7 @@ impl Config {
             replication: self.topic_replication,
             session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
             linger: Duration::from_millis(self.kafka_linger_ms),
+            commit_interval: Duration::from_millis(self.kafka_commit_interval_ms),
         }
     }
 }

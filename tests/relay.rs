@@ -58,6 +58,7 @@ async fn a_published_batch_leaves_the_outbox_in_order() {
         replication: 1,
         session_timeout: Duration::from_secs(6),
         linger: Duration::from_millis(1),
+        commit_interval: Duration::from_millis(100),
     };
     let topics = sagaflow_worker::Topics::with_prefix(&prefix);
     kafka.ensure_topics(&topics).await.unwrap();

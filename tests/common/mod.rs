@@ -82,6 +82,7 @@ pub fn kafka_readiness(reachable: bool) -> std::sync::Arc<dyn sagaflow_api::Read
         replication: 1,
         session_timeout: std::time::Duration::from_secs(6),
         linger: std::time::Duration::from_millis(1),
+        commit_interval: std::time::Duration::from_millis(100),
     };
     std::sync::Arc::new(sagaflow::app::KafkaReadiness::new(&kafka).expect("kafka client"))
 }

@@ -1,8 +1,8 @@
 //! The loop every Kafka consumer of sagaflow shares: receive, apply in a
-//! Postgres transaction (the handler's job), and only then commit the
-//! offset. Messages already fetched are applied together, up to a batch,
-//! in one transaction, so a busy partition costs one commit per batch and
-//! not per message. A message that cannot be parsed goes to the
+//! Postgres transaction (the handler's job), and only then store the
+//! offset, which librdkafka commits in the background. Messages already
+//! fetched are applied together, up to a batch, in one transaction, so a
+//! busy partition costs one commit per batch and not per message. A message that cannot be parsed goes to the
 //! dead-letter topic with the reason in its headers, and the consumer moves
 //! on. A batch whose transaction fails for a transient reason is retried in
 //! place, so nothing behind it is committed before it.
@@ -124,8 +124,9 @@ where
                 dead_letter_publish(&producer, &dead_letter, msg, reason, &shutdown).await;
             }
         }
-        // One offset commit for the batch: the next offset of each
-        // partition it touched.
+        // Store the next offset of each partition the batch touched;
+        // librdkafka commits stored offsets every commit interval, on
+        // rebalance and on close.
         let mut offsets = TopicPartitionList::new();
         for msg in &batch {
             let next = Offset::Offset(msg.offset() + 1);
@@ -136,13 +137,13 @@ where
                     .ok();
             }
         }
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+        if let Err(e) = consumer.store_offsets(&offsets) {
             // The effects are committed and deduped by the inbox, so a lost
-            // offset commit only means a harmless redelivery.
-            tracing::warn!(%topic, error = %e, "offset commit failed");
+            // offset only means a harmless redelivery.
+            tracing::warn!(%topic, error = %e, "storing offsets failed");
         }
     }
-    // Flush offsets of what was applied before leaving the group.
+    // Commit what was stored (what was applied) before leaving the group.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(%topic, error = %e, "final offset commit");
     }
