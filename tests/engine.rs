@@ -135,6 +135,52 @@ async fn a_silent_participant_times_out_retries_then_compensates() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_its_saga_cannot_apply_is_parked_and_the_replies_behind_it_still_land() {
+    use sea_orm::ConnectionTrait;
+    let mut app = start(PATIENT, NO_FUNDS).await;
+    app.funded_account(1, "50.00").await;
+    app.funded_account(2, "50.00").await;
+    let (stuck_order, stuck) = order_for(&app, 1, "10.00").await;
+    app.await_scalar(&events(&stuck, "kind = 'COMMAND_SENT'"), SETTLE, |n| n == 1)
+        .await;
+    // Someone moves the order behind its saga's back: marking it PAID
+    // will be refused, for this reply and any copy of it.
+    app.db
+        .conn
+        .execute_unprepared(&format!(
+            "UPDATE orders SET status = 'CANCELLED' WHERE order_no = '{stuck_order}'"
+        ))
+        .await
+        .unwrap();
+
+    app.start_roles(FUNDS_ONLY).await;
+    // The reply consumer does not retry the refused reply forever: an
+    // order placed after it is paid.
+    let (next_order, _) = order_for(&app, 2, "10.00").await;
+    let next = app.settled_order(&next_order, SETTLE).await;
+    assert_eq!(next["status"], "PAID");
+    // The refused reply is parked with the reason, and its saga is as it
+    // was: waiting, for its timeout or an operator.
+    let parked = {
+        let (kafka, topics) = (app.config.kafka(), app.config.topics());
+        tokio::task::spawn_blocking(move || sagaflow_worker::dlq::list(&kafka, &topics))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].original_topic, app.topic("saga.replies"));
+    assert!(
+        parked[0].reason.contains("cannot be applied") && parked[0].payload.contains(&stuck),
+        "{parked:?}"
+    );
+    app.await_saga_state(&stuck, "WAITING", SETTLE).await;
+    assert_eq!(count(&app, &stuck, "kind = 'REPLY_RECEIVED'").await, 0);
+    assert_eq!(app.order(&stuck_order).await["status"], "CANCELLED");
+    app.stop().await;
+}
+
 /// The test plays the funds participant: a consumer of `funds.commands`
 /// and a producer of `saga.replies`.
 struct FakeParticipant {

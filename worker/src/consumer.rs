@@ -4,8 +4,11 @@
 //! fetched are applied together, up to a batch, in one transaction, so a
 //! busy partition costs one commit per batch and not per message. A message that cannot be parsed goes to the
 //! dead-letter topic with the reason in its headers, and the consumer moves
-//! on. A batch whose transaction fails for a transient reason is retried in
-//! place, so nothing behind it is committed before it.
+//! on; so does one whose effect fails for good (`WorkerError::is_permanent`:
+//! a saga that refuses its reply, a value Postgres rejects), found by
+//! applying a refused batch again one message at a time. A batch whose
+//! transaction fails for a transient reason is retried in place, so nothing
+//! behind it is committed before it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -91,34 +94,9 @@ where
                 _ => break,
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        let outcomes = loop {
-            let incoming = batch.iter().map(|m| incoming(&topic, m)).collect();
-            match handle(incoming).await {
-                Ok(h) if h.len() == batch.len() => break Some(h),
-                Ok(h) => {
-                    return Err(WorkerError::Corrupt {
-                        saga_id: uuid::Uuid::nil(),
-                        reason: format!(
-                            "a {topic} handler answered {} of {} messages",
-                            h.len(),
-                            batch.len()
-                        ),
-                    })
-                }
-                Err(e) => {
-                    tracing::warn!(%topic, partition = batch[0].partition(), offset = batch[0].offset(),
-                        messages = batch.len(), error = %e,
-                        "applying messages failed; retrying them before anything behind them");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break None,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        let Some(outcomes) = apply(&handle, &topic, &batch, &shutdown).await? else {
+            break;
         };
-        let Some(outcomes) = outcomes else { break };
         for (msg, outcome) in batch.iter().zip(&outcomes) {
             if let Handled::DeadLetter(reason) = outcome {
                 dead_letter_publish(&producer, &dead_letter, msg, reason, &shutdown).await;
@@ -148,6 +126,98 @@ where
         tracing::debug!(%topic, error = %e, "final offset commit");
     }
     Ok(())
+}
+
+/// How a handler's tries at some messages ended.
+enum Tried {
+    /// Applied (or found duplicate, or to be parked), one answer each.
+    Answered(Vec<Handled>),
+    /// Failed for good: the data is the problem (`is_permanent`).
+    Refused(WorkerError),
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Applies `batch` with `handle`. A batch that fails for good is applied
+/// again one message per call, and a message that fails for good alone is
+/// dead-lettered with the reason, so that one message cannot hold up the
+/// partition behind it. `None`: shutdown came first.
+async fn apply<F, Fut>(
+    handle: &F,
+    topic: &str,
+    batch: &[BorrowedMessage<'_>],
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Handled>>, WorkerError>
+where
+    F: Fn(Vec<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Vec<Handled>, WorkerError>>,
+{
+    let refused = match tried(handle, topic, batch, shutdown).await? {
+        Tried::Answered(h) => return Ok(Some(h)),
+        Tried::Stopped => return Ok(None),
+        Tried::Refused(e) if batch.len() == 1 => return Ok(Some(vec![refusal(topic, &e)])),
+        Tried::Refused(e) => e,
+    };
+    tracing::warn!(%topic, messages = batch.len(), error = %refused,
+        "a batch cannot be applied; applying its messages one by one");
+    let mut answers = Vec::with_capacity(batch.len());
+    for one in batch.chunks(1) {
+        match tried(handle, topic, one, shutdown).await? {
+            Tried::Answered(h) => answers.extend(h),
+            Tried::Refused(e) => answers.push(refusal(topic, &e)),
+            Tried::Stopped => return Ok(None),
+        }
+    }
+    Ok(Some(answers))
+}
+
+/// Calls `handle` with `msgs` until it answers or fails for good, backing
+/// off between tries while it fails for a reason that may pass (the
+/// database unreachable): nothing behind them is committed meanwhile.
+async fn tried<F, Fut>(
+    handle: &F,
+    topic: &str,
+    msgs: &[BorrowedMessage<'_>],
+    shutdown: &CancellationToken,
+) -> Result<Tried, WorkerError>
+where
+    F: Fn(Vec<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Vec<Handled>, WorkerError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let incoming = msgs.iter().map(|m| incoming(topic, m)).collect();
+        match handle(incoming).await {
+            Ok(h) if h.len() == msgs.len() => return Ok(Tried::Answered(h)),
+            Ok(h) => {
+                return Err(WorkerError::Corrupt {
+                    saga_id: uuid::Uuid::nil(),
+                    reason: format!(
+                        "a {topic} handler answered {} of {} messages",
+                        h.len(),
+                        msgs.len()
+                    ),
+                })
+            }
+            Err(e) if e.is_permanent() => return Ok(Tried::Refused(e)),
+            Err(e) => {
+                tracing::warn!(%topic, partition = msgs[0].partition(), offset = msgs[0].offset(),
+                    messages = msgs.len(), error = %e,
+                    "applying messages failed; retrying them before anything behind them");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Tried::Stopped),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The dead letter of a message its handler refused for good.
+fn refusal(topic: &str, err: &WorkerError) -> Handled {
+    tracing::warn!(%topic, error = %err, "a message cannot be applied; parking it");
+    Handled::DeadLetter(format!("cannot be applied: {err}"))
 }
 
 /// Continues the producer's trace: the span carries its trace id, and

@@ -5,7 +5,9 @@
 //! state machine decides for each reply in turn, and every new state,
 //! history row and command is written in one statement at the end. A reply
 //! for a finished step or the other direction is recorded as ignored and
-//! changes nothing.
+//! changes nothing. A reply its saga refuses for good (its order was
+//! moved behind the saga's back, say) is parked in the dead-letter topic by
+//! the consume loop rather than holding up the replies behind it.
 
 use std::collections::{HashMap, HashSet};
 
