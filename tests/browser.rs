@@ -946,6 +946,10 @@ async fn work_off_the_queue(app: &TestApp, b: &Client) {
     // nothing is done.
     let (order_d, saga_d) = doomed_order(app).await;
     app.await_saga_state(&saga_d, "FAILED", WITHIN).await;
+    // Its row joins the list above the form, pushing the form down; a
+    // click aimed before that lands where the button was (a fresh-clone
+    // run once put the Count click into the error filter's box).
+    attention_lists(b, &[&drill_saga, &saga_b, &saga_c, &saga_d]).await;
     click(b, "#bulk-apply").await;
     text_contains(b, "#bulk-result", "Not applied").await;
     let stale = text_of(b, "#bulk-result").await.unwrap();
