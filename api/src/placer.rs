@@ -183,12 +183,7 @@ pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> 
 /// (no connection, a connection lost mid-statement) leaves its outcome
 /// unknown.
 pub fn refused_by_the_server(err: &sea_orm::DbErr) -> bool {
-    use sea_orm::{sqlx, DbErr, RuntimeErr};
-    matches!(
-        err,
-        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
-            | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
-    )
+    sagaflow_entity::server_error(err).is_some()
 }
 
 /// One order's row of the batch statement.

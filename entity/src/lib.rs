@@ -39,3 +39,16 @@ where
 {
     items.iter().map(f).collect::<Vec<U>>().into()
 }
+
+/// The error Postgres answered a statement with, if it answered: `None`
+/// for anything else (no connection, a connection lost mid-statement,
+/// sea-orm's own errors), whose outcome is unknown. Its `code()` is the
+/// SQLSTATE.
+pub fn server_error(err: &sea_orm::DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => Some(e.as_ref()),
+        _ => None,
+    }
+}

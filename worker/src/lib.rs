@@ -125,14 +125,10 @@ impl WorkerError {
     /// from, a value Postgres rejects: SQLSTATE classes 22 and 23), not a
     /// connection, a broker or a race.
     pub fn is_permanent(&self) -> bool {
-        use sea_orm::{DbErr, RuntimeErr};
         match self {
             WorkerError::Corrupt { .. } | WorkerError::Config(_) => true,
-            WorkerError::Db(
-                DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
-                | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e))),
-            ) => e
-                .code()
+            WorkerError::Db(e) => sagaflow_entity::server_error(e)
+                .and_then(|e| e.code())
                 .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
             _ => false,
         }
