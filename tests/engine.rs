@@ -1302,6 +1302,115 @@ async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_hooks_in_a_claimed_batch_mark_each_order_once_and_a_refused_one_stops_only_its_saga() {
+    use sagaflow_workflows::order_payment::HOOK_MARK_PAID;
+    use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    // One local step, then the built-in hook that marks the order PAID,
+    // for a batch of sagas the claim loop takes in one transaction.
+    let def = SagaDefinition {
+        name: "quick_pay",
+        version: 1,
+        steps: vec![StepDef {
+            name: "touch",
+            action: Action::Local("brittle.touch"),
+            compensation: None,
+            retry: RetryPolicy::once(),
+            timeout: Duration::from_secs(5),
+        }],
+        hooks: Hooks {
+            on_completed: Some(HOOK_MARK_PAID),
+            ..Hooks::default()
+        },
+    };
+    let ext = sagaflow::app::Extensions {
+        definitions: vec![def],
+        actions: vec![("brittle.touch", std::sync::Arc::new(Brittle))],
+    };
+    // No relay: the orders' events stay in the outbox for the test to
+    // read.
+    let roles = Roles {
+        relay: false,
+        ..NO_FUNDS
+    };
+    let app = TestApp::start_extended(
+        &[
+            "--workers",
+            "1",
+            "--claim-batch",
+            "16",
+            "--lease-ms",
+            "600000",
+        ],
+        roles,
+        ext,
+    )
+    .await;
+    app.funded_account(7, "100.00").await;
+    let orders: Vec<(String, uuid::Uuid)> = (0..8)
+        .map(|n| (format!("QP-{}-{n}", app.prefix), uuid::Uuid::now_v7()))
+        .collect();
+    let tx = app.db.conn.begin().await.unwrap();
+    for (n, (order_no, id)) in orders.iter().enumerate() {
+        // Someone moved order 3 behind its saga's back.
+        let status = if n == 3 { "CANCELLED" } else { "PENDING" };
+        tx.execute_unprepared(&format!(
+            "INSERT INTO orders (order_no, user_id, amount, status, saga_id) \
+             VALUES ('{order_no}', 7, 1.00, '{status}', '{id}')"
+        ))
+        .await
+        .unwrap();
+        sagaflow_entity::saga_instance::insert_new(
+            &tx,
+            *id,
+            ("quick_pay", 1),
+            serde_json::json!({ "order_no": order_no, "user_id": 7, "amount": "1.00" }),
+            serde_json::json!({}),
+            "test",
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    app.await_scalar(
+        "SELECT count(*) FROM saga_instances WHERE saga_type = 'quick_pay' AND state = 'COMPLETED'",
+        SETTLE,
+        |n| n == 7,
+    )
+    .await;
+    let events = app.topic("orders.events");
+    for (n, (order_no, id)) in orders.iter().enumerate() {
+        let status = app.order(order_no).await["status"].clone();
+        let announced = app
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM outbox WHERE topic = '{events}' AND key = '{order_no}' \
+                 AND payload->>'type' = 'OrderPaid'"
+            ))
+            .await;
+        if n == 3 {
+            // Its saga stops where it was, leased until an operator or
+            // the lease's end, and none of its attempt stays.
+            assert_eq!(status, "CANCELLED");
+            assert_eq!(announced, 0, "a refused move announces nothing");
+            assert_eq!(
+                app.scalar_i64(&format!(
+                    "SELECT count(*) FROM saga_instances WHERE id = '{id}' AND state = 'RUNNING' \
+                     AND lease_owner IS NOT NULL"
+                ))
+                .await,
+                1
+            );
+            assert_eq!(count(&app, &id.to_string(), "kind <> 'CREATED'").await, 0);
+        } else {
+            assert_eq!(status, "PAID", "order {n}");
+            assert_eq!(announced, 1, "order {n} is announced once");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_answer_to_an_earlier_attempt_completes_the_saga() {
     // Attempt 1 goes unanswered past its deadline, so attempt 2 goes out;
     // then the participant works off its backlog and answers attempt 1.
