@@ -159,6 +159,13 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     pool: u32,
 
+    /// scale-out and table-size: rounds of each of the two layouts or
+    /// tables they compare, in alternating order (A B, B A, ...), so that
+    /// the machine's drift during a run weighs on both alike; the
+    /// comparison is reported per round and as the median.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+
     /// Seconds of each pgbench run (0 skips the baseline).
     #[arg(long, default_value_t = 5)]
     baseline_s: u32,
@@ -192,6 +199,90 @@ fn commit() -> String {
         format!("{head}-dirty")
     } else {
         head
+    }
+}
+
+/// Rounds of the two variants a scenario compares: `(round, second)`,
+/// the first variant before the second in even rounds and after it in
+/// odd ones (A B, B A, A B, ...).
+fn alternating(rounds: usize) -> Vec<(usize, bool)> {
+    (1..=rounds.max(1))
+        .flat_map(|round| {
+            let first = round % 2 == 0;
+            [(round, first), (round, !first)]
+        })
+        .collect()
+}
+
+/// A round's name: `name` itself when there is one round, `name #k` when
+/// there are more.
+fn labelled(name: &str, round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!("{name} #{round}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Whether `label` is [`labelled`]'s name of a round of `name`.
+fn is_round_of(label: &str, name: &str) -> bool {
+    label == name
+        || label
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(" #"))
+            .is_some_and(|k| k.parse::<usize>().is_ok())
+}
+
+/// Notes on each round of `name` its throughput as a share of the same
+/// round of `base`, and on the last one the median over the rounds.
+fn compare_rounds(
+    results: &mut [report::ScenarioResult],
+    base: &str,
+    name: &str,
+    rounds: usize,
+    what: &str,
+) {
+    let rate = |results: &[report::ScenarioResult], label: &str| {
+        results
+            .iter()
+            .find(|r| r.name == label)
+            .map(|r| r.sagas_per_second)
+    };
+    let mut shares = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let (b, n) = (labelled(base, round, rounds), labelled(name, round, rounds));
+        let (Some(of), Some(this)) = (rate(results, &b), rate(results, &n)) else {
+            continue;
+        };
+        let share = this / of * 100.0;
+        shares.push(share);
+        if let Some(r) = results.iter_mut().find(|r| r.name == n) {
+            r.notes
+                .push(format!("{share:.1}% of {b}'s ({what}) throughput"));
+        }
+    }
+    if shares.len() < 2 {
+        return;
+    }
+    let mut sorted = shares.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
+    let per_round: Vec<String> = shares.iter().map(|s| format!("{s:.1}%")).collect();
+    if let Some(last) = results
+        .iter_mut()
+        .rev()
+        .find(|r| is_round_of(&r.name, name))
+    {
+        last.notes.push(format!(
+            "median over {} rounds: {median:.1}% of {what} (per round: {})",
+            shares.len(),
+            per_round.join(", ")
+        ));
     }
 }
 
@@ -329,18 +420,49 @@ async fn main() -> anyhow::Result<()> {
                 ]
             }
             Scenario::TableSize => {
-                vec![scenario::backlog(
-                    &env,
+                // Against the same drains of an empty table, round by
+                // round: two separate runs of a few seconds each differed
+                // by more than the 10 % this is about.
+                let base = "table-size-empty";
+                let empty = scenario::BacklogDb::create(&env, base, 0).await?;
+                let full = scenario::BacklogDb::create(&env, name, args.table_rows).await?;
+                let mut rs = Vec::new();
+                for (round, second) in alternating(args.rounds) {
+                    let (db, label, what) = if second {
+                        (
+                            &full,
+                            name,
+                            format!(
+                                "{} finished sagas (and their history) already in the table",
+                                args.table_rows
+                            ),
+                        )
+                    } else {
+                        (&empty, base, "an empty table".to_owned())
+                    };
+                    let description =
+                        format!("claim-1step ({} sagas) with {what}", args.claim_sagas);
+                    rs.push(
+                        db.round(
+                            &env,
+                            &labelled(label, round, args.rounds),
+                            description,
+                            "bench_1step",
+                            args.claim_sagas,
+                        )
+                        .await?,
+                    );
+                }
+                empty.drop(&env).await?;
+                full.drop(&env).await?;
+                compare_rounds(
+                    &mut rs,
+                    base,
                     name,
-                    format!(
-                        "claim-1step ({} sagas) with {} finished sagas (and their history) already in the table",
-                        args.claim_sagas, args.table_rows
-                    ),
-                    "bench_1step",
-                    args.claim_sagas,
-                    args.table_rows,
-                )
-                .await?]
+                    args.rounds,
+                    "the same drain of an empty table",
+                );
+                rs
             }
             Scenario::OrderE2e => {
                 let duration = Duration::from_secs(args.duration_s);
@@ -378,22 +500,25 @@ async fn main() -> anyhow::Result<()> {
             }
             Scenario::ScaleOut => {
                 // The same load on one worker and one participant process,
-                // then on more: scaling out is the second against the
-                // first, and either against order-e2e's single process is
-                // what splitting the roles costs.
+                // then on more, round by round: scaling out is the second
+                // against the first, and either against order-e2e's single
+                // process is what splitting the roles costs.
+                let base = "scale-out-1";
                 let mut rs = Vec::new();
-                for (label, workers, participants) in [
-                    ("scale-out-1", 1, 1),
-                    (
-                        name,
-                        args.split_workers.max(1),
-                        args.split_participants.max(1),
-                    ),
-                ] {
+                for (round, second) in alternating(args.rounds) {
+                    let (label, workers, participants) = if second {
+                        (
+                            name,
+                            args.split_workers.max(1),
+                            args.split_participants.max(1),
+                        )
+                    } else {
+                        (base, 1, 1)
+                    };
                     rs.push(
                         scenario::orders(
                             &env,
-                            label,
+                            &labelled(label, round, args.rounds),
                             format!(
                                 "order-e2e for {} s (closed loop, {} clients) with {workers} worker, {participants} funds participant and 1 relay processes; the API in the harness",
                                 args.duration_s, args.concurrency
@@ -413,6 +538,7 @@ async fn main() -> anyhow::Result<()> {
                         .await?,
                     );
                 }
+                compare_rounds(&mut rs, base, name, args.rounds, "one process of each role");
                 rs
             }
             Scenario::HotAccount => {
@@ -457,38 +583,24 @@ async fn main() -> anyhow::Result<()> {
             results.push(r);
         }
     }
-    // table-size is read against claim-1step of the same run.
-    let empty = results
+    // scale-out is also read against order-e2e's single process, in the
+    // same run: all its rounds pooled.
+    let single = results
         .iter()
-        .find(|r| r.name == "claim-1step")
+        .find(|r| r.name == "order-e2e")
         .map(|r| r.sagas_per_second);
-    if let (Some(empty), Some(big)) = (empty, results.iter_mut().find(|r| r.name == "table-size")) {
-        big.notes.push(format!(
-            "{:.1}% of claim-1step's throughput in this run",
-            big.sagas_per_second / empty * 100.0
-        ));
-    }
-
-    // scale-out is read against one process of each role and against
-    // order-e2e's single process, in the same run.
-    let rate_of = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.sagas_per_second)
-    };
-    let (single, one_each) = (rate_of("order-e2e"), rate_of("scale-out-1"));
-    if let Some(split) = results.iter_mut().find(|r| r.name == "scale-out") {
-        for (base, what) in [
-            (one_each, "scale-out-1's (one process of each role)"),
-            (single, "order-e2e's (every role in one process)"),
-        ] {
-            if let Some(base) = base {
-                split.notes.push(format!(
-                    "{:.1}% of {what} throughput in this run",
-                    split.sagas_per_second / base * 100.0
-                ));
-            }
+    let split = results.iter().filter(|r| is_round_of(&r.name, "scale-out"));
+    let (sagas, seconds) = split.fold((0, 0.0), |(n, s), r| (n + r.sagas, s + r.seconds));
+    if let (Some(single), true) = (single, seconds > 0.0) {
+        if let Some(last) = results
+            .iter_mut()
+            .rev()
+            .find(|r| is_round_of(&r.name, "scale-out"))
+        {
+            last.notes.push(format!(
+                "{:.1}% of order-e2e's (every role in one process) throughput in this run (its rounds pooled)",
+                sagas as f64 / seconds / single * 100.0
+            ));
         }
     }
 
@@ -523,4 +635,78 @@ async fn main() -> anyhow::Result<()> {
     let all_ok = run.scenarios.iter().all(|r| r.checks.iter().all(|c| c.ok));
     anyhow::ensure!(all_ok, "a correctness check failed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, rate: f64) -> report::ScenarioResult {
+        report::ScenarioResult {
+            name: name.to_owned(),
+            description: String::new(),
+            params: serde_json::Value::Null,
+            sagas: 0,
+            seconds: 1.0,
+            sagas_per_second: rate,
+            per_pgbench_commit: None,
+            latency_ms: None,
+            commits_per_saga: 0.0,
+            cpu_ms_per_saga: 0.0,
+            process_cpu_ms_per_saga: 0.0,
+            timeline: Vec::new(),
+            checks: Vec::new(),
+            notes: Vec::new(),
+            horizon: None,
+        }
+    }
+
+    #[test]
+    fn rounds_alternate_which_variant_goes_first() {
+        assert_eq!(
+            alternating(3),
+            vec![
+                (1, false),
+                (1, true),
+                (2, true),
+                (2, false),
+                (3, false),
+                (3, true)
+            ]
+        );
+        assert_eq!(alternating(0), vec![(1, false), (1, true)]);
+    }
+
+    #[test]
+    fn round_labels_are_recognised_and_nothing_else() {
+        assert_eq!(labelled("scale-out", 2, 1), "scale-out");
+        assert_eq!(labelled("scale-out", 2, 3), "scale-out #2");
+        assert!(is_round_of("scale-out #2", "scale-out"));
+        assert!(is_round_of("scale-out", "scale-out"));
+        assert!(!is_round_of("scale-out-1 #2", "scale-out"));
+        assert!(!is_round_of("scale-out-1", "scale-out"));
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_base_and_the_median_is_noted_last() {
+        let mut rs = vec![
+            result("base #1", 100.0),
+            result("top #1", 90.0),
+            result("top #2", 120.0),
+            result("base #2", 100.0),
+            result("base #3", 200.0),
+            result("top #3", 200.0),
+        ];
+        compare_rounds(&mut rs, "base", "top", 3, "the base");
+        assert_eq!(rs[1].notes, ["90.0% of base #1's (the base) throughput"]);
+        assert_eq!(rs[2].notes, ["120.0% of base #2's (the base) throughput"]);
+        assert_eq!(
+            rs[5].notes,
+            [
+                "100.0% of base #3's (the base) throughput",
+                "median over 3 rounds: 100.0% of the base (per round: 90.0%, 120.0%, 100.0%)"
+            ]
+        );
+        assert!(rs[0].notes.is_empty() && rs[3].notes.is_empty());
+    }
 }

@@ -152,9 +152,16 @@ impl Run {
     /// The summary table.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let w = self
+            .scenarios
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(14);
         let _ = writeln!(
             out,
-            "{:<14} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  checks",
+            "{:<w$} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  checks",
             "scenario",
             "sagas",
             "seconds",
@@ -175,7 +182,7 @@ impl Run {
             let ok = s.checks.iter().all(|c| c.ok);
             let _ = writeln!(
                 out,
-                "{:<14} {:>8} {:>9.2} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>9.2}  {}",
+                "{:<w$} {:>8} {:>9.2} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>9.2}  {}",
                 s.name,
                 s.sagas,
                 s.seconds,

@@ -66,7 +66,15 @@ impl BenchDb {
     pub(crate) async fn create(env: &Env, scenario: &str) -> anyhow::Result<Self> {
         let name = format!(
             "bench_{}_{}",
-            scenario.replace('-', "_"),
+            // A round's label ("scale-out #2") names its database too.
+            scenario
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                })
+                .collect::<String>(),
             chrono::Utc::now().format("%H%M%S")
         );
         let admin = Database::connect(&env.database_url)
@@ -353,66 +361,102 @@ pub async fn backlog(
     n: u64,
     finished: u64,
 ) -> anyhow::Result<ScenarioResult> {
-    let db = BenchDb::create(env, name).await?;
-    if finished > 0 {
-        prefill(&db.conn, finished).await?;
-    }
-    let engine = sagaflow::app::start_extended(
-        &config(env, &db)?,
-        Roles {
-            api: false,
-            worker: true,
-            relay: false,
-            funds: false,
-            replies: false,
-        },
-        extensions(),
-    )
-    .await?;
-    let meter = Meter::start(&db.conn).await?;
-    insert_due(&db.conn, saga_type, n).await?;
-    engine
-        .announcer
-        .announce(sagaflow_worker::wake::Channel::Saga);
-    let t0 = db_now(&db.conn).await?;
-    let pb = bar(n, name);
-    let polls = drain(&db.conn, n, &pb, env.settle).await?;
-    pb.finish_and_clear();
-    let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
-    let (timeline, seconds) = timeline(&db.conn, &t0).await?;
-    let completed = u64::try_from(
-        scalar_i64(
-            &db.conn,
-            &format!("SELECT count(*) FROM saga_instances WHERE saga_type = '{saga_type}' AND state = 'COMPLETED'"),
-        )
-        .await?,
-    )?;
-    let checks = vec![Check {
-        what: "every saga COMPLETED".to_owned(),
-        ok: completed == n,
-        detail: format!("{completed} of {n}"),
-    }];
+    let db = BacklogDb::create(env, name, finished).await?;
+    let r = db.round(env, name, description, saga_type, n).await;
     db.drop(env).await?;
-    Ok(ScenarioResult {
-        name: name.to_owned(),
-        description,
-        params: json!({
-            "sagas": n, "saga_type": saga_type, "finished_sagas_already_in_table": finished,
-            "workers": env.workers, "claim_batch": env.claim_batch, "pool": env.pool,
-        }),
-        sagas: completed,
-        seconds,
-        sagas_per_second: completed as f64 / seconds.max(1e-6),
-        per_pgbench_commit: None,
-        latency_ms: None,
-        commits_per_saga: per(commits, completed),
-        cpu_ms_per_saga: per(cpu, completed),
-        process_cpu_ms_per_saga: per(own, completed),
-        timeline,
-        checks,
-        notes: Vec::new(),
-        horizon: None,
-    })
+    r
+}
+
+/// A database drained of backlogs any number of times: made (and filled
+/// with `finished` old finished sagas) once, so that rounds against two
+/// of them can alternate at the cost of one fill each.
+pub struct BacklogDb {
+    db: BenchDb,
+    finished: u64,
+}
+
+impl BacklogDb {
+    /// A fresh database for scenario `name`, with `finished` old finished
+    /// sagas (and their history) in it.
+    pub async fn create(env: &Env, name: &str, finished: u64) -> anyhow::Result<Self> {
+        let db = BenchDb::create(env, name).await?;
+        if finished > 0 {
+            prefill(&db.conn, finished).await?;
+        }
+        Ok(BacklogDb { db, finished })
+    }
+
+    /// One round: an engine (claim loops only) drains `n` new sagas of
+    /// `saga_type`, inserted at once. The sagas of earlier rounds stay as
+    /// finished rows, so each round finds the table a little larger.
+    pub async fn round(
+        &self,
+        env: &Env,
+        name: &str,
+        description: String,
+        saga_type: &'static str,
+        n: u64,
+    ) -> anyhow::Result<ScenarioResult> {
+        let db = &self.db;
+        let completed_sql = format!(
+            "SELECT count(*) FROM saga_instances WHERE saga_type = '{saga_type}' AND state = 'COMPLETED'"
+        );
+        let before = scalar_i64(&db.conn, &completed_sql).await?;
+        let engine = sagaflow::app::start_extended(
+            &config(env, db)?,
+            Roles {
+                api: false,
+                worker: true,
+                relay: false,
+                funds: false,
+                replies: false,
+            },
+            extensions(),
+        )
+        .await?;
+        let meter = Meter::start(&db.conn).await?;
+        insert_due(&db.conn, saga_type, n).await?;
+        engine
+            .announcer
+            .announce(sagaflow_worker::wake::Channel::Saga);
+        let t0 = db_now(&db.conn).await?;
+        let pb = bar(n, name);
+        let polls = drain(&db.conn, n, &pb, env.settle).await?;
+        pb.finish_and_clear();
+        let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
+        let (timeline, seconds) = timeline(&db.conn, &t0).await?;
+        let completed = u64::try_from(scalar_i64(&db.conn, &completed_sql).await? - before)?;
+        let checks = vec![Check {
+            what: "every saga COMPLETED".to_owned(),
+            ok: completed == n,
+            detail: format!("{completed} of {n}"),
+        }];
+        Ok(ScenarioResult {
+            name: name.to_owned(),
+            description,
+            params: json!({
+                "sagas": n, "saga_type": saga_type, "finished_sagas_already_in_table": self.finished,
+                "workers": env.workers, "claim_batch": env.claim_batch, "pool": env.pool,
+            }),
+            sagas: completed,
+            seconds,
+            sagas_per_second: completed as f64 / seconds.max(1e-6),
+            per_pgbench_commit: None,
+            latency_ms: None,
+            commits_per_saga: per(commits, completed),
+            cpu_ms_per_saga: per(cpu, completed),
+            process_cpu_ms_per_saga: per(own, completed),
+            timeline,
+            checks,
+            notes: Vec::new(),
+            horizon: None,
+        })
+    }
+
+    /// Drops the database (unless the bench keeps them).
+    pub async fn drop(self, env: &Env) -> anyhow::Result<()> {
+        self.db.drop(env).await
+    }
 }
 
 /// `n` sagas of `saga_type`, due now, in one statement (one transaction:
