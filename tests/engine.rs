@@ -1302,7 +1302,7 @@ async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn order_hooks_in_a_claimed_batch_mark_each_order_once_and_a_refused_one_stops_only_its_saga() {
+async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
     use sagaflow_workflows::order_payment::HOOK_MARK_PAID;
     use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
     use sea_orm::{ConnectionTrait, TransactionTrait};
