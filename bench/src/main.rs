@@ -166,6 +166,13 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
 
+    /// Seconds of closed-loop orders run and thrown away before the first
+    /// scenario that goes through Kafka (0: none). The broker's JVM
+    /// compiles its hot paths during its first thousands of requests, and
+    /// a run right after the services started measured the warm-up.
+    #[arg(long, default_value_t = 15)]
+    warm_up_s: u64,
+
     /// Seconds of each pgbench run (0 skips the baseline).
     #[arg(long, default_value_t = 5)]
     baseline_s: u32,
@@ -299,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
         args.accounts = args.accounts.min(100);
         args.hot_orders = args.hot_orders.min(500);
         args.baseline_s = args.baseline_s.min(2);
+        args.warm_up_s = args.warm_up_s.min(2);
     }
     if args.scenarios.is_empty() {
         args.scenarios = Scenario::value_variants().to_vec();
@@ -371,6 +379,26 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     admin.close().await.ok();
+
+    let through_kafka = [Scenario::OrderE2e, Scenario::HotAccount, Scenario::ScaleOut];
+    if args.warm_up_s > 0 && args.scenarios.iter().any(|s| through_kafka.contains(s)) {
+        println!("warm-up: {} s of orders, not reported", args.warm_up_s);
+        let w = scenario::orders(
+            &env,
+            "warm-up",
+            String::new(),
+            args.accounts,
+            "1000000.00",
+            Load::Closed {
+                concurrency: args.concurrency,
+                duration: Duration::from_secs(args.warm_up_s),
+                orders: None,
+            },
+            None,
+        )
+        .await?;
+        println!("  warm-up: {:.0} orders/s", w.sagas_per_second);
+    }
 
     let mut results = Vec::new();
     for s in &args.scenarios {
