@@ -1225,40 +1225,8 @@ impl sagaflow_worker::LocalAction for Brittle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
-    use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
     use sea_orm::TransactionTrait;
-    let def = SagaDefinition {
-        name: "brittle",
-        version: 1,
-        steps: vec![StepDef {
-            name: "touch",
-            action: Action::Local("brittle.touch"),
-            compensation: None,
-            retry: RetryPolicy::once(),
-            timeout: Duration::from_secs(5),
-        }],
-        hooks: Hooks::default(),
-    };
-    let ext = sagaflow::app::Extensions {
-        definitions: vec![def],
-        actions: vec![("brittle.touch", std::sync::Arc::new(Brittle))],
-    };
-    // One claim loop taking the whole batch, and a lease far longer than
-    // the test: the healthy sagas can only finish if the batch's failure
-    // does not take them down with it.
-    let app = TestApp::start_extended(
-        &[
-            "--workers",
-            "1",
-            "--claim-batch",
-            "16",
-            "--lease-ms",
-            "600000",
-        ],
-        NO_FUNDS,
-        ext,
-    )
-    .await;
+    let app = one_claim_batch_app("brittle", Default::default(), NO_FUNDS).await;
     // All in one transaction: the claim loop sees them at once and takes
     // them in one batch.
     let mut ids = Vec::new();
@@ -1284,32 +1252,23 @@ async fn a_failing_saga_in_a_claimed_batch_does_not_hold_back_the_others() {
         |n| n == 7,
     )
     .await;
-    let poisoned = ids[3];
-    assert_eq!(
-        app.scalar_i64(&format!(
-            "SELECT count(*) FROM saga_instances WHERE id = '{poisoned}' AND state = 'RUNNING' \
-             AND lease_owner IS NOT NULL"
-        ))
-        .await,
-        1,
-        "the failing saga keeps its lease until it expires, and nothing of its attempt stays"
-    );
-    assert_eq!(
-        count(&app, &poisoned.to_string(), "kind <> 'CREATED'").await,
-        0
-    );
+    assert_stopped_where_it_was(&app, ids[3]).await;
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
-    use sagaflow_workflows::order_payment::HOOK_MARK_PAID;
-    use sagaflow_workflows::{Action, Hooks, RetryPolicy, SagaDefinition, StepDef};
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-    // One local step, then the built-in hook that marks the order PAID,
-    // for a batch of sagas the claim loop takes in one transaction.
+/// An app whose one claim loop takes batches of up to 16 sagas, with a
+/// lease far longer than a test, and saga type `name` v1: one local step
+/// (`Brittle`, which fails for data with `"poison": true`), then `hooks`.
+/// A saga that fails in a batch can only stay behind by its lease, so the
+/// others finish only if the failure does not take them down with it.
+async fn one_claim_batch_app(
+    name: &'static str,
+    hooks: sagaflow_workflows::Hooks,
+    roles: Roles,
+) -> TestApp {
+    use sagaflow_workflows::{Action, RetryPolicy, SagaDefinition, StepDef};
     let def = SagaDefinition {
-        name: "quick_pay",
+        name,
         version: 1,
         steps: vec![StepDef {
             name: "touch",
@@ -1318,22 +1277,13 @@ async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
             retry: RetryPolicy::once(),
             timeout: Duration::from_secs(5),
         }],
-        hooks: Hooks {
-            on_completed: Some(HOOK_MARK_PAID),
-            ..Hooks::default()
-        },
+        hooks,
     };
     let ext = sagaflow::app::Extensions {
         definitions: vec![def],
         actions: vec![("brittle.touch", std::sync::Arc::new(Brittle))],
     };
-    // No relay: the orders' events stay in the outbox for the test to
-    // read.
-    let roles = Roles {
-        relay: false,
-        ..NO_FUNDS
-    };
-    let app = TestApp::start_extended(
+    TestApp::start_extended(
         &[
             "--workers",
             "1",
@@ -1345,7 +1295,40 @@ async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
         roles,
         ext,
     )
-    .await;
+    .await
+}
+
+/// The saga failed in its batch: it keeps its lease until it expires,
+/// and nothing of its attempt stays.
+async fn assert_stopped_where_it_was(app: &TestApp, id: uuid::Uuid) {
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM saga_instances WHERE id = '{id}' AND state = 'RUNNING' \
+             AND lease_owner IS NOT NULL"
+        ))
+        .await,
+        1,
+        "saga {id} keeps its lease"
+    );
+    assert_eq!(count(app, &id.to_string(), "kind <> 'CREATED'").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
+    use sagaflow_workflows::order_payment::HOOK_MARK_PAID;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    // One local step, then the built-in hook that marks the order PAID,
+    // for a batch of sagas the claim loop takes in one transaction. No
+    // relay: the orders' events stay in the outbox for the test to read.
+    let hooks = sagaflow_workflows::Hooks {
+        on_completed: Some(HOOK_MARK_PAID),
+        ..Default::default()
+    };
+    let roles = Roles {
+        relay: false,
+        ..NO_FUNDS
+    };
+    let app = one_claim_batch_app("quick_pay", hooks, roles).await;
     app.funded_account(7, "100.00").await;
     let orders: Vec<(String, uuid::Uuid)> = (0..8)
         .map(|n| (format!("QP-{}-{n}", app.prefix), uuid::Uuid::now_v7()))
@@ -1389,19 +1372,9 @@ async fn a_refused_order_hook_in_a_claimed_batch_stops_only_its_saga() {
             ))
             .await;
         if n == 3 {
-            // Its saga stops where it was, leased until an operator or
-            // the lease's end, and none of its attempt stays.
             assert_eq!(status, "CANCELLED");
             assert_eq!(announced, 0, "a refused move announces nothing");
-            assert_eq!(
-                app.scalar_i64(&format!(
-                    "SELECT count(*) FROM saga_instances WHERE id = '{id}' AND state = 'RUNNING' \
-                     AND lease_owner IS NOT NULL"
-                ))
-                .await,
-                1
-            );
-            assert_eq!(count(&app, &id.to_string(), "kind <> 'CREATED'").await, 0);
+            assert_stopped_where_it_was(&app, *id).await;
         } else {
             assert_eq!(status, "PAID", "order {n}");
             assert_eq!(announced, 1, "order {n} is announced once");
