@@ -409,33 +409,14 @@ impl Writes {
 
     /// Queues `env` for the outbox.
     fn send_command(&mut self, topics: &Topics, env: &CommandEnvelope) -> Result<(), WorkerError> {
-        let payload = serde_json::to_value(env).map_err(|e| WorkerError::Corrupt {
-            saga_id: env.saga_id,
-            reason: format!("encode command: {e}"),
-        })?;
-        let headers = serde_json::json!({
-            "message_id": env.message_id.to_string(),
-            "saga_id": env.saga_id.to_string(),
-            "type": env.kind.as_str(),
-            "epoch": env.epoch.to_string(),
-            "step": env.step.to_string(),
-            "attempt": env.attempt.to_string(),
-            "traceparent": traceparent(env.saga_id),
-        });
-        // A retry reuses the command's message id; the previous attempt's
-        // row may still be unpublished, so give each attempt (of each
-        // epoch) its own outbox id.
-        let attempt = match env.epoch {
-            0 => env.attempt.to_string(),
-            epoch => format!("{epoch}/{}", env.attempt),
-        };
-        self.outbox.push(serde_json::json!({
-            "message_id": uuid::Uuid::new_v5(&env.message_id, attempt.as_bytes()),
-            "topic": topics.funds_commands,
-            "key": env.user_id.to_string(),
-            "payload": payload,
-            "headers": headers,
-        }));
+        let row = env
+            .to_outbox(topics, traceparent(env.saga_id))
+            .and_then(serde_json::to_value)
+            .map_err(|e| WorkerError::Corrupt {
+                saga_id: env.saga_id,
+                reason: format!("encode command: {e}"),
+            })?;
+        self.outbox.push(row);
         Ok(())
     }
 

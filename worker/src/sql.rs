@@ -78,6 +78,5 @@ pub(crate) async fn inbox_insert_many<C: ConnectionTrait>(
 /// A W3C `traceparent` whose trace id is the saga id, so that every message
 /// of one saga lands in one trace.
 pub(crate) fn traceparent(saga_id: uuid::Uuid) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{}-{span:016x}-01", saga_id.simple())
+    sagaflow_workflows::messages::traceparent(saga_id, rand::random::<u64>())
 }

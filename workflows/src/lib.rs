@@ -23,6 +23,6 @@ pub mod policy;
 pub mod registry;
 
 pub use definition::{Action, Compensation, Hooks, SagaDefinition, StepDef};
-pub use machine::{transition, Effect, Event, Instance, Record, RecordKind, Transition};
+pub use machine::{start, transition, Effect, Event, Instance, Record, RecordKind, Transition};
 pub use policy::RetryPolicy;
 pub use registry::{Registry, StepTuning, Tuning, TuningError};

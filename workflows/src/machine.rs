@@ -322,6 +322,29 @@ pub fn transition(
     }
 }
 
+/// A new saga's first transition, when all it does is send its first
+/// step's command: the transaction that creates the saga (the one placing
+/// an order) can then write the saga already WAITING, with the command in
+/// its outbox, and no worker has to claim the saga first. `None` when the
+/// first round has to run a local action or a hook, which only the engine
+/// can do: such a saga is created due now, as [`Instance::new`].
+///
+/// The result is the transition a worker claiming the new saga at `now`
+/// would make (no jitter is drawn: sending a first attempt waits for no
+/// backoff).
+pub fn start(def: &SagaDefinition, now: DateTime<Utc>) -> Option<Transition> {
+    let clock = Clock {
+        now,
+        jitter: Jitter::from_ppm(0),
+    };
+    let t = transition(def, &Instance::new(now), &Event::Due, clock);
+    let only_commands = t
+        .effects
+        .iter()
+        .all(|e| matches!(e, Effect::SendCommand { .. }));
+    (only_commands && t.next.state == SagaState::Waiting).then_some(t)
+}
+
 struct Machine<'a> {
     def: &'a SagaDefinition,
     clock: Clock,

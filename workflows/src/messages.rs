@@ -114,7 +114,66 @@ pub struct CommandEnvelope {
     pub amount: Decimal,
 }
 
+/// A message as the outbox stores it and the relay publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxMessage {
+    /// The outbox row's own id: unique per row, so a message written twice
+    /// in the same form is stored (and published) once.
+    pub message_id: Uuid,
+    /// Full topic name.
+    pub topic: String,
+    /// Kafka key.
+    pub key: String,
+    /// The message's JSON.
+    pub payload: serde_json::Value,
+    /// Kafka headers, a JSON object of strings.
+    pub headers: serde_json::Value,
+}
+
+/// A W3C `traceparent` whose trace id is the saga id, so that every message
+/// of one saga lands in one trace; `span` is the caller's random draw (this
+/// crate draws none).
+pub fn traceparent(saga_id: Uuid, span: u64) -> String {
+    format!("00-{}-{:016x}-01", saga_id.simple(), span | 1)
+}
+
 impl CommandEnvelope {
+    /// This command as its outbox row on `topics.funds_commands`, keyed by
+    /// account, with `traceparent` among its headers. Both the engine and
+    /// the API (which sends a new saga's first command in the transaction
+    /// that places its order) write commands through this, so the two
+    /// cannot drift apart.
+    pub fn to_outbox(
+        &self,
+        topics: &Topics,
+        traceparent: String,
+    ) -> Result<OutboxMessage, serde_json::Error> {
+        let payload = serde_json::to_value(self)?;
+        let headers = serde_json::json!({
+            "message_id": self.message_id.to_string(),
+            "saga_id": self.saga_id.to_string(),
+            "type": self.kind.as_str(),
+            "epoch": self.epoch.to_string(),
+            "step": self.step.to_string(),
+            "attempt": self.attempt.to_string(),
+            "traceparent": traceparent,
+        });
+        // A retry reuses the command's message id; the previous attempt's
+        // row may still be unpublished, so give each attempt (of each
+        // epoch) its own outbox id.
+        let attempt = match self.epoch {
+            0 => self.attempt.to_string(),
+            epoch => format!("{epoch}/{}", self.attempt),
+        };
+        Ok(OutboxMessage {
+            message_id: Uuid::new_v5(&self.message_id, attempt.as_bytes()),
+            topic: topics.funds_commands.clone(),
+            key: self.user_id.to_string(),
+            payload,
+            headers,
+        })
+    }
+
     /// The id every attempt of (`saga_id`, `step`, direction) carries.
     pub fn message_id_for(saga_id: Uuid, step: u32, compensation: bool) -> Uuid {
         let dir = if compensation {
