@@ -369,6 +369,7 @@ pub async fn start_extended(
             metrics: Some(metrics),
             registry: Some(Arc::clone(&worker_cfg.registry)),
             announcer: announcer.clone(),
+            topics: topics.clone(),
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();

@@ -25,6 +25,15 @@ fn client(db: &DatabaseConnection, kafka_ready: bool) -> Client {
     ))
 }
 
+/// How the API of [`client`] (`ApiConfig::default()`) starts sagas.
+fn default_start() -> sagaflow_api::placer::SagaStart {
+    let cfg = ApiConfig::default();
+    sagaflow_api::placer::SagaStart::new(
+        Arc::new(sagaflow_workflows::Registry::builtin()),
+        cfg.topics,
+    )
+}
+
 async fn setup() -> (common::TestDb, Client) {
     let db = common::fresh_database().await;
     let cli = client(&db.conn, true);
@@ -266,7 +275,7 @@ async fn get_account_shows_recent_entries_newest_first() {
 }
 
 #[tokio::test]
-async fn post_order_writes_order_saga_and_event_together() {
+async fn post_order_writes_order_saga_history_and_debit_together() {
     let (db, cli) = setup().await;
     create_account(&cli, 1).await;
     let before = counts(&db.conn).await;
@@ -286,7 +295,7 @@ async fn post_order_writes_order_saga_and_event_together() {
     let after = counts(&db.conn).await;
     assert_eq!(after[2], before[2] + 1, "one order");
     assert_eq!(after[3], before[3] + 1, "one saga");
-    assert_eq!(after[4], before[4] + 1, "one saga event");
+    assert_eq!(after[4], before[4] + 2, "two saga events");
     assert_eq!(after[1], before[1], "no ledger entry yet");
 
     let backend = db.conn.get_database_backend();
@@ -296,7 +305,10 @@ async fn post_order_writes_order_saga_and_event_together() {
             backend,
             format!(
                 "SELECT saga_type, definition_version, state, current_step, attempt, \
-                 next_run_at <= now() AS due, lease_owner IS NULL AS unleased, data \
+                 next_run_at = deadline AS until_deadline, \
+                 deadline BETWEEN now() + interval '29 seconds' AND now() + interval '31 seconds' \
+                     AS deadline_in_30s, \
+                 lease_owner IS NULL AS unleased, data \
                  FROM saga_instances WHERE id = '{saga_id}'"
             ),
         ))
@@ -308,10 +320,13 @@ async fn post_order_writes_order_saga_and_event_together() {
         "order_payment"
     );
     assert_eq!(saga.try_get::<i32>("", "definition_version").unwrap(), 1);
-    assert_eq!(saga.try_get::<String>("", "state").unwrap(), "RUNNING");
+    // Started by the placing statement: already waiting for its debit,
+    // due again only when the debit's 30 s deadline passes.
+    assert_eq!(saga.try_get::<String>("", "state").unwrap(), "WAITING");
     assert_eq!(saga.try_get::<i32>("", "current_step").unwrap(), 0);
-    assert_eq!(saga.try_get::<i32>("", "attempt").unwrap(), 0);
-    assert!(saga.try_get::<bool>("", "due").unwrap(), "due now");
+    assert_eq!(saga.try_get::<i32>("", "attempt").unwrap(), 1);
+    assert!(saga.try_get::<bool>("", "until_deadline").unwrap());
+    assert!(saga.try_get::<bool>("", "deadline_in_30s").unwrap());
     assert!(saga.try_get::<bool>("", "unleased").unwrap());
     let data: Value = saga.try_get("", "data").unwrap();
     assert_eq!(
@@ -319,22 +334,91 @@ async fn post_order_writes_order_saga_and_event_together() {
         json!({ "order_no": order_no, "user_id": 1, "amount": "19.90" })
     );
 
-    let event = db
+    let events = db
         .conn
-        .query_one(Statement::from_string(
+        .query_all(Statement::from_string(
             backend,
             format!(
-                "SELECT kind, to_state, actor, detail FROM saga_events WHERE saga_id = '{saga_id}'"
+                "SELECT kind, from_state, to_state, step, attempt, actor, detail \
+                 FROM saga_events WHERE saga_id = '{saga_id}' ORDER BY id"
             ),
         ))
         .await
-        .unwrap()
-        .expect("event row");
-    assert_eq!(event.try_get::<String>("", "kind").unwrap(), "CREATED");
-    assert_eq!(event.try_get::<String>("", "to_state").unwrap(), "RUNNING");
-    assert_eq!(event.try_get::<String>("", "actor").unwrap(), "api");
-    let detail: Value = event.try_get("", "detail").unwrap();
+        .unwrap();
+    let row = |i: usize| {
+        let e = &events[i];
+        (
+            e.try_get::<String>("", "kind").unwrap(),
+            e.try_get::<Option<String>>("", "from_state").unwrap(),
+            e.try_get::<String>("", "to_state").unwrap(),
+            e.try_get::<i32>("", "attempt").unwrap(),
+            e.try_get::<String>("", "actor").unwrap(),
+        )
+    };
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        row(0),
+        ("CREATED".into(), None, "RUNNING".into(), 0, "api".into())
+    );
+    let detail: Value = events[0].try_get("", "detail").unwrap();
     assert_eq!(detail["order_no"], order_no.as_str());
+    assert_eq!(
+        row(1),
+        (
+            "COMMAND_SENT".into(),
+            Some("RUNNING".into()),
+            "WAITING".into(),
+            1,
+            "api".into()
+        )
+    );
+    let detail: Value = events[1].try_get("", "detail").unwrap();
+    assert_eq!(detail["command"], "funds.debit");
+
+    // The debit is in the outbox, keyed by the account, as a worker
+    // claiming the saga would have written it.
+    let command = db
+        .conn
+        .query_one(Statement::from_string(
+            backend,
+            "SELECT topic, key, payload, headers FROM outbox".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .expect("the debit command in the outbox");
+    assert_eq!(
+        command.try_get::<String>("", "topic").unwrap(),
+        "funds.commands"
+    );
+    assert_eq!(command.try_get::<String>("", "key").unwrap(), "1");
+    let payload: Value = command.try_get("", "payload").unwrap();
+    let expected_id = sagaflow_workflows::messages::CommandEnvelope::message_id_for(
+        saga_id.parse().unwrap(),
+        0,
+        false,
+    );
+    assert_eq!(
+        payload,
+        json!({
+            "message_id": expected_id.to_string(),
+            "type": "funds.debit",
+            "saga_id": saga_id,
+            "epoch": 0,
+            "step": 0,
+            "attempt": 1,
+            "compensation": false,
+            "user_id": 1,
+            "amount": "19.90",
+        })
+    );
+    let headers: Value = command.try_get("", "headers").unwrap();
+    assert_eq!(headers["type"], "funds.debit");
+    assert_eq!(headers["attempt"], "1");
+    let traceparent = headers["traceparent"].as_str().expect("traceparent");
+    assert!(
+        traceparent.starts_with(&format!("00-{}-", saga_id.replace('-', ""))),
+        "{traceparent}"
+    );
 
     let order = db
         .conn
@@ -402,6 +486,7 @@ async fn post_order_is_one_transaction_and_db_errors_are_opaque_500s() {
         0,
         "saga rolled back"
     );
+    assert_eq!(count(&db.conn, "outbox").await, 0, "command rolled back");
 }
 
 #[tokio::test]
@@ -430,7 +515,8 @@ async fn idempotency_key_replays_same_order_and_refuses_other_body() {
     assert_eq!(again.body["amount"], "10.50");
     assert_eq!(count(&db.conn, "orders").await, 1);
     assert_eq!(count(&db.conn, "saga_instances").await, 1);
-    assert_eq!(count(&db.conn, "saga_events").await, 1);
+    assert_eq!(count(&db.conn, "saga_events").await, 2);
+    assert_eq!(count(&db.conn, "outbox").await, 1, "one debit command");
 
     // The replay answers the order as it stands now.
     db.conn
@@ -503,7 +589,8 @@ async fn concurrent_posts_with_one_key_place_exactly_one_order() {
     assert_eq!(order_nos.len(), 1, "every answer names the same order");
     assert_eq!(count(&db.conn, "orders").await, 1);
     assert_eq!(count(&db.conn, "saga_instances").await, 1);
-    assert_eq!(count(&db.conn, "saga_events").await, 1);
+    assert_eq!(count(&db.conn, "saga_events").await, 2);
+    assert_eq!(count(&db.conn, "outbox").await, 1, "one debit command");
 }
 
 /// Orders placed together (as the API's lanes place concurrent requests)
@@ -537,6 +624,7 @@ async fn orders_placed_together_are_answered_as_if_placed_alone() {
     };
     let results = place_all(
         &db.conn,
+        &default_start(),
         vec![
             order(1, None),
             order(1, None),
@@ -574,7 +662,9 @@ async fn orders_placed_together_are_answered_as_if_placed_alone() {
     );
     assert_eq!(count(&db.conn, "orders").await, 5);
     assert_eq!(count(&db.conn, "saga_instances").await, 5);
-    assert_eq!(count(&db.conn, "saga_events").await, 5);
+    // CREATED and COMMAND_SENT, and the debit command, of each new order.
+    assert_eq!(count(&db.conn, "saga_events").await, 10);
+    assert_eq!(count(&db.conn, "outbox").await, 5);
 }
 
 /// Only a batch Postgres refused is retried order by order. One whose
@@ -614,7 +704,7 @@ async fn only_an_order_batch_the_server_refused_is_retried_order_by_order() {
         key: None,
         fingerprint: None,
     };
-    let results = place_all(&closed, vec![order(), order(), order()]).await;
+    let results = place_all(&closed, &default_start(), vec![order(), order(), order()]).await;
     assert_eq!(results.len(), 3);
     assert!(results.iter().all(Result::is_err), "{results:?}");
     assert_eq!(count(&db.conn, "orders").await, 0);

@@ -413,6 +413,20 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     let (_, order) = app.place_order(8, "2.50", None).await;
     let order_no = order["order_no"].as_str().unwrap().to_owned();
     assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    // A payment saga starts with its order, so its happy path claims
+    // nothing; a refund saga is started due, and a claim loop takes it.
+    let refund = app
+        .http
+        .post(format!("{}/orders/{order_no}/refund", app.base))
+        .json(&serde_json::json!({ "reason": "metrics" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), 202);
+    let refund: serde_json::Value = refund.json().await.unwrap();
+    let refund_saga = refund["refund_saga_id"].as_str().unwrap().to_owned();
+    app.await_saga_state(&refund_saga, "COMPLETED", SETTLE)
+        .await;
 
     let scrape = || async {
         let r = app
@@ -447,7 +461,7 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     };
     // Database gauges are this test's own database: exact.
     assert!(
-        text.contains("sagaflow_sagas{state=\"COMPLETED\"} 1\n"),
+        text.contains("sagaflow_sagas{state=\"COMPLETED\"} 2\n"),
         "{text}"
     );
     assert!(

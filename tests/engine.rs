@@ -314,7 +314,18 @@ async fn a_dead_workers_saga_completes_once_after_its_lease_expires() {
     };
     let mut app = start(PATIENT, no_worker).await;
     app.funded_account(3, "10.00").await;
-    let (order_no, saga) = order_for(&app, 3, "4.00").await;
+    let (order_no, _) = order_for(&app, 3, "4.00").await;
+    // A payment saga starts with its order, and needs no worker to finish.
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    // A refund saga is started due, for a worker to claim.
+    let (status, body) = post_refund(
+        &app,
+        &order_no,
+        serde_json::json!({ "reason": "lease expiry" }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let saga = body["refund_saga_id"].as_str().unwrap().to_owned();
 
     // A worker claims the saga and dies mid-step: its task is aborted
     // while it holds the lease, which it never releases.
@@ -342,7 +353,8 @@ async fn a_dead_workers_saga_completes_once_after_its_lease_expires() {
         replies: false,
     })
     .await;
-    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    app.await_saga_state(&saga, "COMPLETED", SETTLE).await;
+    assert_eq!(app.order(&order_no).await["status"], "REFUNDED");
     // The live worker took the saga only once the dead one's lease ran out.
     assert_eq!(
         app.scalar_i64(&format!(
@@ -355,8 +367,8 @@ async fn a_dead_workers_saga_completes_once_after_its_lease_expires() {
     );
     assert_eq!(count(&app, &saga, "kind = 'COMMAND_SENT'").await, 1);
     assert_eq!(count(&app, &saga, "actor = 'doomed-worker'").await, 0);
-    assert_eq!(ledger(&app, &saga, "DEBIT").await, 1);
-    assert_eq!(app.account(3).await["balance"], "6.00");
+    assert_eq!(ledger(&app, &saga, "REFUND").await, 1);
+    assert_eq!(app.account(3).await["balance"], "10.00");
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
 }

@@ -56,12 +56,15 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// The process's metrics recorder, rendered by `GET /metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// The saga definitions the workers run (for step names); the built-in
-    /// ones when absent.
+    /// The saga definitions the workers run (for step names, and to start
+    /// an order's saga as they would); the built-in ones when absent.
     pub registry: Option<Arc<sagaflow_workflows::Registry>>,
     /// Where the API announces the sagas it started or made due, so that
     /// workers take them at once rather than at their next poll.
     pub announcer: sagaflow_entity::wake::Announcer,
+    /// The topics the workers use: an order's saga sends its first command
+    /// from the transaction that places the order.
+    pub topics: sagaflow_workflows::messages::Topics,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +77,7 @@ impl Default for ApiConfig {
             metrics: None,
             registry: None,
             announcer: sagaflow_entity::wake::Announcer::default(),
+            topics: sagaflow_workflows::messages::Topics::with_prefix(""),
         }
     }
 }
@@ -120,6 +124,10 @@ pub fn app(
     cfg: ApiConfig,
 ) -> BoxEndpoint<'static> {
     let operator = sagas::Operator::new(cfg.admin_token.as_deref());
+    let registry = cfg
+        .registry
+        .clone()
+        .unwrap_or_else(|| Arc::new(sagaflow_workflows::Registry::builtin()));
     let service = OpenApiService::new(
         (
             accounts::AccountsApi::new(db.clone()),
@@ -127,15 +135,10 @@ pub fn app(
                 db.clone(),
                 cfg.placement_db.clone().unwrap_or_else(|| db.clone()),
                 cfg.announcer.clone(),
+                placer::SagaStart::new(Arc::clone(&registry), cfg.topics.clone()),
                 cfg.order_lanes,
             ),
-            sagas::SagasApi::new(
-                db.clone(),
-                operator.clone(),
-                cfg.registry
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(sagaflow_workflows::Registry::builtin())),
-            )
+            sagas::SagasApi::new(db.clone(), operator.clone(), registry)
             .announcing(cfg.announcer.clone()),
             verify::VerifyApi::new(db.clone(), operator.clone()),
             queue_health::QueueHealthApi::new(db.clone(), operator),

@@ -21,7 +21,7 @@ use crate::accounts::positive_user_id;
 use crate::body::{Fields, FromJsonObject, JsonBody, Reason};
 use crate::error::{ApiError, ProblemJson};
 use crate::params::{IdempotencyKeyDoc, Raw};
-use crate::placer::{OrderRequest, Placed, Placer};
+use crate::placer::{OrderRequest, Placed, Placer, SagaStart};
 use crate::{utc, ApiTags};
 
 /// The header carrying a client's idempotency key.
@@ -235,15 +235,16 @@ pub struct OrdersApi {
 impl OrdersApi {
     /// Operations on `db`, announcing the sagas they start to `announcer`,
     /// inserting orders through `placement_db` with up to `lanes`
-    /// statements at once.
+    /// statements at once, their sagas started as `start` says.
     pub fn new(
         db: DatabaseConnection,
         placement_db: DatabaseConnection,
         announcer: Announcer,
+        start: SagaStart,
         lanes: usize,
     ) -> Self {
         Self {
-            placer: Placer::new(placement_db, lanes),
+            placer: Placer::new(placement_db, start, lanes),
             db,
             announcer,
         }
@@ -279,8 +280,9 @@ impl OrdersApi {
     /// Place an order
     ///
     /// Creates the order (status PENDING) and starts its payment saga, in one
-    /// transaction: the saga debits the buyer's account and the order becomes
-    /// PAID, or FAILED if the funds are insufficient.
+    /// transaction that also queues the saga's debit command: the saga
+    /// debits the buyer's account and the order becomes PAID, or FAILED if
+    /// the funds are insufficient.
     ///
     /// Send an `Idempotency-Key` to make retries safe: repeating the same
     /// request with the same key returns the original order with 200 and
@@ -322,7 +324,7 @@ impl OrdersApi {
         };
         Ok(match placed {
             Placed::New(o) => {
-                self.announcer.announce(Channel::Saga);
+                self.announcer.announce(self.placer.wakes());
                 CreateOrderResponse::Created(Json(o.into()))
             }
             Placed::Existing(o) if o.request_fingerprint == fingerprint => {

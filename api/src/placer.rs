@@ -10,6 +10,14 @@
 //! expression, the WAL flush) is paid once per batch instead of once per
 //! order. Every order is still durable before its request is answered.
 //!
+//! The statement also starts each order's payment saga: it runs the saga's
+//! first transition ([`sagaflow_workflows::start`]) and writes the saga
+//! already WAITING for its debit, with the debit command in the outbox,
+//! exactly as a worker claiming the new saga would have written it. No claim
+//! transaction stands between an order and its debit, and the relay, not a
+//! claim loop, is the one woken. (A definition whose first round runs a
+//! local action or hook would be written due now and left to the workers.)
+//!
 //! An order the batch statement did not insert (its user has no account,
 //! or its idempotency key placed an order already) is placed again on its
 //! own, which says precisely why; so is every order of a batch whose
@@ -17,10 +25,15 @@
 
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sagaflow_entity::{column, order, saga_instance};
+use sagaflow_entity::wake::Channel;
+use sagaflow_entity::{column, order, SagaState, StateValues};
+use sagaflow_workflows::machine::{Effect, Instance, Transition};
+use sagaflow_workflows::messages::{traceparent, CommandEnvelope, Topics};
 use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
+use sagaflow_workflows::{Registry, SagaDefinition};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, SqlErr, Statement};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
@@ -62,10 +75,54 @@ struct Pending {
     answer: oneshot::Sender<PlaceResult>,
 }
 
+/// How placed orders' payment sagas start: the definition the workers run
+/// (with the deployment's tuning, which sets the first command's deadline)
+/// and the topic the first command goes to. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SagaStart {
+    registry: Arc<Registry>,
+    topics: Topics,
+    wakes: Channel,
+}
+
+impl SagaStart {
+    /// Starts sagas as `registry` defines them, sending to `topics`.
+    pub fn new(registry: Arc<Registry>, topics: Topics) -> Self {
+        let mut start = Self {
+            registry,
+            topics,
+            wakes: Channel::Saga,
+        };
+        if start.first(Utc::now()).is_some() {
+            start.wakes = Channel::Outbox;
+        }
+        start
+    }
+
+    fn definition(&self) -> Option<&SagaDefinition> {
+        let version = i32::try_from(order_payment::VERSION).ok()?;
+        self.registry.get(order_payment::SAGA_TYPE, version)
+    }
+
+    /// The first transition of sagas created at `now`, if the placing
+    /// statement can make it (see the module docs).
+    fn first(&self, now: DateTime<Utc>) -> Option<Transition> {
+        self.definition()
+            .and_then(|def| sagaflow_workflows::start(def, now))
+    }
+
+    /// Who must hear of a placed order: the relay, when the saga's first
+    /// command is already in the outbox; the claim loops otherwise.
+    pub fn wakes(&self) -> Channel {
+        self.wakes
+    }
+}
+
 /// Places orders in batches (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Placer {
     db: DatabaseConnection,
+    start: SagaStart,
     /// Statements in flight at once.
     lane_count: usize,
     lanes: Arc<OnceLock<mpsc::Sender<Pending>>>,
@@ -78,12 +135,18 @@ impl std::fmt::Debug for Placer {
 }
 
 impl Placer {
-    pub(crate) fn new(db: DatabaseConnection, lanes: usize) -> Self {
+    pub(crate) fn new(db: DatabaseConnection, start: SagaStart, lanes: usize) -> Self {
         Self {
             db,
+            start,
             lane_count: lanes.max(1),
             lanes: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// See [`SagaStart::wakes`].
+    pub(crate) fn wakes(&self) -> Channel {
+        self.start.wakes()
     }
 
     /// Places `new` (with its idempotency key and the request's
@@ -92,7 +155,7 @@ impl Placer {
         // The lanes start with the first order, on the runtime serving it.
         let lanes = self
             .lanes
-            .get_or_init(|| spawn_lanes(self.db.clone(), self.lane_count));
+            .get_or_init(|| spawn_lanes(self.db.clone(), self.start.clone(), self.lane_count));
         let (answer, answered) = oneshot::channel();
         lanes
             .send(Pending { request, answer })
@@ -105,11 +168,11 @@ impl Placer {
 }
 
 /// Starts the lanes; they end once every [`Placer`] clone is gone.
-fn spawn_lanes(db: DatabaseConnection, lanes: usize) -> mpsc::Sender<Pending> {
+fn spawn_lanes(db: DatabaseConnection, start: SagaStart, lanes: usize) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel::<Pending>(MAX_BATCH * lanes);
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..lanes {
-        let (db, rx) = (db.clone(), rx.clone());
+        let (db, start, rx) = (db.clone(), start.clone(), rx.clone());
         tokio::spawn(async move {
             loop {
                 let batch = {
@@ -128,7 +191,10 @@ fn spawn_lanes(db: DatabaseConnection, lanes: usize) -> mpsc::Sender<Pending> {
                 };
                 let (requests, answers): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.request, p.answer)).unzip();
-                for (answer, result) in answers.into_iter().zip(place_all(&db, requests).await) {
+                for (answer, result) in answers
+                    .into_iter()
+                    .zip(place_all(&db, &start, requests).await)
+                {
                     // The request may have gone away (client disconnected);
                     // its order stands either way.
                     answer.send(result).ok();
@@ -140,7 +206,8 @@ fn spawn_lanes(db: DatabaseConnection, lanes: usize) -> mpsc::Sender<Pending> {
 }
 
 /// Places `requests` together, as the lanes do with the orders of
-/// concurrent requests: one statement inserts every order it can; each
+/// concurrent requests: one statement inserts every order it can, with its
+/// saga started as `start` says; each
 /// order it did not insert is placed again on its own, which says why.
 /// Answers in the order of `requests`.
 ///
@@ -149,10 +216,15 @@ fn spawn_lanes(db: DatabaseConnection, lanes: usize) -> mpsc::Sender<Pending> {
 /// sent, say), the statement may yet commit, and placing its orders again
 /// would place an order without an idempotency key twice: every order of
 /// the batch gets the error instead, as a single request would.
-pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> Vec<PlaceResult> {
+pub async fn place_all(
+    db: &DatabaseConnection,
+    start: &SagaStart,
+    requests: Vec<OrderRequest>,
+) -> Vec<PlaceResult> {
     metrics::histogram!("sagaflow_order_batch_size").record(requests.len() as f64);
     let rows: Vec<Row> = requests.iter().map(Row::of).collect();
-    let mut inserted: std::collections::HashMap<Uuid, order::Model> = match insert(db, &rows).await
+    let mut inserted: std::collections::HashMap<Uuid, order::Model> = match insert(db, start, &rows)
+        .await
     {
         Ok(inserted) => inserted.into_iter().map(|o| (o.saga_id, o)).collect(),
         Err(e) if refused_by_the_server(&e) => {
@@ -172,7 +244,7 @@ pub async fn place_all(db: &DatabaseConnection, requests: Vec<OrderRequest>) -> 
     for (request, row) in requests.iter().zip(rows) {
         results.push(match inserted.remove(&row.saga_id) {
             Some(o) => Ok(Some(Placed::New(o))),
-            None => place_one(db, request).await,
+            None => place_one(db, start, request).await,
         });
     }
     results
@@ -229,14 +301,20 @@ impl Row {
 }
 
 /// Inserts each order of `$5`–`$12` (one array per column) whose user has
-/// an account and whose idempotency key is new, with its saga and its
-/// first history row, in one statement; returns the orders inserted. The
-/// account test is a scalar subquery, one primary-key probe per order: as
-/// `EXISTS` Postgres may hash all accounts for it. Rows go in by key, so
-/// two lanes inserting the same keys lock them in the same order and
-/// cannot deadlock.
-const PLACE_SQL: &str = concat!(
-    "WITH v AS ( \
+/// an account and whose idempotency key is new, with its saga, the saga's
+/// history and its first command, in one statement; returns the orders
+/// inserted. The account test is a scalar subquery, one primary-key probe
+/// per order: as `EXISTS` Postgres may hash all accounts for it. Rows go in
+/// by key, so two lanes inserting the same keys lock them in the same order
+/// and cannot deadlock.
+///
+/// Every saga of a batch starts at the same instant and so makes the same
+/// first transition: its state (`$13`–`$17`) and the history records after
+/// its `CREATED` row (`$18`–`$21`) are the batch's; only its commands
+/// (`$22`–`$27`, one row per command, with its saga's id) are its own. Rows
+/// of an order that was not inserted are dropped by the joins on `src`.
+const PLACE_SQL: &str = "\
+    WITH v AS ( \
         SELECT * FROM unnest($5::text[], $6::bigint[], $7::numeric[], $8::uuid[], $9::text[], \
                              $10::text[], $11::jsonb[], $12::jsonb[]) \
             WITH ORDINALITY AS v(order_no, user_id, amount, saga_id, key, fingerprint, data, detail, n)), \
@@ -245,18 +323,99 @@ const PLACE_SQL: &str = concat!(
         SELECT order_no, user_id, amount, 'PENDING', saga_id, NULLIF(key, ''), NULLIF(fingerprint, '') \
         FROM v WHERE (SELECT true FROM accounts a WHERE a.user_id = v.user_id) ORDER BY key, n \
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING *), \
-     src AS (SELECT v.saga_id AS id, v.data, v.detail FROM v JOIN new_order o ON o.saga_id = v.saga_id), ",
-    sagaflow_entity::start_saga_ctes!(),
-    "SELECT * FROM new_order"
-);
+     src AS (SELECT v.saga_id AS id, v.data, v.detail, v.n FROM v JOIN new_order o ON o.saga_id = v.saga_id), \
+     new_saga AS ( \
+        INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, \
+                                    next_run_at, deadline, data) \
+        SELECT id, $1, $2, $13, $14, $15, $16, $17, data FROM src), \
+     history AS ( \
+        INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
+        SELECT s.id, h.kind, h.step, h.attempt, h.from_state, h.to_state, h.detail, $4 \
+        FROM src s CROSS JOIN LATERAL ( \
+            SELECT 'CREATED' AS kind, 0 AS step, 0 AS attempt, NULL::text AS from_state, \
+                   $3::text AS to_state, s.detail AS detail, 0::bigint AS k \
+            UNION ALL \
+            SELECT r.kind, r.step, r.attempt, $3, $13, r.detail, r.k \
+            FROM unnest($18::text[], $19::int[], $20::int[], $21::jsonb[]) \
+                 WITH ORDINALITY AS r(kind, step, attempt, detail, k)) h \
+        ORDER BY s.n, h.k), \
+     commands AS ( \
+        INSERT INTO outbox (message_id, topic, key, payload, headers) \
+        SELECT m.message_id, m.topic, m.key, m.payload, m.headers \
+        FROM unnest($22::uuid[], $23::uuid[], $24::text[], $25::text[], $26::jsonb[], $27::jsonb[]) \
+             WITH ORDINALITY AS m(saga_id, message_id, topic, key, payload, headers, n) \
+        JOIN src s ON s.id = m.saga_id ORDER BY m.n \
+        ON CONFLICT (message_id) DO NOTHING) \
+    SELECT * FROM new_order";
+
+/// The commands transition `t` sends, for each saga of `rows`, as the
+/// outbox columns `$22`–`$27` of [`PLACE_SQL`] (none without `t`).
+fn commands(
+    start: &SagaStart,
+    t: Option<&Transition>,
+    rows: &[Row],
+) -> Result<[sea_orm::Value; 6], sea_orm::DbErr> {
+    let mut out = Vec::new();
+    for (t, row) in t.iter().flat_map(|t| rows.iter().map(move |r| (t, r))) {
+        for effect in &t.effects {
+            if let Effect::SendCommand {
+                step,
+                attempt,
+                compensation,
+                command,
+            } = *effect
+            {
+                let env = CommandEnvelope {
+                    message_id: CommandEnvelope::message_id_for(row.saga_id, step, compensation),
+                    kind: command,
+                    saga_id: row.saga_id,
+                    epoch: t.next.epoch,
+                    step,
+                    attempt,
+                    compensation,
+                    user_id: row.user_id,
+                    amount: row.amount,
+                };
+                let span = Uuid::new_v4().as_u64_pair().0;
+                let msg = env
+                    .to_outbox(&start.topics, traceparent(row.saga_id, span))
+                    .map_err(|e| sea_orm::DbErr::Custom(format!("encode command: {e}")))?;
+                out.push((row.saga_id, msg));
+            }
+        }
+    }
+    Ok([
+        column(&out, |(saga, _)| *saga),
+        column(&out, |(_, m)| m.message_id),
+        column(&out, |(_, m)| m.topic.clone()),
+        column(&out, |(_, m)| m.key.clone()),
+        column(&out, |(_, m)| m.payload.clone()),
+        column(&out, |(_, m)| m.headers.clone()),
+    ])
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
 
 async fn insert(
     db: &DatabaseConnection,
+    start: &SagaStart,
     rows: &[Row],
 ) -> Result<Vec<order::Model>, sea_orm::DbErr> {
+    let now = Utc::now();
+    let first = start.first(now);
+    let commands = commands(start, first.as_ref(), rows)?;
+    let (next, records) = match &first {
+        Some(t) => (t.next.clone(), &t.history[..]),
+        None => (Instance::new(now), &[][..]),
+    };
     let version = i32::try_from(order_payment::VERSION).unwrap_or(i32::MAX);
-    let mut values = saga_instance::start_saga_values((order_payment::SAGA_TYPE, version), "api");
-    values.extend([
+    let mut values: Vec<sea_orm::Value> = vec![
+        order_payment::SAGA_TYPE.into(),
+        version.into(),
+        SagaState::Running.as_str().into(),
+        "api".into(),
         column(rows, |r| r.order_no.clone()),
         column(rows, |r| r.user_id),
         column(rows, |r| r.amount),
@@ -265,7 +424,17 @@ async fn insert(
         column(rows, |r| r.fingerprint.clone()),
         column(rows, |r| r.data.clone()),
         column(rows, |r| r.detail.clone()),
-    ]);
+        next.state.as_str().into(),
+        to_i32(next.step).into(),
+        to_i32(next.attempt).into(),
+        next.next_run_at.into(),
+        next.deadline.into(),
+        column(records, |r| r.kind.as_str().to_owned()),
+        column(records, |r| to_i32(r.step)),
+        column(records, |r| to_i32(r.attempt)),
+        column(records, |r| r.detail.clone()),
+    ];
+    values.extend(commands);
     order::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -280,9 +449,9 @@ async fn insert(
 /// was not: its key's earlier order, or its user has no account.
 /// `Ok(None)`: nothing explains it (a generated id collided, or the key's
 /// order vanished meanwhile); try again.
-async fn place_one(db: &DatabaseConnection, p: &OrderRequest) -> PlaceResult {
+async fn place_one(db: &DatabaseConnection, start: &SagaStart, p: &OrderRequest) -> PlaceResult {
     let row = Row::of(p);
-    match insert(db, std::slice::from_ref(&row)).await {
+    match insert(db, start, std::slice::from_ref(&row)).await {
         Ok(mut inserted) => {
             if let Some(o) = inserted.pop() {
                 return Ok(Some(Placed::New(o)));
