@@ -667,6 +667,56 @@ async fn orders_placed_together_are_answered_as_if_placed_alone() {
     assert_eq!(count(&db.conn, "outbox").await, 5);
 }
 
+/// A saga the placing statement cannot start (here: the API was given no
+/// definition of it, as with one whose first step is local) is written as
+/// before the statement started sagas: RUNNING, due now by the database's
+/// clock, with no command, for a claim loop to take.
+#[tokio::test]
+async fn an_order_whose_saga_cannot_start_with_it_is_left_due_for_the_workers() {
+    use sagaflow_api::orders::NewOrder;
+    use sagaflow_api::placer::{place_all, OrderRequest, Placed, SagaStart};
+    use sagaflow_entity::wake::Channel;
+    let (db, cli) = setup().await;
+    create_account(&cli, 1).await;
+    let start = SagaStart::new(
+        Arc::new(sagaflow_workflows::Registry::empty()),
+        ApiConfig::default().topics,
+    );
+    assert_eq!(start.wakes(), Channel::Saga);
+    assert_eq!(default_start().wakes(), Channel::Outbox);
+    let order = OrderRequest {
+        new: NewOrder {
+            user_id: 1,
+            amount: "3.00".parse().unwrap(),
+        },
+        key: None,
+        fingerprint: None,
+    };
+    let saga_id = match &place_all(&db.conn, &start, vec![order]).await[..] {
+        [Ok(Some(Placed::New(o)))] => o.saga_id,
+        other => panic!("{other:?}"),
+    };
+    let saga = db
+        .conn
+        .query_one(Statement::from_string(
+            db.conn.get_database_backend(),
+            format!(
+                "SELECT state, attempt, deadline IS NULL AS no_deadline, \
+                 next_run_at BETWEEN now() - interval '1 minute' AND clock_timestamp() AS due \
+                 FROM saga_instances WHERE id = '{saga_id}'"
+            ),
+        ))
+        .await
+        .unwrap()
+        .expect("saga row");
+    assert_eq!(saga.try_get::<String>("", "state").unwrap(), "RUNNING");
+    assert_eq!(saga.try_get::<i32>("", "attempt").unwrap(), 0);
+    assert!(saga.try_get::<bool>("", "no_deadline").unwrap());
+    assert!(saga.try_get::<bool>("", "due").unwrap());
+    assert_eq!(count(&db.conn, "saga_events").await, 1, "CREATED only");
+    assert_eq!(count(&db.conn, "outbox").await, 0, "no command");
+}
+
 /// Only a batch Postgres refused is retried order by order. One whose
 /// outcome is unknown (its connection gone before an answer) may yet have
 /// committed, and placing its orders again could place an order without a

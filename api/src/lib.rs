@@ -63,7 +63,8 @@ pub struct ApiConfig {
     /// workers take them at once rather than at their next poll.
     pub announcer: sagaflow_entity::wake::Announcer,
     /// The topics the workers use: an order's saga sends its first command
-    /// from the transaction that places the order.
+    /// from the transaction that places the order, so an API process must
+    /// be given the workers' prefix (and `registry` their tuning).
     pub topics: sagaflow_workflows::messages::Topics,
 }
 

@@ -309,7 +309,8 @@ impl Row {
 /// and cannot deadlock.
 ///
 /// Every saga of a batch starts at the same instant and so makes the same
-/// first transition: its state (`$13`–`$17`) and the history records after
+/// first transition: its state (`$13`–`$17`; no `$16` means due now, by the
+/// database's clock) and the history records after
 /// its `CREATED` row (`$18`–`$21`) are the batch's; only its commands
 /// (`$22`–`$27`, one row per command, with its saga's id) are its own. Rows
 /// of an order that was not inserted are dropped by the joins on `src`.
@@ -327,7 +328,7 @@ const PLACE_SQL: &str = "\
      new_saga AS ( \
         INSERT INTO saga_instances (id, saga_type, definition_version, state, current_step, attempt, \
                                     next_run_at, deadline, data) \
-        SELECT id, $1, $2, $13, $14, $15, $16, $17, data FROM src), \
+        SELECT id, $1, $2, $13, $14, $15, COALESCE($16, now()), $17, data FROM src), \
      history AS ( \
         INSERT INTO saga_events (saga_id, kind, step, attempt, from_state, to_state, detail, actor) \
         SELECT s.id, h.kind, h.step, h.attempt, h.from_state, h.to_state, h.detail, $4 \
@@ -427,7 +428,9 @@ async fn insert(
         next.state.as_str().into(),
         to_i32(next.step).into(),
         to_i32(next.attempt).into(),
-        next.next_run_at.into(),
+        // A saga left to the workers is due by the database's clock, which
+        // is the one the claim compares with.
+        first.as_ref().and(next.next_run_at).into(),
         next.deadline.into(),
         column(records, |r| r.kind.as_str().to_owned()),
         column(records, |r| to_i32(r.step)),

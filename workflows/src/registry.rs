@@ -101,6 +101,11 @@ impl Registry {
         }
     }
 
+    /// No definitions at all, not even the built-in ones.
+    pub fn empty() -> Self {
+        Registry { defs: Vec::new() }
+    }
+
     /// The built-in sagas with `tuning` applied; refuses keys that name no
     /// step and policies that cannot work.
     pub fn with_tuning(tuning: &Tuning) -> Result<Self, TuningError> {
