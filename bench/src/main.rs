@@ -121,8 +121,16 @@ struct Args {
 
     /// order-e2e: orders per second (open loop); 0 runs closed loop with
     /// --concurrency clients instead.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "rate_per_pgbench")]
     rate: u32,
+
+    /// order-e2e: open loop at this share of the baseline's commits/s
+    /// (pgbench, 8 clients) measured at the start of the same run, e.g.
+    /// 0.078 for the 500 orders/s on its 6,400-commit machine: the
+    /// load follows the machine's speed of the hour instead of a fixed
+    /// rate that is heavier on a slow hour than on a fast one.
+    #[arg(long)]
+    rate_per_pgbench: Option<f64>,
 
     /// order-e2e and hot-account: clients of the closed loop.
     #[arg(long, default_value_t = 64)]
@@ -214,6 +222,16 @@ fn commit() -> String {
     } else {
         head
     }
+}
+
+/// The open-loop rate, in whole orders/s, that is `share` of `commits_per_s`.
+fn open_rate(share: f64, commits_per_s: f64) -> anyhow::Result<u32> {
+    let rate = (share * commits_per_s).round();
+    if !(rate >= 1.0 && rate <= f64::from(u32::MAX)) {
+        anyhow::bail!("--rate-per-pgbench {share} of {commits_per_s:.0} commits/s is not a rate of at least 1 order/s");
+    }
+    // In range and whole: checked just above.
+    Ok(rate as u32)
 }
 
 /// Rounds of the two variants a scenario compares: `(round, second)`,
@@ -387,6 +405,16 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     admin.close().await.ok();
+    if let Some(share) = args.rate_per_pgbench {
+        let Some(b) = &baseline else {
+            anyhow::bail!("--rate-per-pgbench needs the baseline (--baseline-s > 0)");
+        };
+        args.rate = open_rate(share, b.tps_8_clients)?;
+        println!(
+            "open loop at {share} × {:.0} commits/s = {} orders/s",
+            b.tps_8_clients, args.rate
+        );
+    }
 
     let through_kafka = [Scenario::OrderE2e, Scenario::HotAccount, Scenario::ScaleOut];
     if args.warm_up_s > 0 && args.scenarios.iter().any(|s| through_kafka.contains(s)) {
@@ -508,7 +536,13 @@ async fn main() -> anyhow::Result<()> {
                             rate: args.rate,
                             duration,
                         },
-                        format!("open loop at {} orders/s", args.rate),
+                        match args.rate_per_pgbench {
+                            Some(share) => format!(
+                                "open loop at {} orders/s, {share} of the baseline's commits/s",
+                                args.rate
+                            ),
+                            None => format!("open loop at {} orders/s", args.rate),
+                        },
                     )
                 } else {
                     (
@@ -676,6 +710,15 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_loop_rate_follows_the_baseline() {
+        assert_eq!(open_rate(0.078, 2_437.0).unwrap(), 190);
+        assert_eq!(open_rate(0.078, 6_400.0).unwrap(), 499);
+        assert!(open_rate(0.0, 2_437.0).is_err());
+        assert!(open_rate(f64::NAN, 2_437.0).is_err());
+        assert!(open_rate(0.078, 1.0).is_err(), "under one order/s");
+    }
 
     fn result(name: &str, rate: f64) -> report::ScenarioResult {
         report::ScenarioResult {

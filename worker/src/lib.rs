@@ -1,8 +1,11 @@
 //! sagaflow's runtime: everything that moves sagas along.
 //!
-//! - [`claim`]: the worker pool. Claims due sagas in batches with one
-//!   `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`,
-//!   taking a lease, then runs each saga's due step in its own transaction.
+//! - [`claim`]: the worker pool. Locks a batch of due sagas with `SELECT …
+//!   FOR UPDATE SKIP LOCKED` and advances all of them in that transaction
+//!   (a batch that fails is redone saga by saga under leases). Due sagas
+//!   are deadlines, retries, compensations, operator requests and sagas
+//!   started due; an order's payment saga makes its first transition in
+//!   the API's placing statement and is not claimed on its happy path.
 //! - [`relay`]: the outbox relay, publishing outbox rows to Kafka with an
 //!   idempotent producer and deleting them once acknowledged.
 //! - [`participant`]: the funds participant, applying debit and refund
