@@ -29,8 +29,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sagaflow_entity::wake::Channel;
 use sagaflow_entity::{column, order, SagaState, StateValues};
-use sagaflow_workflows::machine::{Effect, Instance, Transition};
-use sagaflow_workflows::messages::{traceparent, CommandEnvelope, Topics};
+use sagaflow_workflows::machine::{Instance, Transition};
+use sagaflow_workflows::messages::{traceparent, CommandEnvelope, OutboxMessage, Topics};
 use sagaflow_workflows::money::format_amount;
 use sagaflow_workflows::order_payment::{self, OrderData};
 use sagaflow_workflows::{Registry, SagaDefinition};
@@ -357,42 +357,36 @@ fn commands(
     rows: &[Row],
 ) -> Result<[sea_orm::Value; 6], sea_orm::DbErr> {
     let mut out = Vec::new();
-    for (t, row) in t.iter().flat_map(|t| rows.iter().map(move |r| (t, r))) {
+    let Some(t) = t else {
+        return Ok(columns(&out));
+    };
+    for row in rows {
+        let target = (row.user_id, row.amount);
         for effect in &t.effects {
-            if let Effect::SendCommand {
-                step,
-                attempt,
-                compensation,
-                command,
-            } = *effect
-            {
-                let env = CommandEnvelope {
-                    message_id: CommandEnvelope::message_id_for(row.saga_id, step, compensation),
-                    kind: command,
-                    saga_id: row.saga_id,
-                    epoch: t.next.epoch,
-                    step,
-                    attempt,
-                    compensation,
-                    user_id: row.user_id,
-                    amount: row.amount,
-                };
-                let span = Uuid::new_v4().as_u64_pair().0;
-                let msg = env
-                    .to_outbox(&start.topics, traceparent(row.saga_id, span))
-                    .map_err(|e| sea_orm::DbErr::Custom(format!("encode command: {e}")))?;
-                out.push((row.saga_id, msg));
-            }
+            let Some(env) = CommandEnvelope::for_effect(row.saga_id, t.next.epoch, effect, target)
+            else {
+                continue;
+            };
+            let span = Uuid::new_v4().as_u64_pair().0;
+            let msg = env
+                .to_outbox(&start.topics, traceparent(row.saga_id, span))
+                .map_err(|e| sea_orm::DbErr::Custom(format!("encode command: {e}")))?;
+            out.push((row.saga_id, msg));
         }
     }
-    Ok([
-        column(&out, |(saga, _)| *saga),
-        column(&out, |(_, m)| m.message_id),
-        column(&out, |(_, m)| m.topic.clone()),
-        column(&out, |(_, m)| m.key.clone()),
-        column(&out, |(_, m)| m.payload.clone()),
-        column(&out, |(_, m)| m.headers.clone()),
-    ])
+    Ok(columns(&out))
+}
+
+/// `commands`, one array per outbox column.
+fn columns(out: &[(Uuid, OutboxMessage)]) -> [sea_orm::Value; 6] {
+    [
+        column(out, |(saga, _)| *saga),
+        column(out, |(_, m)| m.message_id),
+        column(out, |(_, m)| m.topic.clone()),
+        column(out, |(_, m)| m.key.clone()),
+        column(out, |(_, m)| m.payload.clone()),
+        column(out, |(_, m)| m.headers.clone()),
+    ]
 }
 
 fn to_i32(v: u32) -> i32 {

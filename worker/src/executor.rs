@@ -191,12 +191,7 @@ pub(crate) async fn advance_into(
         }
         for effect in &t.effects {
             match effect {
-                Effect::SendCommand {
-                    step,
-                    attempt,
-                    compensation,
-                    command,
-                } => {
+                Effect::SendCommand { command, .. } => {
                     let target: FundsTarget =
                         serde_json::from_value(row.data.clone()).map_err(|e| {
                             WorkerError::Corrupt {
@@ -207,18 +202,13 @@ pub(crate) async fn advance_into(
                                 ),
                             }
                         })?;
-                    let env = CommandEnvelope {
-                        message_id: CommandEnvelope::message_id_for(row.id, *step, *compensation),
-                        kind: *command,
-                        saga_id: row.id,
-                        epoch: t.next.epoch,
-                        step: *step,
-                        attempt: *attempt,
-                        compensation: *compensation,
-                        user_id: target.user_id,
-                        amount: target.amount,
-                    };
-                    writes.send_command(topics, &env)?;
+                    let target = (target.user_id, target.amount);
+                    // Always a command: this arm is one.
+                    if let Some(env) =
+                        CommandEnvelope::for_effect(row.id, t.next.epoch, effect, target)
+                    {
+                        writes.send_command(topics, &env)?;
+                    }
                 }
                 Effect::RunLocal {
                     step,

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::machine::Outcome;
+use crate::machine::{Effect, Outcome};
 
 /// Namespace of sagaflow's derived (v5) message ids.
 const NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0000_0000_0001);
@@ -138,6 +138,38 @@ pub fn traceparent(saga_id: Uuid, span: u64) -> String {
 }
 
 impl CommandEnvelope {
+    /// The command `effect` sends for saga `saga_id` in `epoch`, about
+    /// `user_id`'s account and `amount`; `None` for an effect that sends
+    /// none. The engine and the API (which sends a new saga's first
+    /// command) both build commands here.
+    pub fn for_effect(
+        saga_id: Uuid,
+        epoch: u32,
+        effect: &Effect,
+        (user_id, amount): (i64, Decimal),
+    ) -> Option<Self> {
+        let Effect::SendCommand {
+            step,
+            attempt,
+            compensation,
+            command,
+        } = *effect
+        else {
+            return None;
+        };
+        Some(CommandEnvelope {
+            message_id: Self::message_id_for(saga_id, step, compensation),
+            kind: command,
+            saga_id,
+            epoch,
+            step,
+            attempt,
+            compensation,
+            user_id,
+            amount,
+        })
+    }
+
     /// This command as its outbox row on `topics.funds_commands`, keyed by
     /// account, with `traceparent` among its headers. Both the engine and
     /// the API (which sends a new saga's first command in the transaction
