@@ -231,11 +231,18 @@ pub(crate) async fn advance_into(
                     });
                 }
                 Effect::RunHook { action, .. } => {
+                    let reason = t.next.failure.as_deref().or(t.next.last_error.as_deref());
+                    if cfg.actions.is_order_hook(action) {
+                        // A hook is the saga's last act, so nothing later
+                        // in this advance reads what it writes.
+                        writes.move_order(crate::local::order_move(topics, action, row, reason)?);
+                        continue;
+                    }
                     let ctx = LocalContext {
                         tx: db,
                         saga: row,
                         topics,
-                        reason: t.next.failure.as_deref().or(t.next.last_error.as_deref()),
+                        reason,
                     };
                     local_action(cfg, row, action)?.run(ctx).await?;
                 }
@@ -261,11 +268,15 @@ pub(crate) async fn advance_into(
 /// written by [`Writes::flush`] in one statement however many sagas and
 /// rows there are: one round trip for a whole claimed batch, or for a
 /// batch of replies. The rows travel as array parameters, so the statement
-/// text (and its prepared plan) never changes with their number.
+/// text (and its prepared plan) never changes with their number. The
+/// order hooks' moves, if any, go in one call before it
+/// ([`MOVE_ORDERS_SQL`]).
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     history: History,
     outbox: Vec<serde_json::Value>,
+    /// The order hooks' moves, in the order the sagas reached them.
+    orders: Vec<crate::local::OrderMove>,
     /// (id, version read, new state) per saga.
     states: Vec<(uuid::Uuid, i64, Instance)>,
 }
@@ -343,6 +354,12 @@ macro_rules! effects_ctes {
     };
 }
 
+/// The order hooks' moves (`$1`, [`crate::local::OrderMove`] rows) in
+/// array order, each an index probe of its order and its event's outbox
+/// row if it moved; returns the 1-based positions of the moves refused
+/// (migration `m20261130_000009` has the function and why it is one).
+const MOVE_ORDERS_SQL: &str = "SELECT n FROM sagaflow_move_orders($1) AS n";
+
 /// History and outbox rows with no saga state to write.
 const EFFECTS_SQL: &str = concat!("WITH ", effects_ctes!(), "SELECT 1");
 
@@ -410,11 +427,49 @@ impl Writes {
         Ok(())
     }
 
-    /// Writes everything queued, in one statement. Fails with
-    /// [`WorkerError::StaleSaga`] (and the caller must roll back, which
-    /// takes the history and outbox rows back too) if any saga changed
-    /// since it was read.
+    /// Queues an order hook's move.
+    pub(crate) fn move_order(&mut self, m: crate::local::OrderMove) {
+        self.orders.push(m);
+    }
+
+    /// Writes everything queued: the order moves in one call, then the
+    /// rest in one statement. Fails with [`WorkerError::Corrupt`] if an
+    /// order was not in the status its hook expects (two writers
+    /// disagree; the saga must stop rather than overwrite it), and with
+    /// [`WorkerError::StaleSaga`] if any saga changed since it was read;
+    /// either way the caller must roll back, which takes everything else
+    /// this wrote back too.
     pub(crate) async fn flush<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), WorkerError> {
+        let orders = std::mem::take(&mut self.orders);
+        if !orders.is_empty() {
+            let moves: Vec<serde_json::Value> = orders.iter().map(|m| m.row.clone()).collect();
+            let refused = crate::sql::all(
+                db,
+                MOVE_ORDERS_SQL,
+                [serde_json::Value::Array(moves).into()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i32>("", "n"))
+            .next()
+            .transpose()?;
+            if let Some(n) = refused {
+                let m = usize::try_from(n - 1).ok().and_then(|i| orders.get(i));
+                return Err(match m {
+                    Some(m) => WorkerError::Corrupt {
+                        saga_id: m.saga_id,
+                        reason: format!(
+                            "order {} is not in the status this saga expects; refusing to mark it {}",
+                            m.order_no, m.becomes
+                        ),
+                    },
+                    None => WorkerError::Corrupt {
+                        saga_id: uuid::Uuid::nil(),
+                        reason: format!("the order moves answered position {n} of {}", orders.len()),
+                    },
+                });
+            }
+        }
         let history = std::mem::take(&mut self.history);
         let outbox = std::mem::take(&mut self.outbox);
         let states = std::mem::take(&mut self.states);

@@ -3,7 +3,7 @@
 //! sagas' hooks are built in ([`Actions::builtin`]); an embedding
 //! application registers its own with [`Actions::register`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,10 +16,10 @@ use sagaflow_workflows::order_payment::{
 };
 use sagaflow_workflows::order_refund::{HOOK_MARK_REFUNDED, HOOK_REFUND_ABANDONED};
 use sagaflow_workflows::{Action, Registry};
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 
-use crate::sql::{one, traceparent};
+use crate::sql::traceparent;
 use crate::WorkerError;
 
 /// What a local action gets to work with.
@@ -56,6 +56,8 @@ pub type ActionFuture<'a> = BoxFuture<'a, Result<Outcome, WorkerError>>;
 #[derive(Clone, Default)]
 pub struct Actions {
     map: BTreeMap<&'static str, Arc<dyn LocalAction>>,
+    /// The names under which the built-in order hooks are registered.
+    order_hooks: BTreeSet<&'static str>,
 }
 
 impl fmt::Debug for Actions {
@@ -64,19 +66,18 @@ impl fmt::Debug for Actions {
     }
 }
 
-/// One of the order sagas' built-in hooks.
+/// One of the order sagas' built-in hooks, run on its own. The engine
+/// does not call this: it queues the hook's move in the batch's final
+/// write instead ([`Actions::is_order_hook`]), and this is the same move
+/// written by itself.
 struct OrderHook(&'static str);
 
 impl LocalAction for OrderHook {
     fn run<'a>(&'a self, ctx: LocalContext<'a>) -> ActionFuture<'a> {
         Box::pin(async move {
-            let data: OrderData = serde_json::from_value(ctx.saga.data.clone()).map_err(|e| {
-                WorkerError::Corrupt {
-                    saga_id: ctx.saga.id,
-                    reason: format!("saga data: {e}"),
-                }
-            })?;
-            run_hook(ctx.tx, ctx.topics, self.0, ctx.saga.id, &data, ctx.reason).await?;
+            let mut writes = crate::executor::Writes::default();
+            writes.move_order(order_move(ctx.topics, self.0, ctx.saga, ctx.reason)?);
+            writes.flush(ctx.tx).await?;
             Ok(Outcome::Ok)
         })
     }
@@ -94,6 +95,7 @@ impl Actions {
             HOOK_REFUND_ABANDONED,
         ] {
             actions.map.insert(name, Arc::new(OrderHook(name)));
+            actions.order_hooks.insert(name);
         }
         actions
     }
@@ -111,6 +113,14 @@ impl Actions {
         }
         self.map.insert(name, action);
         Ok(())
+    }
+
+    /// Whether `name` is one of the built-in order hooks, whose move the
+    /// engine queues in the batch's final write rather than running it as
+    /// a statement of its own: one statement for a batch's orders instead
+    /// of one per order (a name an embedder registered is always run).
+    pub(crate) fn is_order_hook(&self, name: &str) -> bool {
+        self.order_hooks.contains(name)
     }
 
     /// The action called `name`.
@@ -154,158 +164,158 @@ impl Actions {
     }
 }
 
-/// A hook's order update (parameters from `$6`) and the event it
-/// announces (`$1` message id, `$2` topic, `$3` key, `$4` payload, `$5`
-/// headers) in one statement: the event goes to the outbox only if the
-/// order moved, and `moved` says whether it did.
-macro_rules! with_event {
-    ($update:literal) => {
-        concat!(
-            "WITH moved AS (",
-            $update,
-            " RETURNING 1), \
-             event AS (INSERT INTO outbox (message_id, topic, key, payload, headers) \
-                SELECT $1, $2, $3, $4, $5 FROM moved ON CONFLICT (message_id) DO NOTHING) \
-             SELECT count(*) AS moved FROM moved"
-        )
-    };
+/// An order saga's hook's change to its order and the event announcing
+/// it, as the batch's final write ([`crate::executor::Writes`]) applies
+/// it through `sagaflow_move_orders`: the order moves only from the one
+/// status its saga may find it in, and the event goes to the outbox only
+/// if it did.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderMove {
+    pub saga_id: Uuid,
+    pub order_no: String,
+    /// What the order was to become, for the refusal.
+    pub becomes: &'static str,
+    /// The move as `sagaflow_move_orders` reads it: `order_no`, `saga_id`,
+    /// `by_refund` (the saga is the order's refund saga), `expect` (the
+    /// status it must be in), `status` (the new one; null keeps it),
+    /// `set_failure` and `failure`, `clear_refund`, and `event` (an
+    /// outbox row).
+    pub row: serde_json::Value,
 }
 
-/// Runs one of the order sagas' terminal hooks.
-async fn run_hook<C: ConnectionTrait>(
-    db: &C,
+/// What hook `action` of `saga` (an order saga) does to its order.
+pub(crate) fn order_move(
     topics: &Topics,
     action: &str,
-    saga_id: Uuid,
-    data: &OrderData,
+    saga: &saga_instance::Model,
     last_error: Option<&str>,
-) -> Result<(), WorkerError> {
+) -> Result<OrderMove, WorkerError> {
+    let saga_id = saga.id;
+    let corrupt = |reason: String| WorkerError::Corrupt { saga_id, reason };
+    let data: OrderData = serde_json::from_value(saga.data.clone())
+        .map_err(|e| corrupt(format!("saga data: {e}")))?;
     let reason = last_error.unwrap_or("").to_owned();
     let order_no = data.order_no.clone();
-    // Each hook moves the order from the one status its saga may find it
-    // in; anything else means two writers disagree, and the saga stops.
-    let pay = |status: &'static str, failure: Option<String>| {
-        (
-            status,
-            with_event!(
-                "UPDATE orders SET status = $6, failure_reason = $7, updated_at = now() \
-                 WHERE order_no = $8 AND saga_id = $9 AND status = 'PENDING'"
-            ),
-            vec![
-                status.into(),
-                failure.into(),
-                order_no.clone().into(),
-                saga_id.into(),
-            ],
-        )
+    let message_id = |kind: &str| OrderEvent::message_id_for(saga_id, kind);
+    // (becomes, by_refund, expect, status, failure (outer None: left as
+    // is), clear_refund, event)
+    type Move = (
+        &'static str,
+        bool,
+        &'static str,
+        Option<&'static str>,
+        Option<Option<String>>,
+        bool,
+        OrderEvent,
+    );
+    let (becomes, by_refund, expect, status, failure, clear_refund, event): Move = match action {
+        HOOK_MARK_PAID => (
+            "PAID",
+            false,
+            "PENDING",
+            Some("PAID"),
+            Some(None),
+            false,
+            OrderEvent::OrderPaid {
+                message_id: message_id("OrderPaid"),
+                order_no: order_no.clone(),
+                user_id: data.user_id,
+                amount: data.amount,
+                saga_id,
+            },
+        ),
+        HOOK_MARK_FAILED => (
+            "FAILED",
+            false,
+            "PENDING",
+            Some("FAILED"),
+            Some(Some(reason.clone())),
+            false,
+            OrderEvent::OrderFailed {
+                message_id: message_id("OrderFailed"),
+                order_no: order_no.clone(),
+                user_id: data.user_id,
+                saga_id,
+                reason,
+            },
+        ),
+        HOOK_MARK_CANCELLED => (
+            "CANCELLED",
+            false,
+            "PENDING",
+            Some("CANCELLED"),
+            Some(Some(reason.clone())),
+            false,
+            OrderEvent::OrderCancelled {
+                message_id: message_id("OrderCancelled"),
+                order_no: order_no.clone(),
+                user_id: data.user_id,
+                saga_id,
+                reason,
+            },
+        ),
+        HOOK_MARK_REFUNDED => (
+            "REFUNDED",
+            true,
+            "PAID",
+            Some("REFUNDED"),
+            None,
+            false,
+            OrderEvent::OrderRefunded {
+                message_id: message_id("OrderRefunded"),
+                order_no: order_no.clone(),
+                user_id: data.user_id,
+                amount: data.amount,
+                saga_id,
+                reason: data.reason.clone().unwrap_or_default(),
+            },
+        ),
+        // The order stays PAID and may be refunded again.
+        HOOK_REFUND_ABANDONED => (
+            "PAID (refund abandoned)",
+            true,
+            "PAID",
+            None,
+            None,
+            true,
+            OrderEvent::OrderRefundFailed {
+                message_id: message_id("OrderRefundFailed"),
+                order_no: order_no.clone(),
+                user_id: data.user_id,
+                saga_id,
+                reason,
+            },
+        ),
+        other => return Err(corrupt(format!("unknown hook {other}"))),
     };
-    let refund = |status: &'static str, sql: &'static str| {
-        (status, sql, vec![order_no.clone().into(), saga_id.into()])
-    };
-    let ((status, sql, values), event): ((&str, &str, Vec<sea_orm::Value>), OrderEvent) =
-        match action {
-            HOOK_MARK_PAID => (
-                pay("PAID", None),
-                OrderEvent::OrderPaid {
-                    message_id: OrderEvent::message_id_for(saga_id, "OrderPaid"),
-                    order_no: order_no.clone(),
-                    user_id: data.user_id,
-                    amount: data.amount,
-                    saga_id,
-                },
-            ),
-            HOOK_MARK_FAILED => (
-                pay("FAILED", Some(reason.clone())),
-                OrderEvent::OrderFailed {
-                    message_id: OrderEvent::message_id_for(saga_id, "OrderFailed"),
-                    order_no: order_no.clone(),
-                    user_id: data.user_id,
-                    saga_id,
-                    reason,
-                },
-            ),
-            HOOK_MARK_CANCELLED => (
-                pay("CANCELLED", Some(reason.clone())),
-                OrderEvent::OrderCancelled {
-                    message_id: OrderEvent::message_id_for(saga_id, "OrderCancelled"),
-                    order_no: order_no.clone(),
-                    user_id: data.user_id,
-                    saga_id,
-                    reason,
-                },
-            ),
-            HOOK_MARK_REFUNDED => (
-                refund(
-                    "REFUNDED",
-                    with_event!(
-                        "UPDATE orders SET status = 'REFUNDED', updated_at = now() \
-                         WHERE order_no = $6 AND refund_saga_id = $7 AND status = 'PAID'"
-                    ),
-                ),
-                OrderEvent::OrderRefunded {
-                    message_id: OrderEvent::message_id_for(saga_id, "OrderRefunded"),
-                    order_no: order_no.clone(),
-                    user_id: data.user_id,
-                    amount: data.amount,
-                    saga_id,
-                    reason: data.reason.clone().unwrap_or_default(),
-                },
-            ),
-            HOOK_REFUND_ABANDONED => (
-                // The order stays PAID and may be refunded again.
-                refund(
-                    "PAID (refund abandoned)",
-                    with_event!(
-                        "UPDATE orders SET refund_saga_id = NULL, updated_at = now() \
-                         WHERE order_no = $6 AND refund_saga_id = $7 AND status = 'PAID'"
-                    ),
-                ),
-                OrderEvent::OrderRefundFailed {
-                    message_id: OrderEvent::message_id_for(saga_id, "OrderRefundFailed"),
-                    order_no: order_no.clone(),
-                    user_id: data.user_id,
-                    saga_id,
-                    reason,
-                },
-            ),
-            other => {
-                return Err(WorkerError::Corrupt {
-                    saga_id,
-                    reason: format!("unknown hook {other}"),
-                })
-            }
-        };
-    let payload = serde_json::to_value(&event).map_err(|e| WorkerError::Corrupt {
-        saga_id,
-        reason: format!("encode event: {e}"),
-    })?;
+    let payload =
+        serde_json::to_value(&event).map_err(|e| corrupt(format!("encode event: {e}")))?;
     let headers = serde_json::json!({
         "message_id": event.message_id().to_string(),
         "saga_id": saga_id.to_string(),
         "type": event.kind(),
         "traceparent": traceparent(saga_id),
     });
-    let mut params: Vec<sea_orm::Value> = vec![
-        event.message_id().into(),
-        topics.orders_events.clone().into(),
-        event.order_no().to_owned().into(),
-        payload.into(),
-        headers.into(),
-    ];
-    params.extend(values);
-    let moved: i64 = one(db, sql, params)
-        .await?
-        .map(|r| r.try_get("", "moved"))
-        .transpose()?
-        .unwrap_or(0);
-    if moved != 1 {
-        return Err(WorkerError::Corrupt {
-            saga_id,
-            reason: format!(
-                "order {} is not in the status this saga expects; refusing to mark it {status}",
-                data.order_no
-            ),
-        });
-    }
-    Ok(())
+    Ok(OrderMove {
+        saga_id,
+        becomes,
+        row: serde_json::json!({
+            "order_no": order_no,
+            "saga_id": saga_id,
+            "by_refund": by_refund,
+            "expect": expect,
+            "status": status,
+            "set_failure": failure.is_some(),
+            "failure": failure.flatten(),
+            "clear_refund": clear_refund,
+            "event": {
+                "message_id": event.message_id(),
+                "topic": topics.orders_events,
+                "key": order_no,
+                "payload": payload,
+                "headers": headers,
+            },
+        }),
+        order_no,
+    })
 }
