@@ -1,9 +1,11 @@
 //! The reply consumer: applies participants' replies to their sagas.
 //!
 //! In one transaction per batch of replies: the batch's saga rows are
-//! locked, the replies' ids go into the inbox (a duplicate stops here), the
-//! state machine decides for each reply in turn, and every new state,
-//! history row and command is written in one statement at the end. A reply
+//! locked and the replies' ids go into the inbox, in one statement (a
+//! duplicate stops here), the state machine decides for each reply in
+//! turn, and at the end the orders the sagas' hooks move are moved in one
+//! call and every new state, history row and command is written in one
+//! statement. A reply
 //! for a finished step or the other direction is recorded as ignored and
 //! changes nothing. A reply its saga refuses for good (its order was
 //! moved behind the saga's back, say) is parked in the dead-letter topic by
@@ -16,14 +18,15 @@ use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
 use sagaflow_workflows::messages::ReplyEnvelope;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
+    TransactionTrait,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
-use crate::sql::{inbox_insert, inbox_insert_many, stmt};
+use crate::sql::{all, inbox_insert, stmt};
 use crate::{executor, WorkerConfig, WorkerError};
 
 /// Inbox name of the reply consumer.
@@ -34,12 +37,70 @@ pub const GROUP: &str = "sagaflow-replies";
 const BATCH: usize = 64;
 
 /// Locks the sagas a batch of replies is about, in id order, before the
-/// batch touches any of them. A claim loop never waits for a saga row (it
-/// skips locked ones; its lease fallback locks in id order too), so the two
-/// can wait for each other but never deadlock.
+/// batch touches any of them, and records in the inbox the replies whose
+/// saga it locked, in the same round trip. A claim loop never waits for a
+/// saga row (it skips locked ones; its lease fallback locks in id order
+/// too), so the two can wait for each other but never deadlock.
 /// The rows it returns are what the batch's first reply for each saga
-/// advances from, so no reply reads its saga a second time.
-const LOCK_SQL: &str = "SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// advances from, so no reply reads its saga a second time; each carries
+/// `fresh`, the message ids the inbox had not seen.
+///
+/// `$1` the saga ids; `$2` the inbox's consumer; `$3`/`$4` each reply's
+/// message and saga id; message ids are inserted in order (two consumers
+/// recording overlapping batches in a rebalance queue rather than
+/// deadlock), each once. Why one
+/// statement is safe: the rows are locked before the inbox is written,
+/// and a reply another transaction is applying waits on its saga's lock,
+/// which hands over the row as that transaction left it (`FOR UPDATE`
+/// rereads it), and then finds its message id taken.
+const LOCK_SQL: &str = "\
+WITH locked AS (SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+recorded AS ( \
+    INSERT INTO inbox (consumer, message_id) \
+    SELECT DISTINCT $2::text, r.message_id FROM unnest($3::uuid[], $4::uuid[]) AS r(message_id, saga_id) \
+    WHERE r.saga_id IN (SELECT id FROM locked) ORDER BY r.message_id \
+    ON CONFLICT DO NOTHING RETURNING message_id) \
+SELECT locked.*, ARRAY(SELECT message_id FROM recorded) AS fresh FROM locked";
+
+/// Runs [`LOCK_SQL`]: the locked sagas by id, and the message ids of
+/// `replies` (message id, saga id) that the inbox recorded as new.
+async fn lock_and_record(
+    tx: &DatabaseTransaction,
+    saga_ids: Vec<uuid::Uuid>,
+    replies: Vec<(uuid::Uuid, uuid::Uuid)>,
+) -> Result<
+    (
+        HashMap<uuid::Uuid, saga_instance::Model>,
+        HashSet<uuid::Uuid>,
+    ),
+    WorkerError,
+> {
+    if saga_ids.is_empty() {
+        return Ok((HashMap::new(), HashSet::new()));
+    }
+    let (message_ids, reply_sagas): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) =
+        replies.into_iter().unzip();
+    let rows = all(
+        tx,
+        LOCK_SQL,
+        [
+            saga_ids.into(),
+            CONSUMER.into(),
+            message_ids.into(),
+            reply_sagas.into(),
+        ],
+    )
+    .await?;
+    let fresh = match rows.first() {
+        Some(r) => r.try_get::<Vec<uuid::Uuid>>("", "fresh")?,
+        None => Vec::new(),
+    };
+    let locked = rows
+        .iter()
+        .map(|r| saga_instance::Model::from_query_result(r, "").map(|row| (row.id, row)))
+        .collect::<Result<_, _>>()?;
+    Ok((locked, fresh.into_iter().collect()))
+}
 
 /// What to count once a batch committed.
 type Observed = Vec<(executor::Advanced, String, i32, Option<std::time::Duration>)>;
@@ -60,31 +121,21 @@ pub async fn handle_batch(
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    let replies: Vec<(uuid::Uuid, uuid::Uuid)> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|r| (r.message_id, r.saga_id)))
+        .collect();
     let tx = db.begin().await?;
-    let mut locked: HashMap<uuid::Uuid, saga_instance::Model> = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        saga_instance::Entity::find()
-            .from_raw_sql(stmt(LOCK_SQL, [ids.into()]))
-            .all(&tx)
-            .await?
-            .into_iter()
-            .map(|row| (row.id, row))
-            .collect()
-    };
-    // The inbox rows of the replies whose saga is here, in one statement;
-    // a reply to a saga that is not (archived, unknown) is recorded, if at
-    // all, on its own.
+    let (mut locked, fresh) = lock_and_record(&tx, ids, replies).await?;
+    // A reply to a saga that is not here (archived, unknown) is recorded,
+    // if at all, on its own.
     let recorded: HashSet<uuid::Uuid> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok())
         .filter(|r| locked.contains_key(&r.saga_id))
         .map(|r| r.message_id)
         .collect();
-    let mut inbox = Inbox {
-        fresh: inbox_insert_many(&tx, CONSUMER, recorded.iter().copied().collect()).await?,
-        recorded,
-    };
+    let mut inbox = Inbox { fresh, recorded };
     let mut handled = Vec::with_capacity(batch.len());
     let mut observed = Observed::new();
     let mut writes = Pending::default();
