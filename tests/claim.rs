@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{fresh_database, scalar_i64};
 use sagaflow_worker::claim::{self, CLAIM_SQL, LOCK_DUE_SQL};
-use sagaflow_worker::{Topics, WorkerConfig, WorkerError};
+use sagaflow_worker::{WorkerConfig, WorkerError};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
 async fn exec(db: &DatabaseConnection, sql: &str) {
@@ -385,19 +385,7 @@ async fn a_due_event_the_machine_ignores_leaves_the_saga_due_when_a_lease_would_
 }
 
 fn worker_config(id: &str) -> WorkerConfig {
-    WorkerConfig {
-        worker_id: id.to_owned(),
-        workers: 1,
-        claim_batch: 10,
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(100),
-        pass_gap: Duration::ZERO,
-        relay_batch: 10,
-        topics: Topics::with_prefix("claim-test."),
-        registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),
-        actions: std::sync::Arc::new(sagaflow_worker::Actions::builtin()),
-        announcer: Default::default(),
-    }
+    common::worker_config(id, "claim-test.")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,32 +8,15 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{fresh_database, scalar_i64};
 use sagaflow_api::orders::NewOrder;
 use sagaflow_api::placer::{place_all, OrderRequest, Placed, SagaStart};
 use sagaflow_worker::consumer::{Handled, Incoming};
-use sagaflow_worker::{replies, WorkerConfig};
+use sagaflow_worker::replies;
 use sagaflow_workflows::messages::{CommandEnvelope, ReplyEnvelope, ReplyOutcome, Topics};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use uuid::Uuid;
-
-fn config(topics: &Topics) -> WorkerConfig {
-    WorkerConfig {
-        worker_id: "replies-test".to_owned(),
-        workers: 1,
-        claim_batch: 10,
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(100),
-        pass_gap: Duration::ZERO,
-        relay_batch: 10,
-        topics: topics.clone(),
-        registry: Arc::new(sagaflow_workflows::Registry::builtin()),
-        actions: Arc::new(sagaflow_worker::Actions::builtin()),
-        announcer: Default::default(),
-    }
-}
 
 /// Places an order of 1.00 per user of `users` (each funded first) and
 /// returns, per order, its number and the debit command the placing
@@ -135,8 +118,8 @@ async fn traces(db: &DatabaseConnection, topics: &Topics) -> (i64, i64, i64) {
 #[tokio::test]
 async fn a_batch_of_replies_settles_each_saga_once_and_again_changes_nothing() {
     let db = fresh_database().await;
-    let topics = Topics::with_prefix("replies-test.");
-    let cfg = config(&topics);
+    let cfg = common::worker_config("replies-test", "replies-test.");
+    let topics = cfg.topics.clone();
     let placed = orders(&db.conn, &topics, &[1, 2, 3]).await;
     let (a, b, c) = (&placed[0], &placed[1], &placed[2]);
     let mut stray = a.1.clone();
@@ -219,8 +202,8 @@ async fn a_batch_of_replies_settles_each_saga_once_and_again_changes_nothing() {
 #[tokio::test]
 async fn a_batch_with_a_refused_order_hook_commits_nothing() {
     let db = fresh_database().await;
-    let topics = Topics::with_prefix("replies-test.");
-    let cfg = config(&topics);
+    let cfg = common::worker_config("replies-test", "replies-test.");
+    let topics = cfg.topics.clone();
     let placed = orders(&db.conn, &topics, &[1, 2]).await;
     let (good, moved) = (&placed[0], &placed[1]);
     // Someone moves an order behind its saga's back: marking it PAID is

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use poem::endpoint::BoxEndpoint;
@@ -14,7 +13,7 @@ use poem::test::TestClient;
 use sagaflow_api::ApiConfig;
 use sagaflow_entity::saga_instance;
 use sagaflow_worker::claim;
-use sagaflow_worker::{Actions, Topics, WorkerConfig, WorkerError};
+use sagaflow_worker::{WorkerConfig, WorkerError};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -420,19 +419,7 @@ async fn operator_actions_need_the_token_and_the_right_state() {
 }
 
 fn worker(id: &str) -> WorkerConfig {
-    WorkerConfig {
-        worker_id: id.to_owned(),
-        workers: 1,
-        claim_batch: 10,
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(100),
-        pass_gap: Duration::ZERO,
-        relay_batch: 10,
-        topics: Topics::with_prefix("race-test."),
-        registry: Arc::new(sagaflow_workflows::Registry::builtin()),
-        actions: Arc::new(Actions::builtin()),
-        announcer: Default::default(),
-    }
+    common::worker_config(id, "race-test.")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

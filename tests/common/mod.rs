@@ -10,6 +10,27 @@
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
 
+/// The engine's configuration for a test that calls the worker's
+/// functions itself (no process, no relay): one claim loop, batches of
+/// 10, a lease of 30 s, the built-in sagas and hooks, topics under
+/// `prefix`.
+pub fn worker_config(worker_id: &str, prefix: &str) -> sagaflow_worker::WorkerConfig {
+    use std::time::Duration;
+    sagaflow_worker::WorkerConfig {
+        worker_id: worker_id.to_owned(),
+        workers: 1,
+        claim_batch: 10,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(100),
+        pass_gap: Duration::ZERO,
+        relay_batch: 10,
+        topics: sagaflow_worker::Topics::with_prefix(prefix),
+        registry: std::sync::Arc::new(sagaflow_workflows::Registry::builtin()),
+        actions: std::sync::Arc::new(sagaflow_worker::Actions::builtin()),
+        announcer: Default::default(),
+    }
+}
+
 /// The server every test database is created on.
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL")
