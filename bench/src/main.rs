@@ -205,7 +205,13 @@ struct Args {
     quick: bool,
 }
 
-fn commit() -> String {
+/// The commit the harness was built from (`bench/build.rs`), `-dirty` if
+/// its tree had changes then.
+const BUILT_FROM: &str = env!("SAGAFLOW_BENCH_BUILT_FROM");
+
+/// The commit of the tree the harness runs in, when it is not the one it
+/// was built from (a copied binary, an A/B of two builds).
+fn other_tree() -> Option<String> {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -214,14 +220,11 @@ fn commit() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
-    let head = run(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let head = run(&["rev-parse", "--short", "HEAD"])?;
     let dirty =
         run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{head}-dirty")
-    } else {
-        head
-    }
+    let tree = if dirty { format!("{head}-dirty") } else { head };
+    (tree != BUILT_FROM).then_some(tree)
 }
 
 /// The open-loop rate, in whole orders/s, that is `share` of `commits_per_s`.
@@ -676,7 +679,8 @@ async fn main() -> anyhow::Result<()> {
 
     let run = Run {
         started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        commit: commit(),
+        commit: BUILT_FROM.to_owned(),
+        ran_in_tree: other_tree(),
         machine,
         baseline,
         scenarios: results,

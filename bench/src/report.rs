@@ -135,9 +135,13 @@ pub struct Check {
 pub struct Run {
     /// When it started (UTC, RFC 3339).
     pub started_at: String,
-    /// The commit benchmarked (`git rev-parse --short HEAD`, `-dirty` if
-    /// the tree had changes).
+    /// The commit the harness (and so the engine it runs) was built from,
+    /// `-dirty` if the tree had changes then.
     pub commit: String,
+    /// The commit of the tree it ran in, when that is another one (a
+    /// copied binary): its `sagaflow` processes are the sibling binary's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_in_tree: Option<String>,
     /// Where it ran.
     pub machine: Machine,
     /// The same server's pgbench figures, measured in this run.
