@@ -129,8 +129,8 @@ pub fn broker_jit_ms() -> Option<u64> {
         .ok()?
         .flatten()
         .filter(|t| {
-            read(&format!("{}/comm", t.path().display())).starts_with("C2 Compiler")
-                || read(&format!("{}/comm", t.path().display())).starts_with("C1 Compiler")
+            let comm = read(&format!("{}/comm", t.path().display()));
+            comm.starts_with("C2 Compiler") || comm.starts_with("C1 Compiler")
         })
         .map(|t| stat_ticks(&read(&format!("{}/stat", t.path().display()))))
         .sum();

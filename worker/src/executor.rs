@@ -443,31 +443,29 @@ impl Writes {
         let orders = std::mem::take(&mut self.orders);
         if !orders.is_empty() {
             let moves: Vec<serde_json::Value> = orders.iter().map(|m| m.row.clone()).collect();
-            let refused = crate::sql::all(
+            let refused = crate::sql::one(
                 db,
                 MOVE_ORDERS_SQL,
                 [serde_json::Value::Array(moves).into()],
             )
             .await?
-            .iter()
             .map(|r| r.try_get::<i32>("", "n"))
-            .next()
             .transpose()?;
             if let Some(n) = refused {
-                let m = usize::try_from(n - 1).ok().and_then(|i| orders.get(i));
-                return Err(match m {
-                    Some(m) => WorkerError::Corrupt {
-                        saga_id: m.saga_id,
-                        reason: format!(
+                let (saga_id, reason) = match usize::try_from(n - 1).ok().and_then(|i| orders.get(i)) {
+                    Some(m) => (
+                        m.saga_id,
+                        format!(
                             "order {} is not in the status this saga expects; refusing to mark it {}",
                             m.order_no, m.becomes
                         ),
-                    },
-                    None => WorkerError::Corrupt {
-                        saga_id: uuid::Uuid::nil(),
-                        reason: format!("the order moves answered position {n} of {}", orders.len()),
-                    },
-                });
+                    ),
+                    None => (
+                        uuid::Uuid::nil(),
+                        format!("the order moves answered position {n} of {}", orders.len()),
+                    ),
+                };
+                return Err(WorkerError::Corrupt { saga_id, reason });
             }
         }
         let history = std::mem::take(&mut self.history);
