@@ -39,6 +39,34 @@ impl Roles {
         funds: true,
         replies: true,
     };
+
+    /// The roles joined by `+` (`api+worker+relay+funds+replies`), as the
+    /// process's connections name themselves to Postgres.
+    pub fn label(&self) -> String {
+        let named = [
+            (self.api, "api"),
+            (self.worker, "worker"),
+            (self.relay, "relay"),
+            (self.funds, "funds"),
+            (self.replies, "replies"),
+        ];
+        let on: Vec<&str> = named
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        if on.is_empty() {
+            "none".to_owned()
+        } else {
+            on.join("+")
+        }
+    }
+}
+
+/// The `application_name` of a process's query pool: `sagaflow`, then its
+/// roles. `pg_stat_activity` and `sagaflow doctor` show it, so an operator
+/// can tell which process holds a connection, a lock or the xmin horizon.
+fn application_name(roles: Roles) -> String {
+    format!("sagaflow {}", roles.label())
 }
 
 /// A running sagaflow process.
@@ -101,21 +129,31 @@ impl ReadinessProbe for KafkaReadiness {
 /// Postgres plans by default, since the saga list's optional filters need
 /// plans made for the values given.
 pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.query_pool_size(), None).await
+    pool(cfg, cfg.query_pool_size(), None, "sagaflow").await
 }
 
 /// The engine's pool (claim loops, relay, consumers, order placement):
 /// `SAGAFLOW_DB_POOL_SIZE` connections whose statements Postgres plans as
 /// `SAGAFLOW_ENGINE_PLANS` says (generic plans by default).
 pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.db_pool_size, Some(cfg.engine_plans.setting())).await
+    pool(
+        cfg,
+        cfg.db_pool_size,
+        Some(cfg.engine_plans.setting()),
+        "sagaflow engine",
+    )
+    .await
 }
 
+/// A pool whose connections call themselves `application_name`, unless
+/// `DATABASE_URL` names one already.
 async fn pool(
     cfg: &Config,
     size: u32,
     plan_cache_mode: Option<&'static str>,
+    application_name: &str,
 ) -> anyhow::Result<DatabaseConnection> {
+    let application_name = application_name.to_owned();
     let mut opts = ConnectOptions::new(cfg.database_url.clone());
     opts.max_connections(size)
         .min_connections(1)
@@ -131,6 +169,10 @@ async fn pool(
             // tuples pile up in the queue tables, so the server ends it.
             // See bench/README "Held xmin horizon".
             let o = o.options([("idle_in_transaction_session_timeout", "60s")]);
+            let o = match o.get_application_name() {
+                Some(_) => o,
+                None => o.application_name(&application_name),
+            };
             match plan_cache_mode {
                 Some(mode) => o.options([("plan_cache_mode", mode)]),
                 None => o,
@@ -254,9 +296,16 @@ pub async fn start_extended(
         None
     };
     let (registry, actions) = engine(cfg, ext)?;
-    let db = connect(cfg).await?;
+    let name = application_name(roles);
+    let db = pool(cfg, cfg.query_pool_size(), None, &name).await?;
     migrate(&db).await?;
-    let engine_db = connect_engine(cfg).await?;
+    let engine_db = pool(
+        cfg,
+        cfg.db_pool_size,
+        Some(cfg.engine_plans.setting()),
+        &format!("{name} engine"),
+    )
+    .await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();
     kafka
@@ -294,6 +343,7 @@ pub async fn start_extended(
     }
     let listener = wake::listen(
         cfg.database_url.clone(),
+        format!("{name} listen"),
         &channels,
         announcer.clone(),
         shutdown.clone(),

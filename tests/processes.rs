@@ -2,7 +2,8 @@
 //! `sagaflow relay`, `sagaflow participant funds`) on the real services:
 //! orders are paid across processes, and a worker stopped with SIGTERM
 //! while orders flow exits within its grace period holding no lease, while
-//! the other worker finishes the work.
+//! the other worker finishes the work. Each process's connections name
+//! their roles in `pg_stat_activity`.
 
 mod common;
 
@@ -198,5 +199,44 @@ async fn roles_run_as_separate_processes_and_a_worker_stops_cleanly() {
     assert_eq!(
         common::money_anomalies(&db.conn).await,
         Vec::<String>::new()
+    );
+
+    // An operator reading pg_stat_activity (or `sagaflow doctor`) can tell
+    // which process and pool a connection belongs to.
+    let names: Vec<String> = {
+        use sea_orm::{ConnectionTrait, Statement};
+        let rows = db
+            .conn
+            .query_all(Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                format!(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity \
+                     WHERE datname = '{}' AND application_name LIKE 'sagaflow%' ORDER BY 1",
+                    db.name
+                ),
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "application_name").unwrap())
+            .collect()
+    };
+    for expected in [
+        "sagaflow api",
+        "sagaflow api engine",
+        "sagaflow funds engine",
+        "sagaflow relay engine",
+        "sagaflow relay listen",
+        "sagaflow worker+replies engine",
+        "sagaflow worker+replies listen",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "no connection named {expected:?} among {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("sagaflow funds listen")),
+        "a participant listens on nothing, so it opens no LISTEN connection: {names:?}"
     );
 }

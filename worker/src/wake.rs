@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 pub use sagaflow_entity::wake::{Announcer, Channel, OUTBOX_CHANNEL, SAGA_CHANNEL};
-use sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,8 @@ impl Wakeups {
 
 /// Listens on `channels` until `shutdown`, reconnecting after errors, and
 /// delivers what other processes announce through `announcer`; with no
-/// channel it opens no connection at all.
+/// channel it opens no connection at all. The connection calls itself
+/// `application_name` unless `database_url` names one.
 ///
 /// Why a process should listen only when one of its roles waits on a
 /// channel: Postgres signals every listening backend of the database on
@@ -43,6 +46,7 @@ impl Wakeups {
 /// scale-out scenario); an API or participant process has nothing to wake.
 pub fn listen(
     database_url: String,
+    application_name: String,
     channels: &[Channel],
     announcer: Announcer,
     shutdown: CancellationToken,
@@ -55,7 +59,15 @@ pub fn listen(
             return;
         }
         while !shutdown.is_cancelled() {
-            match listen_once(&database_url, &channels, &announcer, &shutdown).await {
+            match listen_once(
+                &database_url,
+                &application_name,
+                &channels,
+                &announcer,
+                &shutdown,
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection lost; polling until it is back");
@@ -76,11 +88,25 @@ pub fn listen(
 
 async fn listen_once(
     url: &str,
+    application_name: &str,
     channels: &[Channel],
     announcer: &Announcer,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect(url).await?;
+    let options = PgConnectOptions::from_str(url)?;
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(application_name),
+    };
+    // As `PgListener::connect` builds it: one connection that never idles out.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(options)
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
     listener
         .listen_all(channels.iter().map(|c| c.name()))
         .await?;
