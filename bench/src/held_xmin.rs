@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::{Check, Horizon, Latency, ScenarioResult};
 use crate::scenario::{
-    bar, config, db_now, extensions, insert_due, per, timeline, BenchDb, Env, Meter, ONE_STEP,
+    bar, config, db_now, extensions, insert_due, per, per_each, timeline, BenchDb, Env, Meter,
+    ONE_STEP,
 };
 use crate::system::scalar_i64;
 
@@ -298,7 +299,7 @@ async fn half(env: &Env, name: &str, sizes: Sizes, hold: bool) -> anyhow::Result
         empty_claims += e;
     }
     // The waves' inserts are the harness's commits.
-    let (commits, cpu, own) = meter
+    let m = meter
         .finish_after(
             &db.conn,
             async {
@@ -416,9 +417,10 @@ async fn half(env: &Env, name: &str, sizes: Sizes, hold: bool) -> anyhow::Result
         sagas_per_second: completed as f64 / seconds.max(1e-6),
         per_pgbench_commit: None,
         latency_ms,
-        commits_per_saga: per(commits, completed),
-        cpu_ms_per_saga: per(cpu, completed),
-        process_cpu_ms_per_saga: per(own, completed),
+        commits_per_saga: per(m.commits, completed),
+        cpu_ms_per_saga: per(m.cpu, completed),
+        process_cpu_ms_per_saga: per(m.own, completed),
+        cpu_ms_per_saga_by_process: per_each(&m.by_process, completed),
         timeline,
         checks,
         notes,

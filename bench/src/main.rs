@@ -749,6 +749,9 @@ async fn main() -> anyhow::Result<()> {
         for n in &r.notes {
             println!("{}: {n}", r.name);
         }
+        if let Some(line) = r.cpu_by_process_line() {
+            println!("{}: CPU ms per saga by process: {line}", r.name);
+        }
         for c in r.checks.iter().filter(|c| !c.ok) {
             println!("{}: CHECK FAILED: {}: {}", r.name, c.what, c.detail);
         }
@@ -785,6 +788,7 @@ mod tests {
             commits_per_saga: 0.0,
             cpu_ms_per_saga: 0.0,
             process_cpu_ms_per_saga: 0.0,
+            cpu_ms_per_saga_by_process: Default::default(),
             timeline: Vec::new(),
             checks: Vec::new(),
             notes: Vec::new(),

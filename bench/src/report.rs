@@ -1,6 +1,7 @@
 //! Results: the JSON written under `bench/results/`, the SVG chart next to
 //! it, and the summary table printed at the end of a run.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -71,6 +72,11 @@ pub struct ScenarioResult {
     pub cpu_ms_per_saga: f64,
     /// This process's CPU (engine and load generator) per saga, ms.
     pub process_cpu_ms_per_saga: f64,
+    /// `cpu_ms_per_saga` by kind of process (`system::ProcessCpu`): each
+    /// Postgres backend under its `application_name`, Postgres's own
+    /// processes, the broker, each `sagaflow` process, this harness.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_ms_per_saga_by_process: BTreeMap<String, f64>,
     /// (seconds since start, sagas finished per second) buckets.
     pub timeline: Vec<(f64, f64)>,
     /// Correctness checks of the run and their outcome.
@@ -81,6 +87,24 @@ pub struct ScenarioResult {
     /// where the scenario looks at them (held-xmin).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub horizon: Option<Horizon>,
+}
+
+impl ScenarioResult {
+    /// `cpu_ms_per_saga_by_process` on one line, largest first, leaving
+    /// out what is under 0.01 ms; `None` if it was not measured.
+    pub fn cpu_by_process_line(&self) -> Option<String> {
+        let mut by: Vec<(&String, &f64)> = self
+            .cpu_ms_per_saga_by_process
+            .iter()
+            .filter(|(_, ms)| **ms >= 0.01)
+            .collect();
+        if by.is_empty() {
+            return None;
+        }
+        by.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = by.iter().map(|(k, ms)| format!("{k} {ms:.2}")).collect();
+        Some(parts.join(", "))
+    }
 }
 
 /// What vacuum could and could not clean up by the end of a run, and the
@@ -409,4 +433,44 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_by_process_lists_the_largest_first_and_drops_crumbs() {
+        let mut r = ScenarioResult {
+            name: "x".into(),
+            description: String::new(),
+            params: serde_json::Value::Null,
+            sagas: 1,
+            seconds: 1.0,
+            sagas_per_second: 1.0,
+            per_pgbench_commit: None,
+            latency_ms: None,
+            commits_per_saga: 0.0,
+            cpu_ms_per_saga: 0.0,
+            process_cpu_ms_per_saga: 0.0,
+            cpu_ms_per_saga_by_process: BTreeMap::new(),
+            timeline: Vec::new(),
+            checks: Vec::new(),
+            notes: Vec::new(),
+            horizon: None,
+        };
+        assert_eq!(r.cpu_by_process_line(), None);
+        r.cpu_ms_per_saga_by_process = [
+            ("kafka broker".to_owned(), 0.5),
+            ("postgres: walwriter".to_owned(), 0.004),
+            ("sagaflow worker".to_owned(), 0.25),
+            ("postgres: sagaflow worker+replies engine".to_owned(), 0.56),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            r.cpu_by_process_line().unwrap(),
+            "postgres: sagaflow worker+replies engine 0.56, kafka broker 0.50, sagaflow worker 0.25"
+        );
+    }
 }

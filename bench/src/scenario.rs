@@ -5,6 +5,7 @@
 //! transaction that finished it, an order's `created_at` that of the
 //! transaction that accepted it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{Check, Latency, ScenarioResult};
-use crate::system::{commits, scalar_i64, CpuSample};
+use crate::system::{backend_label, commits, scalar_i64, CpuSample, ProcessCpu};
 
 /// Knobs shared by the scenarios.
 #[derive(Debug, Clone)]
@@ -303,6 +304,84 @@ pub(crate) async fn timeline(
 pub(crate) struct Meter {
     commits: i64,
     cpu: CpuSample,
+    processes: Option<ProcessSampler>,
+    by_process: (BTreeMap<String, u64>, u64),
+}
+
+/// What a run cost, as [`Meter`] measured it.
+pub(crate) struct Measured {
+    /// Commits of the scenario's database, less the harness's own.
+    pub commits: u64,
+    /// Machine-wide busy CPU, ms.
+    pub cpu: u64,
+    /// This process's CPU, ms.
+    pub own: u64,
+    /// CPU ms by kind of process ([`ProcessCpu`]).
+    pub by_process: BTreeMap<String, u64>,
+}
+
+/// Samples [`ProcessCpu`] every second in a task of its own, so that a
+/// process's CPU is read while it still exists; Postgres's processes are
+/// labelled from `pg_stat_activity`, read on the scenario's connection.
+struct ProcessSampler {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(ProcessCpu, u64)>,
+}
+
+const PROCESS_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+impl ProcessSampler {
+    async fn start(db: &DatabaseConnection) -> Self {
+        let mut cpu = ProcessCpu::default();
+        let mut queries = 1;
+        cpu.sample(&postgres_processes(db).await);
+        let stop = CancellationToken::new();
+        let (db, until) = (db.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = until.cancelled() => break,
+                    _ = tokio::time::sleep(PROCESS_SAMPLE_EVERY) => {}
+                }
+                queries += 1;
+                cpu.sample(&postgres_processes(&db).await);
+            }
+            // The last reading, as the run ends.
+            cpu.sample(&postgres_processes(&db).await);
+            (cpu, queries + 1)
+        });
+        ProcessSampler { stop, task }
+    }
+
+    /// Takes a last sample and returns the CPU by kind of process and the
+    /// statements the sampler ran on the scenario's database.
+    async fn finish(self) -> (BTreeMap<String, u64>, u64) {
+        self.stop.cancel();
+        match self.task.await {
+            Ok((cpu, queries)) => (cpu.ms(), queries),
+            Err(_) => (BTreeMap::new(), 0),
+        }
+    }
+}
+
+/// Postgres's processes by pid, labelled by [`backend_label`]; empty if the
+/// query fails (the breakdown then lumps them together).
+async fn postgres_processes(db: &DatabaseConnection) -> HashMap<u32, String> {
+    let rows = db
+        .query_all(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT pid, COALESCE(backend_type, ''), COALESCE(application_name, '') FROM pg_stat_activity",
+        ))
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| {
+            let pid: i32 = r.try_get_by_index(0).ok()?;
+            let kind: String = r.try_get_by_index(1).ok()?;
+            let app: String = r.try_get_by_index(2).ok()?;
+            Some((u32::try_from(pid).ok()?, backend_label(&kind, &app)))
+        })
+        .collect()
 }
 
 impl Meter {
@@ -310,17 +389,27 @@ impl Meter {
         Ok(Meter {
             commits: commits(db).await?,
             cpu: CpuSample::now(),
+            processes: Some(ProcessSampler::start(db).await),
+            by_process: (BTreeMap::new(), 0),
         })
     }
 
+    /// Takes the last per-process reading now, before processes that the
+    /// run started are stopped (their CPU vanishes from `/proc` with them).
+    pub(crate) async fn stop_sampling(&mut self) {
+        if let Some(p) = self.processes.take() {
+            self.by_process = p.finish().await;
+        }
+    }
+
     /// Stops the engine (its backends report their commits as they exit),
-    /// then reads the counters: (commits, machine CPU ms, own CPU ms).
+    /// then reads the counters.
     async fn finish(
         self,
         db: &DatabaseConnection,
         engine: Running,
         own_queries: u64,
-    ) -> anyhow::Result<(u64, u64, u64)> {
+    ) -> anyhow::Result<Measured> {
         self.finish_after(db, engine.stop(Duration::from_secs(5)), own_queries)
             .await
     }
@@ -328,11 +417,13 @@ impl Meter {
     /// [`Meter::finish`] for a load that `stop` ends (and whose
     /// connections it closes) other than the engine.
     pub(crate) async fn finish_after(
-        self,
+        mut self,
         db: &DatabaseConnection,
         stop: impl std::future::Future<Output = ()>,
         own_queries: u64,
-    ) -> anyhow::Result<(u64, u64, u64)> {
+    ) -> anyhow::Result<Measured> {
+        self.stop_sampling().await;
+        let (by_process, sampler_queries) = self.by_process;
         let cpu = CpuSample::now();
         stop.await;
         // Exiting backends flush their statistics as they go; give the
@@ -340,14 +431,26 @@ impl Meter {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let after = commits(db).await?;
         let (machine, own) = self.cpu.ms_until(cpu);
-        let ours = i64::try_from(own_queries + 1).unwrap_or(0);
+        let ours = i64::try_from(own_queries + sampler_queries + 1).unwrap_or(0);
         let commits = u64::try_from(after - self.commits - ours).unwrap_or(0);
-        Ok((commits, machine, own))
+        Ok(Measured {
+            commits,
+            cpu: machine,
+            own,
+            by_process,
+        })
     }
 }
 
 pub(crate) fn per(n: u64, sagas: u64) -> f64 {
     n as f64 / sagas.max(1) as f64
+}
+
+/// [`per`] of each entry.
+pub(crate) fn per_each(by: &BTreeMap<String, u64>, sagas: u64) -> BTreeMap<String, f64> {
+    by.iter()
+        .map(|(k, v)| (k.clone(), per(*v, sagas)))
+        .collect()
 }
 
 /// A backlog of `n` sagas of `saga_type` inserted at once (after
@@ -423,7 +526,7 @@ impl BacklogDb {
         let pb = bar(n, name);
         let polls = drain(&db.conn, n, &pb, env.settle).await?;
         pb.finish_and_clear();
-        let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
+        let m = meter.finish(&db.conn, engine, polls + 1).await?;
         let (timeline, seconds) = timeline(&db.conn, &t0).await?;
         let completed = u64::try_from(scalar_i64(&db.conn, &completed_sql).await? - before)?;
         let checks = vec![Check {
@@ -443,9 +546,10 @@ impl BacklogDb {
             sagas_per_second: completed as f64 / seconds.max(1e-6),
             per_pgbench_commit: None,
             latency_ms: None,
-            commits_per_saga: per(commits, completed),
-            cpu_ms_per_saga: per(cpu, completed),
-            process_cpu_ms_per_saga: per(own, completed),
+            commits_per_saga: per(m.commits, completed),
+            cpu_ms_per_saga: per(m.cpu, completed),
+            process_cpu_ms_per_saga: per(m.own, completed),
+            cpu_ms_per_saga_by_process: per_each(&m.by_process, completed),
             timeline,
             checks,
             notes: Vec::new(),
@@ -656,7 +760,7 @@ pub async fn orders(
     open_accounts(&http, &base, accounts + 1, balance).await?;
     warm_up(&http, &base, &db.conn, accounts + 1, env.settle).await?;
 
-    let meter = Meter::start(&db.conn).await?;
+    let mut meter = Meter::start(&db.conn).await?;
     let t0 = db_now(&db.conn).await?;
     let placed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -671,9 +775,10 @@ pub async fn orders(
     pb.set_length(total);
     let polls = drain(&db.conn, total, &pb, env.settle).await?;
     pb.finish_and_clear();
+    meter.stop_sampling().await;
     // The processes' backends report their commits as they exit.
     drop(processes);
-    let (commits, cpu, own) = meter.finish(&db.conn, engine, polls + 1).await?;
+    let m = meter.finish(&db.conn, engine, polls + 1).await?;
     let (timeline, seconds) = timeline(&db.conn, &t0).await?;
 
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
@@ -775,9 +880,10 @@ pub async fn orders(
         sagas_per_second: sagas as f64 / seconds.max(1e-6),
         per_pgbench_commit: None,
         latency_ms: Latency::from_micros(&hist),
-        commits_per_saga: per(commits, sagas),
-        cpu_ms_per_saga: per(cpu, sagas),
-        process_cpu_ms_per_saga: per(own, sagas),
+        commits_per_saga: per(m.commits, sagas),
+        cpu_ms_per_saga: per(m.cpu, sagas),
+        process_cpu_ms_per_saga: per(m.own, sagas),
+        cpu_ms_per_saga_by_process: per_each(&m.by_process, sagas),
         timeline,
         checks,
         notes: vec![format!("{failed} orders refused for insufficient funds")],

@@ -1,6 +1,7 @@
 //! What the machine is and does: its description for the results, CPU time
 //! from `/proc`, Postgres commit counters, and the pgbench baseline.
 
+use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 
 use anyhow::Context;
@@ -137,6 +138,143 @@ pub fn broker_jit_ms() -> Option<u64> {
     Some(ticks * 1000 / TICKS_PER_SECOND)
 }
 
+/// Who on this machine used the CPU over a run, by kind of process: each
+/// Postgres backend under its `application_name` (sagaflow's pools name
+/// their roles), Postgres's own processes under their `backend_type`, the
+/// Kafka broker, each `sagaflow` process under its command, and this
+/// harness. A machine-wide figure says how much; this says whose, which is
+/// what comparing layouts (scale-out) needs.
+#[derive(Debug, Default)]
+pub struct ProcessCpu {
+    seen: HashMap<u32, Seen>,
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Seen {
+    label: String,
+    /// Whether the label may still change: a Postgres process that
+    /// `pg_stat_activity` did not list yet.
+    provisional: bool,
+    first: u64,
+    last: u64,
+}
+
+/// A Postgres process's label from a `pg_stat_activity` row. A role
+/// without `pg_read_all_stats` sees no `backend_type` for Postgres's own
+/// processes (the WAL writer, autovacuum) and other roles' sessions.
+pub fn backend_label(backend_type: &str, application_name: &str) -> String {
+    match (backend_type, application_name) {
+        ("", _) => "postgres: background or another role's".to_owned(),
+        ("client backend", "") => "postgres: unnamed client".to_owned(),
+        ("client backend", app) => format!("postgres: {app}"),
+        (kind, _) => format!("postgres: {kind}"),
+    }
+}
+
+impl ProcessCpu {
+    /// Reads every process's CPU now. `backends` labels Postgres's
+    /// processes by pid ([`backend_label`]). The first call is the
+    /// baseline; a process first seen later counts from its start.
+    pub fn sample(&mut self, backends: &HashMap<u32, String>) {
+        let me = std::process::id();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = read(&format!("/proc/{pid}/stat"));
+            if stat.is_empty() {
+                continue;
+            }
+            let ticks = stat_ticks(&stat);
+            match self.seen.get_mut(&pid) {
+                Some(s) => {
+                    s.last = ticks;
+                    if s.provisional {
+                        if let Some(l) = backends.get(&pid) {
+                            s.label = l.clone();
+                            s.provisional = false;
+                        }
+                    }
+                }
+                None => {
+                    let (label, provisional) = classify(pid, me, &stat, backends);
+                    let first = if self.started { 0 } else { ticks };
+                    self.seen.insert(
+                        pid,
+                        Seen {
+                            label,
+                            provisional,
+                            first,
+                            last: ticks,
+                        },
+                    );
+                }
+            }
+        }
+        self.started = true;
+    }
+
+    /// CPU milliseconds by label between the first sample and the last.
+    pub fn ms(&self) -> BTreeMap<String, u64> {
+        let mut by = BTreeMap::new();
+        for s in self.seen.values() {
+            let ms = s.last.saturating_sub(s.first) * 1000 / TICKS_PER_SECOND;
+            if ms > 0 {
+                *by.entry(s.label.clone()).or_default() += ms;
+            }
+        }
+        by
+    }
+}
+
+/// What a process is, from its `/proc` entries: (label, provisional).
+fn classify(pid: u32, me: u32, stat: &str, backends: &HashMap<u32, String>) -> (String, bool) {
+    if pid == me {
+        return ("harness (API, load, in-process roles)".to_owned(), false);
+    }
+    if let Some(l) = backends.get(&pid) {
+        return (l.clone(), false);
+    }
+    let comm = stat
+        .split_once('(')
+        .and_then(|(_, r)| r.rsplit_once(')'))
+        .map(|(c, _)| c)
+        .unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    command_label(comm, &args)
+}
+
+/// The label of a process that is not a listed Postgres backend:
+/// (label, provisional).
+fn command_label(comm: &str, args: &[String]) -> (String, bool) {
+    if comm == "postgres" {
+        // The postmaster, or a backend that pg_stat_activity lists later.
+        return ("postgres: other".to_owned(), true);
+    }
+    if args.first().is_some_and(|a| a.ends_with("java")) && args.iter().any(|a| a == "kafka.Kafka")
+    {
+        return ("kafka broker".to_owned(), false);
+    }
+    if comm == "sagaflow" {
+        let command: Vec<&str> = args
+            .iter()
+            .skip(1)
+            .take_while(|a| !a.starts_with('-'))
+            .map(String::as_str)
+            .collect();
+        return (format!("sagaflow {}", command.join(" ")), false);
+    }
+    ("other".to_owned(), false)
+}
+
 /// One text value.
 pub async fn scalar_text(db: &DatabaseConnection, sql: &str) -> anyhow::Result<String> {
     let row = db
@@ -229,7 +367,54 @@ pub fn pgbench(url: &str, seconds: u32) -> anyhow::Result<Baseline> {
 
 #[cfg(test)]
 mod stat_tests {
-    use super::stat_ticks;
+    use super::{backend_label, command_label, stat_ticks};
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn processes_are_labelled_by_role() {
+        assert_eq!(
+            command_label(
+                "sagaflow",
+                &args(&["/x/sagaflow", "participant", "funds", "--database-url", "u"])
+            ),
+            ("sagaflow participant funds".to_owned(), false)
+        );
+        assert_eq!(
+            command_label(
+                "java",
+                &args(&[
+                    "/usr/bin/java",
+                    "-Xmx512m",
+                    "-cp",
+                    "libs/*",
+                    "kafka.Kafka",
+                    "p"
+                ])
+            ),
+            ("kafka broker".to_owned(), false)
+        );
+        assert_eq!(
+            command_label("postgres", &args(&["postgres: sagaflow db idle"])),
+            ("postgres: other".to_owned(), true)
+        );
+        assert_eq!(command_label("bash", &args(&["bash"])).0, "other");
+        assert_eq!(
+            backend_label("client backend", "sagaflow worker+replies engine"),
+            "postgres: sagaflow worker+replies engine"
+        );
+        assert_eq!(
+            backend_label("client backend", ""),
+            "postgres: unnamed client"
+        );
+        assert_eq!(
+            backend_label("", ""),
+            "postgres: background or another role's"
+        );
+        assert_eq!(backend_label("walwriter", "ignored"), "postgres: walwriter");
+    }
 
     #[test]
     fn stat_ticks_adds_user_and_system_time_after_a_command_name_with_spaces() {
