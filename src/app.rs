@@ -129,7 +129,7 @@ impl ReadinessProbe for KafkaReadiness {
 /// Postgres plans by default, since the saga list's optional filters need
 /// plans made for the values given.
 pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.query_pool_size(), None, "sagaflow").await
+    pool(cfg, cfg.query_pool_size(), &[], "sagaflow").await
 }
 
 /// The engine's pool (claim loops, relay, consumers, order placement):
@@ -139,7 +139,7 @@ pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> 
     pool(
         cfg,
         cfg.db_pool_size,
-        Some(cfg.engine_plans.setting()),
+        cfg.engine_plans.settings(),
         "sagaflow engine",
     )
     .await
@@ -150,7 +150,7 @@ pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> 
 async fn pool(
     cfg: &Config,
     size: u32,
-    plan_cache_mode: Option<&'static str>,
+    settings: &'static [(&'static str, &'static str)],
     application_name: &str,
 ) -> anyhow::Result<DatabaseConnection> {
     let application_name = application_name.to_owned();
@@ -173,10 +173,7 @@ async fn pool(
                 Some(_) => o,
                 None => o.application_name(&application_name),
             };
-            match plan_cache_mode {
-                Some(mode) => o.options([("plan_cache_mode", mode)]),
-                None => o,
-            }
+            o.options(settings.iter().copied())
         });
     Database::connect(opts)
         .await
@@ -297,12 +294,12 @@ pub async fn start_extended(
     };
     let (registry, actions) = engine(cfg, ext)?;
     let name = application_name(roles);
-    let db = pool(cfg, cfg.query_pool_size(), None, &name).await?;
+    let db = pool(cfg, cfg.query_pool_size(), &[], &name).await?;
     migrate(&db).await?;
     let engine_db = pool(
         cfg,
         cfg.db_pool_size,
-        Some(cfg.engine_plans.setting()),
+        cfg.engine_plans.settings(),
         &format!("{name} engine"),
     )
     .await?;

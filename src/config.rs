@@ -67,6 +67,14 @@ pub enum EnginePlans {
     /// arrays joined on unique keys, the claim's partial index), so the
     /// plan does not depend on the values, and planning anew at each call
     /// was a third of the statements' time (bench/README, finding 25).
+    ///
+    /// These connections also turn sequential scans off
+    /// (`enable_seqscan=off`). A plan made once is kept until the table's
+    /// statistics change, and one made while a table was nearly empty (a
+    /// new deployment, the outbox after a quiet spell) scans the whole
+    /// table: cheapest for one page, and still in use when the table has
+    /// grown to thousands of rows (bench/README, finding 33). Every engine
+    /// statement has an index to use instead.
     Generic,
     /// Postgres's default: custom plans while they look cheaper. With
     /// array parameters they always do, so every call is planned again.
@@ -74,11 +82,15 @@ pub enum EnginePlans {
 }
 
 impl EnginePlans {
-    /// The `plan_cache_mode` value.
-    pub fn setting(self) -> &'static str {
+    /// The settings of the engine's connections: `plan_cache_mode`, and
+    /// with generic plans `enable_seqscan`.
+    pub fn settings(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            EnginePlans::Generic => "force_generic_plan",
-            EnginePlans::Auto => "auto",
+            EnginePlans::Generic => &[
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ],
+            EnginePlans::Auto => &[("plan_cache_mode", "auto")],
         }
     }
 }

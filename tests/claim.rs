@@ -582,3 +582,76 @@ async fn a_failing_saga_claimed_alone_runs_once_then_waits_out_its_lease() {
     assert_eq!(again.claimed, 0, "a leased saga was claimed again at once");
     assert_eq!(action.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// The plan of `sql` (prepared with `params`, explained executing with
+/// `args`) on one connection of `pool` after the statements of `setup`, as
+/// Postgres makes it there.
+async fn plan_on(
+    pool: &DatabaseConnection,
+    setup: &[&str],
+    sql: &str,
+    params: &str,
+    args: &str,
+) -> serde_json::Value {
+    // One connection for the setup, PREPARE and EXPLAIN EXECUTE.
+    let tx = pool.begin().await.unwrap();
+    for s in setup {
+        tx.execute_unprepared(s).await.unwrap();
+    }
+    tx.execute_unprepared(&format!("PREPARE probe({params}) AS {sql}"))
+        .await
+        .unwrap();
+    let row = tx
+        .query_one(Statement::from_string(
+            tx.get_database_backend(),
+            format!("EXPLAIN (FORMAT JSON) EXECUTE probe({args})"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.rollback().await.unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+/// A generic plan is kept until the table's statistics change, so one made
+/// while `saga_instances` was empty would scan the whole table at every
+/// batch long after it has grown (bench/README, finding 33). The engine's
+/// connections plan the reply consumer's lookup of a batch's sagas by key
+/// through the primary key even then; a generic plan with Postgres's other
+/// defaults (the engine's connections until finding 33) scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_pool_finds_a_batchs_sagas_by_index_even_in_an_empty_table() {
+    let db = fresh_database().await;
+    let cfg = sagaflow::config::Config::parse_from(["sagaflow", "--database-url", &db.url]).unwrap();
+    let lookup = "SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    let args = "ARRAY[gen_random_uuid()]";
+    let node_types = |plan: &serde_json::Value| -> Vec<String> {
+        let mut nodes = Vec::new();
+        plan_nodes(&plan[0]["Plan"], &mut nodes);
+        nodes
+            .iter()
+            .map(|n| format!("{} {}", n["Node Type"], n["Index Name"]))
+            .collect()
+    };
+
+    let engine = sagaflow::app::connect_engine(&cfg).await.unwrap();
+    let plan = plan_on(&engine, &[], lookup, "uuid[]", args).await;
+    assert!(plan.to_string().contains("$1"), "not a generic plan: {plan}");
+    let types = node_types(&plan);
+    assert!(
+        types.iter().all(|t| !t.contains("Seq Scan")),
+        "the engine's plan scans the table: {types:?}"
+    );
+    assert!(
+        types.iter().any(|t| t.contains("saga_instances_pkey")),
+        "the engine's plan does not use the primary key: {types:?}"
+    );
+
+    let query = sagaflow::app::connect(&cfg).await.unwrap();
+    let generic = ["SET LOCAL plan_cache_mode = force_generic_plan"];
+    let types = node_types(&plan_on(&query, &generic, lookup, "uuid[]", args).await);
+    assert!(
+        types.iter().any(|t| t.contains("Seq Scan")),
+        "a generic plan with sequential scans allowed should scan the empty table, which is what the engine avoids: {types:?}"
+    );
+}
