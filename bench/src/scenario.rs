@@ -529,6 +529,16 @@ impl BacklogDb {
         let m = meter.finish(&db.conn, engine, polls + 1).await?;
         let (timeline, seconds) = timeline(&db.conn, &t0).await?;
         let completed = u64::try_from(scalar_i64(&db.conn, &completed_sql).await? - before)?;
+        // The drain left dead row versions and new history pages behind.
+        // Left to autovacuum, they are cleaned up during the next round's
+        // drain, in this database or the other, which then shares the
+        // machine with it: the second drain of every round read about 10 %
+        // slower than the first, whichever table it drained (finding 34).
+        for table in ["saga_instances", "saga_events"] {
+            db.conn
+                .execute_unprepared(&format!("VACUUM {table}"))
+                .await?;
+        }
         let checks = vec![Check {
             what: "every saga COMPLETED".to_owned(),
             ok: completed == n,
