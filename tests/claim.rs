@@ -622,7 +622,8 @@ async fn plan_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_pool_finds_a_batchs_sagas_by_index_even_in_an_empty_table() {
     let db = fresh_database().await;
-    let cfg = sagaflow::config::Config::parse_from(["sagaflow", "--database-url", &db.url]).unwrap();
+    let cfg =
+        sagaflow::config::Config::parse_from(["sagaflow", "--database-url", &db.url]).unwrap();
     let lookup = "SELECT * FROM saga_instances WHERE id = ANY($1) ORDER BY id FOR UPDATE";
     let args = "ARRAY[gen_random_uuid()]";
     let node_types = |plan: &serde_json::Value| -> Vec<String> {
@@ -636,7 +637,10 @@ async fn the_engine_pool_finds_a_batchs_sagas_by_index_even_in_an_empty_table() 
 
     let engine = sagaflow::app::connect_engine(&cfg).await.unwrap();
     let plan = plan_on(&engine, &[], lookup, "uuid[]", args).await;
-    assert!(plan.to_string().contains("$1"), "not a generic plan: {plan}");
+    assert!(
+        plan.to_string().contains("$1"),
+        "not a generic plan: {plan}"
+    );
     let types = node_types(&plan);
     assert!(
         types.iter().all(|t| !t.contains("Seq Scan")),
