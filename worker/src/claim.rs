@@ -481,8 +481,11 @@ pub async fn run(
 }
 
 /// Releases every lease `$1` holds and makes those sagas due now; the
-/// version bump voids any write this worker might still attempt.
+/// version bump voids any write this worker might still attempt. A leased
+/// saga is always due at its lease's end, so `next_run_at IS NOT NULL`
+/// only lets the statement walk `saga_instances_due` (active sagas)
+/// instead of the whole table.
 pub const RELEASE_SQL: &str = "\
 UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = now(), \
        version = version + 1, updated_at = now() \
-WHERE lease_owner = $1";
+WHERE lease_owner = $1 AND next_run_at IS NOT NULL";
