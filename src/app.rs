@@ -146,7 +146,7 @@ pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> 
 }
 
 /// A pool whose connections call themselves `application_name`, unless
-/// `DATABASE_URL` names one already.
+/// `DATABASE_URL` (or `PGAPPNAME`) names one already.
 async fn pool(
     cfg: &Config,
     size: u32,

@@ -567,6 +567,7 @@ async fn main() -> anyhow::Result<()> {
                         )
                         .await?,
                     );
+                    db.settle().await?;
                 }
                 empty.drop(&env).await?;
                 full.drop(&env).await?;

@@ -324,7 +324,9 @@ pub(crate) struct Measured {
 /// process's CPU is read while it still exists; Postgres's processes are
 /// labelled from `pg_stat_activity`, read on the scenario's connection.
 struct ProcessSampler {
-    stop: CancellationToken,
+    /// Cancels the task when the sampler is finished or dropped (a run
+    /// that fails part-way).
+    stop: tokio_util::sync::DropGuard,
     task: tokio::task::JoinHandle<(ProcessCpu, u64)>,
 }
 
@@ -332,36 +334,51 @@ const PROCESS_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl ProcessSampler {
     async fn start(db: &DatabaseConnection) -> Self {
-        let mut cpu = ProcessCpu::default();
         let mut queries = 1;
-        cpu.sample(&postgres_processes(db).await);
+        let cpu = sample(ProcessCpu::default(), postgres_processes(db).await).await;
         let stop = CancellationToken::new();
         let (db, until) = (db.clone(), stop.clone());
         let task = tokio::spawn(async move {
+            let mut cpu = cpu;
             loop {
                 tokio::select! {
                     _ = until.cancelled() => break,
                     _ = tokio::time::sleep(PROCESS_SAMPLE_EVERY) => {}
                 }
                 queries += 1;
-                cpu.sample(&postgres_processes(&db).await);
+                cpu = sample(cpu, postgres_processes(&db).await).await;
             }
             // The last reading, as the run ends.
-            cpu.sample(&postgres_processes(&db).await);
+            let cpu = sample(cpu, postgres_processes(&db).await).await;
             (cpu, queries + 1)
         });
-        ProcessSampler { stop, task }
+        ProcessSampler {
+            stop: stop.drop_guard(),
+            task,
+        }
     }
 
     /// Takes a last sample and returns the CPU by kind of process and the
     /// statements the sampler ran on the scenario's database.
     async fn finish(self) -> (BTreeMap<String, u64>, u64) {
-        self.stop.cancel();
+        drop(self.stop);
         match self.task.await {
             Ok((cpu, queries)) => (cpu.ms(), queries),
             Err(_) => (BTreeMap::new(), 0),
         }
     }
+}
+
+/// [`ProcessCpu::sample`] off the runtime's worker threads: reading every
+/// `/proc/<pid>/stat` blocks, and those threads run the API and the roles
+/// being measured.
+async fn sample(mut cpu: ProcessCpu, backends: HashMap<u32, String>) -> ProcessCpu {
+    tokio::task::spawn_blocking(move || {
+        cpu.sample(&backends);
+        cpu
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Postgres's processes by pid, labelled by [`backend_label`]; empty if the
@@ -529,16 +546,6 @@ impl BacklogDb {
         let m = meter.finish(&db.conn, engine, polls + 1).await?;
         let (timeline, seconds) = timeline(&db.conn, &t0).await?;
         let completed = u64::try_from(scalar_i64(&db.conn, &completed_sql).await? - before)?;
-        // The drain left dead row versions and new history pages behind.
-        // Left to autovacuum, they are cleaned up during the next round's
-        // drain, in this database or the other, which then shares the
-        // machine with it: the second drain of every round read about 10 %
-        // slower than the first, whichever table it drained (finding 34).
-        for table in ["saga_instances", "saga_events"] {
-            db.conn
-                .execute_unprepared(&format!("VACUUM {table}"))
-                .await?;
-        }
         let checks = vec![Check {
             what: "every saga COMPLETED".to_owned(),
             ok: completed == n,
@@ -565,6 +572,22 @@ impl BacklogDb {
             notes: Vec::new(),
             horizon: None,
         })
+    }
+
+    /// Vacuums and analyzes what a round's drain changed, outside the
+    /// measured time. Left to autovacuum (and autoanalyze, which `VACUUM`
+    /// alone leaves due), the clean-up runs during the next round's drain,
+    /// in this database or the other, which then shares the machine with
+    /// it: the second drain of every round read 6-15 % slower than the
+    /// first, whichever table it drained (finding 34).
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        for table in ["saga_instances", "saga_events"] {
+            self.db
+                .conn
+                .execute_unprepared(&format!("VACUUM (ANALYZE) {table}"))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Drops the database (unless the bench keeps them).

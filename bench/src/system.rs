@@ -104,15 +104,19 @@ impl CpuSample {
 /// 2026-11-30 the harness read the 13th and 14th, so its own CPU
 /// (`process_cpu_ms_per_saga`) left out its system time.
 fn stat_ticks(stat: &str) -> u64 {
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let field = |i: usize| {
-        after
-            .split_whitespace()
-            .nth(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
+    stat_field(stat, 11) + stat_field(stat, 12)
+}
+
+/// The `i`th number after the parenthesised command name of a `stat` line
+/// (0 is the state; 0 if missing).
+fn stat_field(stat: &str, i: usize) -> u64 {
+    stat.rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// CPU milliseconds the JIT compiler threads of a Kafka broker running on
@@ -147,6 +151,8 @@ pub fn broker_jit_ms() -> Option<u64> {
 #[derive(Debug, Default)]
 pub struct ProcessCpu {
     seen: HashMap<u32, Seen>,
+    /// Processes whose pid a later process took over during the run.
+    gone: Vec<Seen>,
     started: bool,
 }
 
@@ -156,6 +162,9 @@ struct Seen {
     /// Whether the label may still change: a Postgres process that
     /// `pg_stat_activity` did not list yet.
     provisional: bool,
+    /// When the process started (`/proc/<pid>/stat` field 22), which tells
+    /// a reused pid from the process that had it before.
+    start: u64,
     first: u64,
     last: u64,
 }
@@ -175,7 +184,9 @@ pub fn backend_label(backend_type: &str, application_name: &str) -> String {
 impl ProcessCpu {
     /// Reads every process's CPU now. `backends` labels Postgres's
     /// processes by pid ([`backend_label`]). The first call is the
-    /// baseline; a process first seen later counts from its start.
+    /// baseline; a process first seen later counts from its start. CPU a
+    /// process uses after its last reading is not counted, nor is a
+    /// process that lives between two readings.
     pub fn sample(&mut self, backends: &HashMap<u32, String>) {
         let me = std::process::id();
         let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -189,39 +200,53 @@ impl ProcessCpu {
             if stat.is_empty() {
                 continue;
             }
-            let ticks = stat_ticks(&stat);
-            match self.seen.get_mut(&pid) {
-                Some(s) => {
-                    s.last = ticks;
-                    if s.provisional {
-                        if let Some(l) = backends.get(&pid) {
-                            s.label = l.clone();
-                            s.provisional = false;
-                        }
-                    }
+            self.observe(pid, &stat, backends.get(&pid), || {
+                classify(pid, me, &stat, backends)
+            });
+        }
+        self.started = true;
+    }
+
+    /// One process's reading: its `stat` line, its label from
+    /// `pg_stat_activity` if listed, and how to label it otherwise.
+    fn observe(
+        &mut self,
+        pid: u32,
+        stat: &str,
+        listed: Option<&String>,
+        label: impl FnOnce() -> (String, bool),
+    ) {
+        let ticks = stat_ticks(stat);
+        let start = stat_field(stat, 19);
+        match self.seen.get_mut(&pid) {
+            Some(s) if s.start == start => {
+                s.last = ticks;
+                if let (true, Some(l)) = (s.provisional, listed) {
+                    s.label = l.clone();
+                    s.provisional = false;
                 }
-                None => {
-                    let (label, provisional) = classify(pid, me, &stat, backends);
-                    let first = if self.started { 0 } else { ticks };
-                    self.seen.insert(
-                        pid,
-                        Seen {
-                            label,
-                            provisional,
-                            first,
-                            last: ticks,
-                        },
-                    );
+            }
+            _ => {
+                let (label, provisional) = label();
+                let first = if self.started { 0 } else { ticks };
+                let new = Seen {
+                    label,
+                    provisional,
+                    start,
+                    first,
+                    last: ticks,
+                };
+                if let Some(old) = self.seen.insert(pid, new) {
+                    self.gone.push(old);
                 }
             }
         }
-        self.started = true;
     }
 
     /// CPU milliseconds by label between the first sample and the last.
     pub fn ms(&self) -> BTreeMap<String, u64> {
         let mut by = BTreeMap::new();
-        for s in self.seen.values() {
+        for s in self.seen.values().chain(&self.gone) {
             let ms = s.last.saturating_sub(s.first) * 1000 / TICKS_PER_SECOND;
             if ms > 0 {
                 *by.entry(s.label.clone()).or_default() += ms;
@@ -367,7 +392,37 @@ pub fn pgbench(url: &str, seconds: u32) -> anyhow::Result<Baseline> {
 
 #[cfg(test)]
 mod stat_tests {
-    use super::{backend_label, command_label, stat_ticks};
+    use super::{backend_label, command_label, stat_ticks, ProcessCpu};
+
+    /// A `stat` line with `ticks` of user time and a start time.
+    fn stat(ticks: u64, start: u64) -> String {
+        format!("1 (x y) S 1 1 1 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 {start} 0")
+    }
+
+    #[test]
+    fn process_cpu_counts_from_the_baseline_and_survives_a_reused_pid() {
+        let mut cpu = ProcessCpu::default();
+        let named = |l: &str| (l.to_owned(), false);
+        cpu.observe(10, &stat(100, 7), None, || named("a"));
+        cpu.observe(30, &stat(5, 9), None, || {
+            ("postgres: other".to_owned(), true)
+        });
+        cpu.started = true;
+        cpu.observe(10, &stat(150, 7), None, || named("never asked"));
+        // Started during the run: all of its CPU counts.
+        cpu.observe(20, &stat(30, 8), None, || named("b"));
+        // Listed by pg_stat_activity now: relabelled.
+        let listed = "postgres: sagaflow worker engine".to_owned();
+        cpu.observe(30, &stat(25, 9), Some(&listed), || named("never asked"));
+        // Pid 10 exits and a new process takes the pid over.
+        cpu.observe(10, &stat(5, 99), None, || named("c"));
+        let ms = cpu.ms();
+        assert_eq!(ms.get("a"), Some(&500));
+        assert_eq!(ms.get("b"), Some(&300));
+        assert_eq!(ms.get("c"), Some(&50));
+        assert_eq!(ms.get("postgres: sagaflow worker engine"), Some(&200));
+        assert_eq!(ms.get("postgres: other"), None);
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()

@@ -36,7 +36,7 @@ impl Wakeups {
 /// Listens on `channels` until `shutdown`, reconnecting after errors, and
 /// delivers what other processes announce through `announcer`; with no
 /// channel it opens no connection at all. The connection calls itself
-/// `application_name` unless `database_url` names one.
+/// `application_name` unless `database_url` (or `PGAPPNAME`) names one.
 ///
 /// Why a process should listen only when one of its roles waits on a
 /// channel: Postgres signals every listening backend of the database on
