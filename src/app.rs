@@ -129,18 +129,28 @@ impl ReadinessProbe for KafkaReadiness {
 /// Postgres plans by default, since the saga list's optional filters need
 /// plans made for the values given.
 pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.query_pool_size(), &[], "sagaflow").await
+    query_pool(cfg, "sagaflow").await
 }
 
 /// The engine's pool (claim loops, relay, consumers, order placement):
 /// `SAGAFLOW_DB_POOL_SIZE` connections whose statements Postgres plans as
 /// `SAGAFLOW_ENGINE_PLANS` says (generic plans by default).
 pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    engine_pool(cfg, "sagaflow").await
+}
+
+/// [`connect`]'s pool, its connections called `name`.
+async fn query_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnection> {
+    pool(cfg, cfg.query_pool_size(), &[], name).await
+}
+
+/// [`connect_engine`]'s pool, its connections called `name` and `engine`.
+async fn engine_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnection> {
     pool(
         cfg,
         cfg.db_pool_size,
         cfg.engine_plans.settings(),
-        "sagaflow engine",
+        &format!("{name} engine"),
     )
     .await
 }
@@ -169,11 +179,7 @@ async fn pool(
             // tuples pile up in the queue tables, so the server ends it.
             // See bench/README "Held xmin horizon".
             let o = o.options([("idle_in_transaction_session_timeout", "60s")]);
-            let o = match o.get_application_name() {
-                Some(_) => o,
-                None => o.application_name(&application_name),
-            };
-            o.options(settings.iter().copied())
+            wake::named(o, &application_name).options(settings.iter().copied())
         });
     Database::connect(opts)
         .await
@@ -294,15 +300,9 @@ pub async fn start_extended(
     };
     let (registry, actions) = engine(cfg, ext)?;
     let name = application_name(roles);
-    let db = pool(cfg, cfg.query_pool_size(), &[], &name).await?;
+    let db = query_pool(cfg, &name).await?;
     migrate(&db).await?;
-    let engine_db = pool(
-        cfg,
-        cfg.db_pool_size,
-        cfg.engine_plans.settings(),
-        &format!("{name} engine"),
-    )
-    .await?;
+    let engine_db = engine_pool(cfg, &name).await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();
     kafka

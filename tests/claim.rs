@@ -135,28 +135,14 @@ async fn assert_walks_the_due_index_on_a_generic_plan(
     sql: &str,
     args: &str,
 ) {
-    // One connection for PREPARE, SET and EXPLAIN EXECUTE.
-    let tx = db.begin().await.unwrap();
-    for s in [
-        format!("PREPARE claim AS {sql}"),
-        "SET LOCAL plan_cache_mode = force_generic_plan".to_owned(),
-    ] {
-        tx.execute_unprepared(&s).await.unwrap();
-    }
-    let explained = format!("EXPLAIN (FORMAT JSON) EXECUTE claim({args})");
-    let row = tx
-        .query_one(Statement::from_string(tx.get_database_backend(), explained))
-        .await
-        .unwrap()
-        .unwrap();
-    let plan: serde_json::Value = row.try_get_by_index(0).unwrap();
+    let generic = ["SET LOCAL plan_cache_mode = force_generic_plan"];
+    let plan = plan_on(db, &generic, sql, None, args).await;
     // A generic plan refers to the parameters; a custom one shows values.
     assert!(
         plan.to_string().contains("$1"),
         "not a generic plan: {plan}"
     );
     assert_plan_walks_the_due_index(&plan);
-    tx.rollback().await.unwrap();
 }
 
 fn assert_plan_walks_the_due_index(plan: &serde_json::Value) {
@@ -583,14 +569,15 @@ async fn a_failing_saga_claimed_alone_runs_once_then_waits_out_its_lease() {
     assert_eq!(action.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
-/// The plan of `sql` (prepared with `params`, explained executing with
-/// `args`) on one connection of `pool` after the statements of `setup`, as
-/// Postgres makes it there.
+/// The plan of `sql` (prepared with the parameter types `params`, or
+/// Postgres's inferred ones, and explained executing with `args`, SQL
+/// literals) on one connection of `pool` after the statements of `setup`,
+/// as Postgres makes it there.
 async fn plan_on(
     pool: &DatabaseConnection,
     setup: &[&str],
     sql: &str,
-    params: &str,
+    params: Option<&str>,
     args: &str,
 ) -> serde_json::Value {
     // One connection for the setup, PREPARE and EXPLAIN EXECUTE.
@@ -598,7 +585,8 @@ async fn plan_on(
     for s in setup {
         tx.execute_unprepared(s).await.unwrap();
     }
-    tx.execute_unprepared(&format!("PREPARE probe({params}) AS {sql}"))
+    let params = params.map(|p| format!("({p})")).unwrap_or_default();
+    tx.execute_unprepared(&format!("PREPARE probe{params} AS {sql}"))
         .await
         .unwrap();
     let row = tx
@@ -636,7 +624,7 @@ async fn the_engine_pool_finds_a_batchs_sagas_by_index_even_in_an_empty_table() 
     };
 
     let engine = sagaflow::app::connect_engine(&cfg).await.unwrap();
-    let plan = plan_on(&engine, &[], lookup, "uuid[]", args).await;
+    let plan = plan_on(&engine, &[], lookup, Some("uuid[]"), args).await;
     assert!(
         plan.to_string().contains("$1"),
         "not a generic plan: {plan}"
@@ -653,7 +641,7 @@ async fn the_engine_pool_finds_a_batchs_sagas_by_index_even_in_an_empty_table() 
 
     let query = sagaflow::app::connect(&cfg).await.unwrap();
     let generic = ["SET LOCAL plan_cache_mode = force_generic_plan"];
-    let types = node_types(&plan_on(&query, &generic, lookup, "uuid[]", args).await);
+    let types = node_types(&plan_on(&query, &generic, lookup, Some("uuid[]"), args).await);
     assert!(
         types.iter().any(|t| t.contains("Seq Scan")),
         "a generic plan with sequential scans allowed should scan the empty table, which is what the engine avoids: {types:?}"

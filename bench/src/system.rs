@@ -200,15 +200,13 @@ impl ProcessCpu {
             if stat.is_empty() {
                 continue;
             }
-            self.observe(pid, &stat, backends.get(&pid), || {
-                classify(pid, me, &stat, backends)
-            });
+            self.observe(pid, &stat, backends.get(&pid), || classify(pid, me, &stat));
         }
         self.started = true;
     }
 
     /// One process's reading: its `stat` line, its label from
-    /// `pg_stat_activity` if listed, and how to label it otherwise.
+    /// `pg_stat_activity` if listed there, and how to label it if not.
     fn observe(
         &mut self,
         pid: u32,
@@ -227,7 +225,10 @@ impl ProcessCpu {
                 }
             }
             _ => {
-                let (label, provisional) = label();
+                let (label, provisional) = match listed {
+                    Some(l) => (l.clone(), false),
+                    None => label(),
+                };
                 let first = if self.started { 0 } else { ticks };
                 let new = Seen {
                     label,
@@ -256,13 +257,11 @@ impl ProcessCpu {
     }
 }
 
-/// What a process is, from its `/proc` entries: (label, provisional).
-fn classify(pid: u32, me: u32, stat: &str, backends: &HashMap<u32, String>) -> (String, bool) {
+/// What a process `pg_stat_activity` does not list is, from its `/proc`
+/// entries: (label, provisional).
+fn classify(pid: u32, me: u32, stat: &str) -> (String, bool) {
     if pid == me {
         return ("harness (API, load, in-process roles)".to_owned(), false);
-    }
-    if let Some(l) = backends.get(&pid) {
-        return (l.clone(), false);
     }
     let comm = stat
         .split_once('(')

@@ -3,11 +3,10 @@
 //! at the next poll. Polling remains as the fallback (timers, and any
 //! notification lost while the listener reconnects).
 
+use std::str::FromStr;
 use std::time::Duration;
 
 pub use sagaflow_entity::wake::{Announcer, Channel, OUTBOX_CHANNEL, SAGA_CHANNEL};
-use std::str::FromStr;
-
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -93,11 +92,7 @@ async fn listen_once(
     announcer: &Announcer,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?;
-    let options = match options.get_application_name() {
-        Some(_) => options,
-        None => options.application_name(application_name),
-    };
+    let options = named(PgConnectOptions::from_str(url)?, application_name);
     // As `PgListener::connect` builds it: one connection that never idles out.
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -118,6 +113,17 @@ async fn listen_once(
         if let Some(c) = Channel::from_name(n.channel()) {
             announcer.wake_local(c);
         }
+    }
+}
+
+/// `options` with `application_name` as the connection's name for
+/// `pg_stat_activity`, unless they name one already (`DATABASE_URL`'s
+/// `application_name`, or `PGAPPNAME`): every sagaflow connection names
+/// itself this way.
+pub fn named(options: PgConnectOptions, application_name: &str) -> PgConnectOptions {
+    match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(application_name),
     }
 }
 
