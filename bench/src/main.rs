@@ -132,8 +132,12 @@ struct Args {
     #[arg(long)]
     rate_per_pgbench: Option<f64>,
 
-    /// order-e2e and hot-account: clients of the closed loop.
-    #[arg(long, default_value_t = 64)]
+    /// order-e2e, scale-out and hot-account: clients of the closed loop,
+    /// each with one order in flight until it is PAID or FAILED. 256 keeps
+    /// two cores busy with batches big enough to show what the engine
+    /// sustains (64 measured a lighter load: half the orders/s at twice the
+    /// CPU per order, bench/README finding 35).
+    #[arg(long, default_value_t = 256)]
     concurrency: usize,
 
     /// order-e2e: seconds of placing orders.

@@ -734,8 +734,8 @@ impl Split {
 /// How orders arrive.
 #[derive(Debug, Clone, Copy)]
 pub enum Load {
-    /// `concurrency` clients, each placing its next order when the last
-    /// was accepted, for `duration` (or until `orders` were placed).
+    /// `concurrency` clients, each placing its next order once the last
+    /// is PAID or FAILED, for `duration` (or until `orders` were placed).
     Closed {
         /// Clients.
         concurrency: usize,
