@@ -166,7 +166,7 @@ struct Args {
     workers: usize,
 
     /// Sagas per claim (the service's default).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     claim_batch: u32,
 
     /// Kafka consumers per consuming role (the service's default).
