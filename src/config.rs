@@ -284,6 +284,18 @@ pub struct Config {
     )]
     pub kafka_commit_interval_ms: u64,
 
+    /// Longest a consumer's fetch waits at the broker for
+    /// `SAGAFLOW_KAFKA_FETCH_MIN_BYTES`, in milliseconds (librdkafka
+    /// `fetch.wait.max.ms`): what a message can wait on a quiet topic.
+    #[arg(long, env = "SAGAFLOW_KAFKA_FETCH_WAIT_MS", default_value_t = 20)]
+    pub kafka_fetch_wait_ms: u64,
+
+    /// Bytes a consumer's fetch waits for before the broker answers it
+    /// (librdkafka `fetch.min.bytes`); 1 answers as soon as anything
+    /// arrives.
+    #[arg(long, env = "SAGAFLOW_KAFKA_FETCH_MIN_BYTES", default_value_t = 1)]
+    pub kafka_fetch_min_bytes: u32,
+
     /// How long a stopping process (SIGTERM, Ctrl-C) waits for in-flight
     /// work — steps, messages, HTTP requests — before aborting it, in
     /// milliseconds. Leases of anything aborted expire on their own.
@@ -462,6 +474,8 @@ impl Config {
             session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
             linger: Duration::from_millis(self.kafka_linger_ms),
             commit_interval: Duration::from_millis(self.kafka_commit_interval_ms),
+            fetch_wait: Duration::from_millis(self.kafka_fetch_wait_ms),
+            fetch_min_bytes: self.kafka_fetch_min_bytes,
         }
     }
 }

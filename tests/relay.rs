@@ -59,6 +59,8 @@ async fn a_published_batch_leaves_the_outbox_in_order() {
         session_timeout: Duration::from_secs(6),
         linger: Duration::from_millis(1),
         commit_interval: Duration::from_millis(100),
+        fetch_wait: Duration::from_millis(20),
+        fetch_min_bytes: 1,
     };
     let topics = sagaflow_worker::Topics::with_prefix(&prefix);
     kafka.ensure_topics(&topics).await.unwrap();

@@ -43,6 +43,9 @@ pub struct Env {
     pub settle: Duration,
     /// Keep scenario databases instead of dropping them.
     pub keep: bool,
+    /// Runtime threads of each `sagaflow` process a split layout starts
+    /// (`TOKIO_WORKER_THREADS`); 0 leaves tokio's default, one per core.
+    pub process_threads: usize,
 }
 
 /// A scenario's own database.
@@ -721,6 +724,10 @@ impl Split {
                     .args(role)
                     .args(&common)
                     .env("RUST_LOG", "warn")
+                    .envs(
+                        (env.process_threads > 0)
+                            .then(|| ("TOKIO_WORKER_THREADS", env.process_threads.to_string())),
+                    )
                     .stdout(std::process::Stdio::null())
                     .stderr(log)
                     .spawn()
@@ -906,6 +913,7 @@ pub async fn orders(
             "processes": split.map(|p| json!({
                 "worker": p.workers, "participant_funds": p.participants, "relay": 1,
                 "api": "the harness",
+                "runtime_threads": (env.process_threads > 0).then_some(env.process_threads),
             })),
         }),
         sagas,

@@ -104,6 +104,8 @@ pub fn kafka_readiness(reachable: bool) -> std::sync::Arc<dyn sagaflow_api::Read
         session_timeout: std::time::Duration::from_secs(6),
         linger: std::time::Duration::from_millis(1),
         commit_interval: std::time::Duration::from_millis(100),
+        fetch_wait: std::time::Duration::from_millis(20),
+        fetch_min_bytes: 1,
     };
     std::sync::Arc::new(sagaflow::app::KafkaReadiness::new(&kafka).expect("kafka client"))
 }

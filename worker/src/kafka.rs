@@ -34,6 +34,12 @@ pub struct KafkaConfig {
     /// Consumer `auto.commit.interval.ms`: how often the offsets stored
     /// for applied messages are committed.
     pub commit_interval: Duration,
+    /// Consumer `fetch.wait.max.ms`: the longest the broker holds a fetch
+    /// that has less than `fetch_min_bytes` to return.
+    pub fetch_wait: Duration,
+    /// Consumer `fetch.min.bytes`: how much a fetch waits for (up to
+    /// `fetch_wait`) before the broker answers it.
+    pub fetch_min_bytes: u32,
 }
 
 impl KafkaConfig {
@@ -89,7 +95,8 @@ impl KafkaConfig {
                 "heartbeat.interval.ms",
                 (self.session_timeout.as_millis() / 4).max(100).to_string(),
             )
-            .set("fetch.wait.max.ms", "20")
+            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().to_string())
+            .set("fetch.min.bytes", self.fetch_min_bytes.max(1).to_string())
             .set("isolation.level", "read_committed")
             .create_with_context(LagContext)
             .map_err(|e| WorkerError::kafka(format!("create consumer {group}"), e))
