@@ -269,8 +269,8 @@ pub(crate) async fn advance_into(
 /// rows there are: one round trip for a whole claimed batch, or for a
 /// batch of replies. The rows travel as array parameters, so the statement
 /// text (and its prepared plan) never changes with their number. The
-/// order hooks' moves, if any, go in one call before it
-/// ([`MOVE_ORDERS_SQL`]).
+/// order hooks' moves, if any, go in one statement before it
+/// ([`MOVE_ORDERS_SET_SQL`]).
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     history: History,
@@ -354,11 +354,46 @@ macro_rules! effects_ctes {
     };
 }
 
-/// The order hooks' moves (`$1`, [`crate::local::OrderMove`] rows) in
-/// array order, each an index probe of its order and its event's outbox
-/// row if it moved; returns the 1-based positions of the moves refused
-/// (migration `m20261130_000009` has the function and why it is one).
-const MOVE_ORDERS_SQL: &str = "SELECT n FROM sagaflow_move_orders($1) AS n";
+/// A batch's order moves, none two of one order, as one set: the orders
+/// that are where their moves expect them move, the events of those go
+/// to the outbox in array order, and the 1-based positions of the others
+/// come back in order. Why not `sagaflow_move_orders` (migration
+/// `m20261130_000009`, kept for workers of the version before during a
+/// rolling upgrade): it runs each move's two statements through PL/pgSQL, which
+/// starts an executor and reads the tables' CHECK constraints anew for
+/// every order, 7.6 % of the machine's CPU in order-e2e (bench/README
+/// finding 38); a set is one of each per batch. The engine's
+/// connections plan it without sequential scans (`SAGAFLOW_ENGINE_PLANS`),
+/// so its join is an index probe of `orders` per move, the plan finding
+/// 27 could not get.
+///
+/// `$1`–`$14`: order number, saga id, by refund, expected status, new
+/// status (empty: kept), set failure, failure, failure is null, clear
+/// refund, and the event's message id, topic, key, payload and headers.
+const MOVE_ORDERS_SET_SQL: &str = "\
+WITH m AS ( \
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::text[], $5::text[], $6::bool[], \
+                         $7::text[], $8::bool[], $9::bool[], $10::uuid[], $11::text[], $12::text[], \
+                         $13::jsonb[], $14::jsonb[]) \
+        WITH ORDINALITY AS m(order_no, saga_id, by_refund, expect, status, set_failure, failure, \
+                             failure_null, clear_refund, message_id, topic, key, payload, headers, n)), \
+moved AS ( \
+    UPDATE orders o \
+       SET status = COALESCE(NULLIF(m.status, ''), o.status), \
+           failure_reason = CASE WHEN NOT m.set_failure THEN o.failure_reason \
+                                 WHEN m.failure_null THEN NULL ELSE m.failure END, \
+           refund_saga_id = CASE WHEN m.clear_refund THEN NULL ELSE o.refund_saga_id END, \
+           updated_at = now() \
+      FROM m \
+     WHERE o.order_no = m.order_no AND o.status = m.expect \
+       AND (CASE WHEN m.by_refund THEN o.refund_saga_id ELSE o.saga_id END) = m.saga_id \
+    RETURNING m.n), \
+events AS ( \
+    INSERT INTO outbox (message_id, topic, key, payload, headers) \
+    SELECT m.message_id, m.topic, m.key, m.payload, m.headers FROM m \
+     WHERE m.n IN (SELECT n FROM moved) ORDER BY m.n \
+    ON CONFLICT (message_id) DO NOTHING) \
+SELECT n::int AS n FROM m WHERE m.n NOT IN (SELECT n FROM moved) ORDER BY m.n";
 
 /// History and outbox rows with no saga state to write.
 const EFFECTS_SQL: &str = concat!("WITH ", effects_ctes!(), "SELECT 1");
@@ -403,6 +438,61 @@ const STORE_ONE_SQL: &str = concat!(
     SELECT id FROM stored"
 );
 
+/// Applies `orders` with [`MOVE_ORDERS_SET_SQL`], in rounds of distinct
+/// orders (two moves of one order in a batch go one round after the
+/// other, as one by one); the 1-based position in `orders` of the first
+/// move refused, if any. A refusal ends the flush, which the caller rolls
+/// back, so the rounds after it need not run.
+async fn move_orders<C: ConnectionTrait>(
+    db: &C,
+    orders: &[crate::local::OrderMove],
+) -> Result<Option<i32>, WorkerError> {
+    use sagaflow_entity::column;
+    let rounds = crate::sql::rounds_by(orders, |m| m.order_no.as_str());
+    for round in 0..rounds.iter().max().map_or(0, |r| r + 1) {
+        let (positions, members): (Vec<usize>, Vec<&crate::local::OrderMove>) = orders
+            .iter()
+            .zip(&rounds)
+            .enumerate()
+            .filter_map(|(i, (m, &r))| (r == round).then_some((i, m)))
+            .unzip();
+        let refused = crate::sql::one(
+            db,
+            MOVE_ORDERS_SET_SQL,
+            [
+                column(&members, |m| m.order_no.clone()),
+                column(&members, |m| m.saga_id),
+                column(&members, |m| m.by_refund),
+                column(&members, |m| m.expect.to_owned()),
+                column(&members, |m| m.status.unwrap_or_default().to_owned()),
+                column(&members, |m| m.failure.is_some()),
+                column(&members, |m| {
+                    m.failure.clone().flatten().unwrap_or_default()
+                }),
+                column(&members, |m| matches!(m.failure, Some(None))),
+                column(&members, |m| m.clear_refund),
+                column(&members, |m| m.event.message_id),
+                column(&members, |m| m.event.topic.clone()),
+                column(&members, |m| m.event.key.clone()),
+                column(&members, |m| m.event.payload.clone()),
+                column(&members, |m| m.event.headers.clone()),
+            ],
+        )
+        .await?
+        .map(|r| r.try_get::<i32>("", "n"))
+        .transpose()?;
+        if let Some(n) = refused {
+            // `n` counts within the round; the caller names the move by
+            // its position in the batch.
+            let at = usize::try_from(n - 1).ok().and_then(|i| positions.get(i));
+            return Ok(Some(
+                at.map_or(n, |&i| i32::try_from(i + 1).unwrap_or(i32::MAX)),
+            ));
+        }
+    }
+    Ok(None)
+}
+
 fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
@@ -442,16 +532,7 @@ impl Writes {
     pub(crate) async fn flush<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), WorkerError> {
         let orders = std::mem::take(&mut self.orders);
         if !orders.is_empty() {
-            let moves: Vec<serde_json::Value> = orders.iter().map(|m| m.row.clone()).collect();
-            let refused = crate::sql::one(
-                db,
-                MOVE_ORDERS_SQL,
-                [serde_json::Value::Array(moves).into()],
-            )
-            .await?
-            .map(|r| r.try_get::<i32>("", "n"))
-            .transpose()?;
-            if let Some(n) = refused {
+            if let Some(n) = move_orders(db, &orders).await? {
                 let (saga_id, reason) = match usize::try_from(n - 1).ok().and_then(|i| orders.get(i)) {
                     Some(m) => (
                         m.saga_id,

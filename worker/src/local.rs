@@ -166,21 +166,37 @@ impl Actions {
 
 /// An order saga's hook's change to its order and the event announcing
 /// it, as the batch's final write ([`crate::executor::Writes`]) applies
-/// it through `sagaflow_move_orders`: the order moves only from the one
-/// status its saga may find it in, and the event goes to the outbox only
-/// if it did.
+/// it, one statement for all of a batch's moves: the order moves only
+/// from the one status its saga may find it in, and the event goes to
+/// the outbox only if it did.
 #[derive(Debug, Clone)]
 pub(crate) struct OrderMove {
     pub saga_id: Uuid,
     pub order_no: String,
     /// What the order was to become, for the refusal.
     pub becomes: &'static str,
-    /// The move as `sagaflow_move_orders` reads it: `order_no`, `saga_id`,
-    /// `by_refund` (the saga is the order's refund saga), `expect` (the
-    /// status it must be in), `status` (the new one; null keeps it),
-    /// `set_failure` and `failure`, `clear_refund`, and `event` (an
-    /// outbox row).
-    pub row: serde_json::Value,
+    /// The saga is the order's refund saga, not its payment saga.
+    pub by_refund: bool,
+    /// The one status the order may be in for the move.
+    pub expect: &'static str,
+    /// The new status; `None` keeps it.
+    pub status: Option<&'static str>,
+    /// The new failure reason (`Some(None)` clears it); `None` keeps it.
+    pub failure: Option<Option<String>>,
+    /// Whether the move clears the order's refund saga.
+    pub clear_refund: bool,
+    /// The event announcing the move, written only if the order moved.
+    pub event: OrderEventRow,
+}
+
+/// An order event as an outbox row.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderEventRow {
+    pub message_id: Uuid,
+    pub topic: String,
+    pub key: String,
+    pub payload: serde_json::Value,
+    pub headers: serde_json::Value,
 }
 
 /// What hook `action` of `saga` (an order saga) does to its order.
@@ -299,23 +315,18 @@ pub(crate) fn order_move(
     Ok(OrderMove {
         saga_id,
         becomes,
-        row: serde_json::json!({
-            "order_no": order_no,
-            "saga_id": saga_id,
-            "by_refund": by_refund,
-            "expect": expect,
-            "status": status,
-            "set_failure": failure.is_some(),
-            "failure": failure.flatten(),
-            "clear_refund": clear_refund,
-            "event": {
-                "message_id": event.message_id(),
-                "topic": topics.orders_events,
-                "key": order_no,
-                "payload": payload,
-                "headers": headers,
-            },
-        }),
+        by_refund,
+        expect,
+        status,
+        failure,
+        clear_refund,
+        event: OrderEventRow {
+            message_id: event.message_id(),
+            topic: topics.orders_events.clone(),
+            key: order_no.clone(),
+            payload,
+            headers,
+        },
         order_no,
     })
 }

@@ -24,7 +24,7 @@
 //! their answers with their replies (one statement). What a command comes
 //! to is decided by [`decide`], which does no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rdkafka::producer::FutureProducer;
 use rust_decimal::Decimal;
@@ -524,20 +524,6 @@ SELECT moved.n IS NOT NULL AS moved, \
 FROM v LEFT JOIN moved USING (n) \
 ORDER BY v.n";
 
-/// The round of each posting: the number of earlier postings to its
-/// account.
-fn rounds(postings: &[Posting]) -> Vec<usize> {
-    let mut seen: HashMap<i64, usize> = HashMap::new();
-    postings
-        .iter()
-        .map(|p| {
-            let n = seen.entry(p.user_id).or_default();
-            *n += 1;
-            *n - 1
-        })
-        .collect()
-}
-
 /// Applies `postings` in rounds: each round holds at most one posting per
 /// account, and an account's postings go in successive rounds in their
 /// order, so one statement per round moves them as posting them one by one
@@ -546,7 +532,7 @@ async fn post_all<C: ConnectionTrait>(
     tx: &C,
     postings: &[Posting],
 ) -> Result<Vec<Posted>, WorkerError> {
-    let rounds = rounds(postings);
+    let rounds = crate::sql::rounds_by(postings, |p| p.user_id);
     let mut posted = vec![
         Posted {
             moved: false,
@@ -907,17 +893,5 @@ mod tests {
             ..p
         };
         assert!(refund.answer(cmd.saga_id, missing).is_err());
-    }
-
-    #[test]
-    fn postings_to_one_account_go_in_successive_rounds_in_order() {
-        let to = |user_id| Posting {
-            saga_id: Uuid::nil(),
-            user_id,
-            amount: Decimal::ONE,
-            kind: Kind::of(CommandKind::FundsDebit),
-        };
-        let postings: Vec<Posting> = [1, 2, 1, 3, 1, 2].into_iter().map(to).collect();
-        assert_eq!(rounds(&postings), vec![0, 0, 1, 0, 2, 1]);
     }
 }

@@ -80,3 +80,37 @@ pub(crate) async fn inbox_insert_many<C: ConnectionTrait>(
 pub(crate) fn traceparent(saga_id: uuid::Uuid) -> String {
     sagaflow_workflows::messages::traceparent(saga_id, rand::random::<u64>())
 }
+
+/// The round of each item: how many items before it share its key. Rows
+/// that must not meet in one set-based statement (two postings to one
+/// account, two moves of one order) go in successive rounds, one
+/// statement each, in their order, which applies them as one by one would.
+pub(crate) fn rounds_by<'a, T, K: std::hash::Hash + Eq>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    items
+        .iter()
+        .map(|item| {
+            let n = seen.entry(key(item)).or_default();
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounds_by;
+
+    #[test]
+    fn items_with_one_key_go_in_successive_rounds_in_order() {
+        assert_eq!(
+            rounds_by(&[1, 2, 1, 3, 1, 2], |k| *k),
+            vec![0, 0, 1, 0, 2, 1]
+        );
+        assert_eq!(rounds_by(&["a", "b"], |k| *k), vec![0, 0]);
+        assert!(rounds_by(&[] as &[u8], |k| *k).is_empty());
+    }
+}
