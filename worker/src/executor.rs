@@ -367,16 +367,17 @@ macro_rules! effects_ctes {
 /// so its join is an index probe of `orders` per move, the plan finding
 /// 27 could not get.
 ///
-/// `$1`–`$14`: order number, saga id, by refund, expected status, new
-/// status (empty: kept), set failure, failure, failure is null, clear
-/// refund, and the event's message id, topic, key, payload and headers.
+/// `$1`–`$13`: order number (also the event's key), saga id, by refund,
+/// expected status, new status (empty: kept), set failure, failure,
+/// failure is null, clear refund, and the event's message id, topic,
+/// payload and headers.
 const MOVE_ORDERS_SET_SQL: &str = "\
 WITH m AS ( \
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::text[], $5::text[], $6::bool[], \
-                         $7::text[], $8::bool[], $9::bool[], $10::uuid[], $11::text[], $12::text[], \
-                         $13::jsonb[], $14::jsonb[]) \
+                         $7::text[], $8::bool[], $9::bool[], $10::uuid[], $11::text[], $12::jsonb[], \
+                         $13::jsonb[]) \
         WITH ORDINALITY AS m(order_no, saga_id, by_refund, expect, status, set_failure, failure, \
-                             failure_null, clear_refund, message_id, topic, key, payload, headers, n)), \
+                             failure_null, clear_refund, message_id, topic, payload, headers, n)), \
 moved AS ( \
     UPDATE orders o \
        SET status = COALESCE(NULLIF(m.status, ''), o.status), \
@@ -390,7 +391,7 @@ moved AS ( \
     RETURNING m.n), \
 events AS ( \
     INSERT INTO outbox (message_id, topic, key, payload, headers) \
-    SELECT m.message_id, m.topic, m.key, m.payload, m.headers FROM m \
+    SELECT m.message_id, m.topic, m.order_no, m.payload, m.headers FROM m \
      WHERE m.n IN (SELECT n FROM moved) ORDER BY m.n \
     ON CONFLICT (message_id) DO NOTHING) \
 SELECT n::int AS n FROM m WHERE m.n NOT IN (SELECT n FROM moved) ORDER BY m.n";
@@ -440,22 +441,21 @@ const STORE_ONE_SQL: &str = concat!(
 
 /// Applies `orders` with [`MOVE_ORDERS_SET_SQL`], in rounds of distinct
 /// orders (two moves of one order in a batch go one round after the
-/// other, as one by one); the 1-based position in `orders` of the first
-/// move refused, if any. A refusal ends the flush, which the caller rolls
-/// back, so the rounds after it need not run.
+/// other, as one by one). Fails with [`WorkerError::Corrupt`] naming the
+/// first move refused: the flush ends there and the caller rolls back, so
+/// the rounds after it need not run.
 async fn move_orders<C: ConnectionTrait>(
     db: &C,
     orders: &[crate::local::OrderMove],
-) -> Result<Option<i32>, WorkerError> {
+) -> Result<(), WorkerError> {
     use sagaflow_entity::column;
     let rounds = crate::sql::rounds_by(orders, |m| m.order_no.as_str());
     for round in 0..rounds.iter().max().map_or(0, |r| r + 1) {
-        let (positions, members): (Vec<usize>, Vec<&crate::local::OrderMove>) = orders
+        let members: Vec<&crate::local::OrderMove> = orders
             .iter()
             .zip(&rounds)
-            .enumerate()
-            .filter_map(|(i, (m, &r))| (r == round).then_some((i, m)))
-            .unzip();
+            .filter_map(|(m, &r)| (r == round).then_some(m))
+            .collect();
         let refused = crate::sql::one(
             db,
             MOVE_ORDERS_SET_SQL,
@@ -473,7 +473,6 @@ async fn move_orders<C: ConnectionTrait>(
                 column(&members, |m| m.clear_refund),
                 column(&members, |m| m.event.message_id),
                 column(&members, |m| m.event.topic.clone()),
-                column(&members, |m| m.event.key.clone()),
                 column(&members, |m| m.event.payload.clone()),
                 column(&members, |m| m.event.headers.clone()),
             ],
@@ -482,15 +481,22 @@ async fn move_orders<C: ConnectionTrait>(
         .map(|r| r.try_get::<i32>("", "n"))
         .transpose()?;
         if let Some(n) = refused {
-            // `n` counts within the round; the caller names the move by
-            // its position in the batch.
-            let at = usize::try_from(n - 1).ok().and_then(|i| positions.get(i));
-            return Ok(Some(
-                at.map_or(n, |&i| i32::try_from(i + 1).unwrap_or(i32::MAX)),
-            ));
+            let Some(m) = usize::try_from(n - 1).ok().and_then(|i| members.get(i)) else {
+                return Err(WorkerError::Corrupt {
+                    saga_id: uuid::Uuid::nil(),
+                    reason: format!("the order moves answered position {n} of {}", members.len()),
+                });
+            };
+            return Err(WorkerError::Corrupt {
+                saga_id: m.saga_id,
+                reason: format!(
+                    "order {} is not in the status this saga expects; refusing to mark it {}",
+                    m.order_no, m.becomes
+                ),
+            });
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -532,22 +538,7 @@ impl Writes {
     pub(crate) async fn flush<C: ConnectionTrait>(&mut self, db: &C) -> Result<(), WorkerError> {
         let orders = std::mem::take(&mut self.orders);
         if !orders.is_empty() {
-            if let Some(n) = move_orders(db, &orders).await? {
-                let (saga_id, reason) = match usize::try_from(n - 1).ok().and_then(|i| orders.get(i)) {
-                    Some(m) => (
-                        m.saga_id,
-                        format!(
-                            "order {} is not in the status this saga expects; refusing to mark it {}",
-                            m.order_no, m.becomes
-                        ),
-                    ),
-                    None => (
-                        uuid::Uuid::nil(),
-                        format!("the order moves answered position {n} of {}", orders.len()),
-                    ),
-                };
-                return Err(WorkerError::Corrupt { saga_id, reason });
-            }
+            move_orders(db, &orders).await?;
         }
         let history = std::mem::take(&mut self.history);
         let outbox = std::mem::take(&mut self.outbox);

@@ -189,12 +189,11 @@ pub(crate) struct OrderMove {
     pub event: OrderEventRow,
 }
 
-/// An order event as an outbox row.
+/// An order event as an outbox row; its key is the order number.
 #[derive(Debug, Clone)]
 pub(crate) struct OrderEventRow {
     pub message_id: Uuid,
     pub topic: String,
-    pub key: String,
     pub payload: serde_json::Value,
     pub headers: serde_json::Value,
 }
@@ -323,7 +322,6 @@ pub(crate) fn order_move(
         event: OrderEventRow {
             message_id: event.message_id(),
             topic: topics.orders_events.clone(),
-            key: order_no.clone(),
             payload,
             headers,
         },
