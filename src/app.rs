@@ -1,6 +1,7 @@
 //! Starts sagaflow's roles in this process and stops them together.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use sagaflow_api::{ApiConfig, ReadinessProbe};
 use sagaflow_worker::{claim, participant, relay, replies, wake, KafkaProbe};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -155,6 +156,20 @@ async fn engine_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnect
     .await
 }
 
+/// How long a pooled connection may sit idle before it is checked with a
+/// round trip as it is handed out.
+///
+/// Why not on every hand-out, sqlx's default: the check is a round trip of
+/// its own, and the pools hand out a connection for every batch of orders
+/// placed and every read of the API, so checking each one cost a wake-up
+/// of the server and of the process for nothing (bench/README, finding
+/// 39). A connection in steady use has just proved itself; one that sat
+/// idle long enough for the server to restart or a middlebox to drop it
+/// is still checked, and one found broken is discarded and replaced before
+/// any statement sees it. (The loops keep connections of their own, out
+/// of the pools: `sagaflow_worker::session`.)
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// A pool whose connections call themselves `application_name`, unless
 /// `DATABASE_URL` (or `PGAPPNAME`) names one already.
 async fn pool(
@@ -163,27 +178,42 @@ async fn pool(
     settings: &'static [(&'static str, &'static str)],
     application_name: &str,
 ) -> anyhow::Result<DatabaseConnection> {
-    let application_name = application_name.to_owned();
-    let mut opts = ConnectOptions::new(cfg.database_url.clone());
-    opts.max_connections(size)
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+
+    let options = PgConnectOptions::from_str(&cfg.database_url)
+        .context("parsing DATABASE_URL")?
+        .disable_statement_logging()
+        // Startup options: set by the server as the connection opens, no
+        // statement of their own.
+        //
+        // sagaflow's transactions last milliseconds; one left open (a hung
+        // task, a bug) would hold the xmin horizon and let dead tuples pile
+        // up in the queue tables, so the server ends it. See bench/README
+        // "Held xmin horizon".
+        .options([("idle_in_transaction_session_timeout", "60s")]);
+    let options = wake::named(options, application_name).options(settings.iter().copied());
+    let pool = PgPoolOptions::new()
+        .max_connections(size)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false)
-        .map_sqlx_postgres_opts(move |o| {
-            // Startup options: set by the server as the connection opens,
-            // no statement of their own.
-            //
-            // sagaflow's transactions last milliseconds; one left open (a
-            // hung task, a bug) would hold the xmin horizon and let dead
-            // tuples pile up in the queue tables, so the server ends it.
-            // See bench/README "Held xmin horizon".
-            let o = o.options([("idle_in_transaction_session_timeout", "60s")]);
-            wake::named(o, &application_name).options(settings.iter().copied())
-        });
-    Database::connect(opts)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    // An error discards the connection; the pool opens
+                    // another in its place.
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(options)
         .await
-        .context("connecting to Postgres (DATABASE_URL)")
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
+        pool,
+    ))
 }
 
 /// Applies every pending migration.

@@ -115,10 +115,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Most connections in this process's engine pool (claim loops,
-    /// relay, consumers, order placement). The API's reads, migrations and
-    /// the retention job use a second pool of a quarter of that (at least
-    /// 2), whose statements Postgres plans as usual.
+    /// Most connections in this process's engine pool (order placement,
+    /// lease renewals, a failed batch's saga-by-saga retry). Each claim
+    /// loop, consumer and relay keeps one connection of its own besides,
+    /// with the same settings. The API's reads, migrations and the
+    /// retention job use a second pool of a quarter of that (at least 2),
+    /// whose statements Postgres plans as usual.
     #[arg(long, env = "SAGAFLOW_DB_POOL_SIZE", default_value_t = 32)]
     pub db_pool_size: u32,
 

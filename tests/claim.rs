@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{fresh_database, scalar_i64};
 use sagaflow_worker::claim::{self, CLAIM_SQL, LOCK_DUE_SQL};
+use sagaflow_worker::session::Session;
 use sagaflow_worker::{WorkerConfig, WorkerError};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
@@ -343,7 +344,9 @@ async fn a_due_event_the_machine_ignores_leaves_the_saga_due_when_a_lease_would_
     )
     .await;
     let cfg = worker_config("worker-a");
-    let pass = claim::run_once(&db.conn, &cfg).await.unwrap();
+    let pass = claim::run_once(&mut Session::new(&db.conn), &cfg)
+        .await
+        .unwrap();
     assert_eq!((pass.claimed, pass.advanced), (1, 1));
     // Written once, with the lease's time as its next run: not due again
     // at once (a claim loop would spin on it), but not left for an hour
@@ -366,7 +369,9 @@ async fn a_due_event_the_machine_ignores_leaves_the_saga_due_when_a_lease_would_
         .await,
         1
     );
-    let again = claim::run_once(&db.conn, &cfg).await.unwrap();
+    let again = claim::run_once(&mut Session::new(&db.conn), &cfg)
+        .await
+        .unwrap();
     assert_eq!(again.claimed, 0, "the saga was due again at once");
 }
 
@@ -390,9 +395,13 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
     assert_eq!(fresh.len(), 1, "the expired lease is claimable again");
     assert_eq!(stale[0].id, fresh[0].id);
 
-    let err = claim::process(&db.conn, &worker_config("worker-a"), &stale[0])
-        .await
-        .unwrap_err();
+    let err = claim::process(
+        &mut Session::new(&db.conn),
+        &worker_config("worker-a"),
+        &stale[0],
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, WorkerError::StaleSaga { .. }), "{err}");
     assert_eq!(scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await, 0);
     assert_eq!(
@@ -400,9 +409,13 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
         0
     );
 
-    claim::process(&db.conn, &worker_config("worker-b"), &fresh[0])
-        .await
-        .unwrap();
+    claim::process(
+        &mut Session::new(&db.conn),
+        &worker_config("worker-b"),
+        &fresh[0],
+    )
+    .await
+    .unwrap();
     assert_eq!(scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await, 1);
     assert_eq!(
         scalar_i64(
@@ -538,7 +551,9 @@ async fn a_failing_saga_claimed_alone_runs_once_then_waits_out_its_lease() {
     .await
     .unwrap();
 
-    let pass = claim::run_once(&db.conn, &cfg).await.unwrap();
+    let pass = claim::run_once(&mut Session::new(&db.conn), &cfg)
+        .await
+        .unwrap();
     assert_eq!((pass.claimed, pass.advanced, pass.failed), (1, 0, 1));
     assert_eq!(
         action.0.load(std::sync::atomic::Ordering::SeqCst),
@@ -564,7 +579,9 @@ async fn a_failing_saga_claimed_alone_runs_once_then_waits_out_its_lease() {
         .await,
         0
     );
-    let again = claim::run_once(&db.conn, &cfg).await.unwrap();
+    let again = claim::run_once(&mut Session::new(&db.conn), &cfg)
+        .await
+        .unwrap();
     assert_eq!(again.claimed, 0, "a leased saga was claimed again at once");
     assert_eq!(action.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -15,6 +15,7 @@ use rdkafka::{ClientConfig, Message};
 use sagaflow::app::Roles;
 use sagaflow_entity::saga_instance::Filed;
 use sagaflow_entity::OperatorRequest;
+use sagaflow_worker::session::Session;
 use sagaflow_workflows::messages::{CommandEnvelope, ReplyEnvelope, ReplyOutcome};
 
 const SETTLE: Duration = Duration::from_secs(40);
@@ -626,9 +627,13 @@ async fn failed_saga(
 }
 
 async fn participant(app: &TestApp, payload: &[u8]) {
-    sagaflow_worker::participant::handle(&app.db.conn, &app.config.topics(), payload)
-        .await
-        .unwrap();
+    sagaflow_worker::participant::handle(
+        &mut Session::new(&app.db.conn),
+        &app.config.topics(),
+        payload,
+    )
+    .await
+    .unwrap();
 }
 
 async fn force_forward(app: &TestApp, saga: &str) {
@@ -1457,7 +1462,7 @@ async fn a_debit_and_its_refund_in_one_participant_batch_settle_as_one_by_one() 
     // Debit, then both refunds, in one batch: taken, then given back once.
     let (_, saga, cmds) = failed_saga(&app, &fake, 31).await;
     let handled = sagaflow_worker::participant::handle_batch(
-        &app.db.conn,
+        &mut Session::new(&app.db.conn),
         &topics,
         batch(vec![&cmds[0], &cmds[1], &cmds[2]]),
     )
@@ -1478,7 +1483,7 @@ async fn a_debit_and_its_refund_in_one_participant_batch_settle_as_one_by_one() 
     // the late debit is fenced off.
     let (_, saga, cmds) = failed_saga(&app, &fake, 32).await;
     sagaflow_worker::participant::handle_batch(
-        &app.db.conn,
+        &mut Session::new(&app.db.conn),
         &topics,
         batch(vec![&cmds[1], &cmds[0]]),
     )

@@ -9,6 +9,7 @@ use common::fresh_database;
 use rust_decimal::Decimal;
 use sagaflow_worker::consumer::{Handled, Incoming};
 use sagaflow_worker::participant;
+use sagaflow_worker::session::Session;
 use sagaflow_workflows::messages::{CommandEnvelope, CommandKind, Topics};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use uuid::Uuid;
@@ -127,7 +128,7 @@ async fn a_batch_over_several_accounts_settles_as_its_commands_one_by_one() {
     // a command at all.
     batch.push(incoming(payloads(&batched)[0].clone()));
     batch.push(incoming(b"{\"not\": \"a command\"}".to_vec()));
-    let handled = participant::handle_batch(&db.conn, &topics, batch)
+    let handled = participant::handle_batch(&mut Session::new(&db.conn), &topics, batch)
         .await
         .unwrap();
     assert_eq!(handled.len(), 7);
@@ -139,7 +140,7 @@ async fn a_batch_over_several_accounts_settles_as_its_commands_one_by_one() {
     assert!(matches!(handled[6], Handled::DeadLetter(_)), "{handled:?}");
 
     for payload in payloads(&single) {
-        let h = participant::handle(&db.conn, &topics, &payload)
+        let h = participant::handle(&mut Session::new(&db.conn), &topics, &payload)
             .await
             .unwrap();
         assert_eq!(h, Handled::Applied);

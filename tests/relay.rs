@@ -10,6 +10,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use sagaflow_worker::relay;
+use sagaflow_worker::session::Session;
 use sea_orm::ConnectionTrait;
 
 async fn outbox_rows(db: &sea_orm::DatabaseConnection, topic: &str, n: usize) {
@@ -38,7 +39,7 @@ async fn a_batch_the_broker_did_not_take_stays_in_the_outbox() {
     outbox_rows(&db.conn, "relay-test.nowhere", 3).await;
     // Nothing listens on this port: every delivery times out.
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let err = relay::run_once(&db.conn, &impatient_producer(&dead), 10).await;
+    let err = relay::run_once(&mut Session::new(&db.conn), &impatient_producer(&dead), 10).await;
     assert!(err.is_err(), "a failed publish was reported as done");
     assert_eq!(
         common::scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await,
@@ -66,7 +67,7 @@ async fn a_published_batch_leaves_the_outbox_in_order() {
     kafka.ensure_topics(&topics).await.unwrap();
     let topic = topics.orders_events.clone();
     outbox_rows(&db.conn, &topic, 5).await;
-    let published = relay::run_once(&db.conn, &kafka.producer().unwrap(), 10)
+    let published = relay::run_once(&mut Session::new(&db.conn), &kafka.producer().unwrap(), 10)
         .await
         .unwrap();
     assert_eq!(published, 5);

@@ -14,6 +14,7 @@ use sagaflow_api::orders::NewOrder;
 use sagaflow_api::placer::{place_all, OrderRequest, Placed, SagaStart};
 use sagaflow_worker::consumer::{Handled, Incoming};
 use sagaflow_worker::replies;
+use sagaflow_worker::session::Session;
 use sagaflow_workflows::messages::{CommandEnvelope, ReplyEnvelope, ReplyOutcome, Topics};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use uuid::Uuid;
@@ -144,7 +145,7 @@ async fn a_batch_of_replies_settles_each_saga_once_and_again_changes_nothing() {
         ]
     };
 
-    let handled = replies::handle_batch(&db.conn, &cfg, batch())
+    let handled = replies::handle_batch(&mut Session::new(&db.conn), &cfg, batch())
         .await
         .unwrap();
     assert_eq!(handled.len(), 6);
@@ -186,7 +187,7 @@ async fn a_batch_of_replies_settles_each_saga_once_and_again_changes_nothing() {
         );
     }
 
-    let again = replies::handle_batch(&db.conn, &cfg, batch())
+    let again = replies::handle_batch(&mut Session::new(&db.conn), &cfg, batch())
         .await
         .unwrap();
     assert!(
@@ -219,7 +220,7 @@ async fn a_batch_with_a_refused_order_hook_commits_nothing() {
     let before = traces(&db.conn, &topics).await;
 
     let err = replies::handle_batch(
-        &db.conn,
+        &mut Session::new(&db.conn),
         &cfg,
         vec![
             reply(&good.1, ReplyOutcome::Ok),
@@ -242,9 +243,13 @@ async fn a_batch_with_a_refused_order_hook_commits_nothing() {
     );
 
     // Alone, the good reply goes through (the consume loop's fallback).
-    let alone = replies::handle_batch(&db.conn, &cfg, vec![reply(&good.1, ReplyOutcome::Ok)])
-        .await
-        .unwrap();
+    let alone = replies::handle_batch(
+        &mut Session::new(&db.conn),
+        &cfg,
+        vec![reply(&good.1, ReplyOutcome::Ok)],
+    )
+    .await
+    .unwrap();
     assert_eq!(alone, [Handled::Applied]);
     assert_eq!(status(&db.conn, &good.0).await, "PAID");
 }

@@ -13,6 +13,7 @@ use poem::test::TestClient;
 use sagaflow_api::ApiConfig;
 use sagaflow_entity::saga_instance;
 use sagaflow_worker::claim;
+use sagaflow_worker::session::Session;
 use sagaflow_worker::{WorkerConfig, WorkerError};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{json, Value};
@@ -447,7 +448,7 @@ async fn a_cancel_racing_a_worker_is_applied_exactly_once() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let err = claim::process(&db.conn, &worker("worker-a"), &held[0])
+    let err = claim::process(&mut Session::new(&db.conn), &worker("worker-a"), &held[0])
         .await
         .unwrap_err();
     assert!(matches!(err, WorkerError::StaleSaga { .. }), "{err}");
@@ -462,7 +463,7 @@ async fn a_cancel_racing_a_worker_is_applied_exactly_once() {
         .await
         .unwrap();
     assert_eq!(next.len(), 1);
-    claim::process(&db.conn, &worker("worker-b"), &next[0])
+    claim::process(&mut Session::new(&db.conn), &worker("worker-b"), &next[0])
         .await
         .unwrap();
     let (_, detail) = get(&cli, &format!("/sagas/{id}")).await;

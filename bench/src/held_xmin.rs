@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use sagaflow_worker::session::Session;
 use sagaflow_worker::{claim, WorkerConfig};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, IsolationLevel, Statement,
@@ -129,8 +130,9 @@ async fn claim_loop(
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut claims = Histogram::<u64>::new(3)?;
     let mut empty = 0;
+    let mut session = Session::new(&db);
     while !stop.is_cancelled() {
-        let tx = db.begin().await?;
+        let tx = session.begin().await?;
         let started = Instant::now();
         let rows = claim::lock_due(&tx, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
         claims.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))?;

@@ -21,12 +21,11 @@ use std::time::Duration;
 use chrono::Utc;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::session::{Session, Tx};
 use crate::sql::stmt;
 use crate::wake::Wakeups;
 use crate::{executor, WorkerConfig, WorkerError};
@@ -153,8 +152,8 @@ fn lease_until(now: chrono::DateTime<Utc>, lease: Duration) -> chrono::DateTime<
 /// event the machine ignores) leaves it due when the lease would have
 /// run out, not at once. Nothing of this is written unless the
 /// transaction commits the sagas' new states.
-pub async fn lock_due(
-    tx: &DatabaseTransaction,
+pub async fn lock_due<C: ConnectionTrait>(
+    tx: &C,
     owner: &str,
     batch: u32,
     lease: Duration,
@@ -209,11 +208,8 @@ pub async fn keep_leases(
 /// it in the same transaction; if that fails, lease the batch and advance
 /// its sagas one by one. Announces the outbox rows the advanced sagas
 /// wrote once they committed.
-pub async fn run_once(
-    db: &DatabaseConnection,
-    cfg: &WorkerConfig,
-) -> Result<ClaimPass, WorkerError> {
-    let pass = claim_and_advance(db, cfg).await?;
+pub async fn run_once(session: &mut Session, cfg: &WorkerConfig) -> Result<ClaimPass, WorkerError> {
+    let pass = claim_and_advance(session, cfg).await?;
     if pass.advanced > 0 {
         cfg.announcer
             .announce(sagaflow_entity::wake::Channel::Outbox);
@@ -222,10 +218,10 @@ pub async fn run_once(
 }
 
 async fn claim_and_advance(
-    db: &DatabaseConnection,
+    session: &mut Session,
     cfg: &WorkerConfig,
 ) -> Result<ClaimPass, WorkerError> {
-    let tx = db.begin().await?;
+    let tx = session.begin().await?;
     let rows = lock_due(&tx, &cfg.worker_id, cfg.claim_batch, cfg.lease).await?;
     let mut pass = ClaimPass {
         claimed: rows.len(),
@@ -247,7 +243,8 @@ async fn claim_and_advance(
         }
         Err(e) => e,
     };
-    let leased = claim_ids(db, &cfg.worker_id, ids, cfg.lease).await?;
+    let db = session.db().clone();
+    let leased = claim_ids(&db, &cfg.worker_id, ids, cfg.lease).await?;
     if let [row] = &rows[..] {
         // A batch of one already ran its saga's step, which failed: the
         // lease alone makes it wait, without running the step again.
@@ -267,7 +264,7 @@ async fn claim_and_advance(
         done,
     ));
     for row in rows {
-        match process(db, cfg, &row).await {
+        match process(session, cfg, &row).await {
             Ok(()) => pass.advanced += 1,
             Err(WorkerError::StaleSaga { saga_id, .. }) => {
                 tracing::debug!(%saga_id, "saga changed while claimed; dropping this worker's attempt");
@@ -295,11 +292,11 @@ SELECT id, version FROM saga_instances WHERE id = ANY($1) AND lease_owner = $2 O
 /// claim (an operator's request, a takeover) is left out and counted
 /// stale; any error rolls the whole batch back.
 pub async fn process_batch(
-    db: &DatabaseConnection,
+    session: &mut Session,
     cfg: &WorkerConfig,
     rows: &[saga_instance::Model],
 ) -> Result<ClaimPass, WorkerError> {
-    let tx = db.begin().await?;
+    let tx = session.begin().await?;
     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
     let locked: std::collections::HashMap<uuid::Uuid, i64> =
         crate::sql::all(&tx, LOCK_SQL, [ids.into(), cfg.worker_id.clone().into()])
@@ -326,7 +323,7 @@ pub async fn process_batch(
 /// command in one statement, and the commit. Returns how many sagas were
 /// advanced (all of them, or an error and nothing committed).
 pub async fn advance_locked(
-    tx: DatabaseTransaction,
+    tx: Tx<'_>,
     cfg: &WorkerConfig,
     rows: &[saga_instance::Model],
 ) -> Result<usize, WorkerError> {
@@ -334,7 +331,7 @@ pub async fn advance_locked(
         Ok(done) => done,
         Err(e) => {
             // Roll back before returning: a dropped transaction's rollback
-            // is only queued until its connection is reused, and until then
+            // is only as prompt as its connection's close, and until then
             // its row locks would hide the batch from the caller's fallback
             // (a SKIP LOCKED lease of the same sagas).
             if let Err(rollback) = tx.rollback().await {
@@ -352,7 +349,7 @@ pub async fn advance_locked(
 
 /// Each saga's effects, then every write in one statement, through `tx`.
 async fn advance_all<'r>(
-    tx: &DatabaseTransaction,
+    tx: &Tx<'_>,
     cfg: &WorkerConfig,
     rows: &'r [saga_instance::Model],
 ) -> Result<Vec<(&'r saga_instance::Model, executor::Advanced)>, WorkerError> {
@@ -381,11 +378,11 @@ async fn advance_all<'r>(
 /// writing nothing, if the saga changed since `row` was claimed (another
 /// worker took it over, or a reply advanced it).
 pub async fn process(
-    db: &DatabaseConnection,
+    session: &mut Session,
     cfg: &WorkerConfig,
     row: &saga_instance::Model,
 ) -> Result<(), WorkerError> {
-    let pass = process_batch(db, cfg, std::slice::from_ref(row)).await?;
+    let pass = process_batch(session, cfg, std::slice::from_ref(row)).await?;
     if pass.stale > 0 {
         return Err(WorkerError::StaleSaga {
             saga_id: row.id,
@@ -435,8 +432,9 @@ pub async fn run(
         let kick = kick.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let mut session = Session::new(&db);
             while !shutdown.is_cancelled() {
-                let pause = match run_once(&db, &cfg).await {
+                let pause = match run_once(&mut session, &cfg).await {
                     Ok(pass)
                         if pass.claimed
                             >= usize::try_from(cfg.claim_batch).unwrap_or(usize::MAX) =>

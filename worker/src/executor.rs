@@ -9,8 +9,9 @@ use sagaflow_workflows::machine::{Clock, Effect, Event, Instance, RecordKind};
 use sagaflow_workflows::messages::{CommandEnvelope, Topics};
 use sagaflow_workflows::policy::Jitter;
 use sagaflow_workflows::transition;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::ConnectionTrait;
 
+use crate::session::Tx;
 use crate::sql::{exec, traceparent};
 use crate::{LocalContext, WorkerConfig, WorkerError};
 
@@ -149,7 +150,7 @@ fn operator_event(row: &saga_instance::Model) -> Option<Event> {
 /// the row is applied first, whatever `event` is, so that no path can skip
 /// it.
 pub(crate) async fn advance_into(
-    db: &DatabaseTransaction,
+    db: &Tx<'_>,
     cfg: &WorkerConfig,
     row: &saga_instance::Model,
     event: Event,

@@ -32,6 +32,7 @@ pub mod maintenance;
 pub mod participant;
 pub mod relay;
 pub mod replies;
+pub mod session;
 mod sql;
 pub mod wake;
 

@@ -16,9 +16,9 @@ use sagaflow_workflows::order_payment::{
 };
 use sagaflow_workflows::order_refund::{HOOK_MARK_REFUNDED, HOOK_REFUND_ABANDONED};
 use sagaflow_workflows::{Action, Registry};
-use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 
+use crate::session::Tx;
 use crate::sql::traceparent;
 use crate::WorkerError;
 
@@ -26,8 +26,9 @@ use crate::WorkerError;
 #[derive(Debug, Clone, Copy)]
 pub struct LocalContext<'a> {
     /// The transaction that also stores the saga's new state: whatever the
-    /// action writes commits with it, or not at all.
-    pub tx: &'a DatabaseTransaction,
+    /// action writes commits with it, or not at all. It runs statements
+    /// through [`sea_orm::ConnectionTrait`], as any sea-orm connection does.
+    pub tx: &'a Tx<'a>,
     /// The saga as claimed (its `data` is the saga's input).
     pub saga: &'a saga_instance::Model,
     /// Topic names, for actions that publish through the outbox.

@@ -32,12 +32,13 @@ use sagaflow_entity::column;
 use sagaflow_workflows::messages::{
     CommandEnvelope, CommandKind, ReplyEnvelope, ReplyOutcome, Topics,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
+use crate::session::Session;
 use crate::sql::{all, exec, inbox_insert_many, one, traceparent};
 use crate::{WorkerConfig, WorkerError};
 
@@ -80,7 +81,7 @@ impl Stored {
 /// Applies one `funds.commands` message in its own transaction: a batch
 /// of one.
 pub async fn handle(
-    db: &DatabaseConnection,
+    session: &mut Session,
     topics: &Topics,
     payload: &[u8],
 ) -> Result<Handled, WorkerError> {
@@ -88,7 +89,7 @@ pub async fn handle(
         payload: payload.to_vec(),
         span: tracing::Span::current(),
     };
-    let mut handled = handle_batch(db, topics, vec![one]).await?;
+    let mut handled = handle_batch(session, topics, vec![one]).await?;
     handled.pop().ok_or_else(|| WorkerError::Corrupt {
         saga_id: Uuid::nil(),
         reason: "a batch of one command was answered with nothing".to_owned(),
@@ -107,7 +108,7 @@ struct Command {
 /// batch's inbox rows are inserted first, in one statement; the commands
 /// then go in runs of distinct sagas ([`apply_run`]).
 pub async fn handle_batch(
-    db: &DatabaseConnection,
+    session: &mut Session,
     topics: &Topics,
     batch: Vec<Incoming>,
 ) -> Result<Vec<Handled>, WorkerError> {
@@ -123,7 +124,7 @@ pub async fn handle_batch(
             Err(dead) => handled[index] = Some(dead),
         }
     }
-    let tx = db.begin().await?;
+    let tx = session.begin().await?;
     let mut fresh = inbox_insert_many(
         &tx,
         CONSUMER,
@@ -680,13 +681,12 @@ pub async fn run(
     let dlq = cfg.topics.dead_letter.clone();
     let topics = cfg.topics;
     let announcer = cfg.announcer;
+    let session = tokio::sync::Mutex::new(Session::new(&db));
     consumer::run(consumer, topic, dlq, producer, shutdown, BATCH, |batch| {
-        let db = db.clone();
-        let topics = topics.clone();
-        let announcer = announcer.clone();
+        let (session, topics, announcer) = (&session, &topics, &announcer);
         async move {
-            let handled = handle_batch(&db, &topics, batch).await?;
-            crate::consumer::announce_outbox(&announcer, &handled);
+            let handled = handle_batch(&mut *session.lock().await, topics, batch).await?;
+            crate::consumer::announce_outbox(announcer, &handled);
             Ok(handled)
         }
     })

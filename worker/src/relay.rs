@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
+use crate::session::Session;
 use crate::sql::all;
 use crate::wake::{self, Wakeups};
 use crate::{WorkerConfig, WorkerError};
@@ -31,11 +32,11 @@ RETURNING id, topic, key, payload, headers";
 
 /// Publishes one batch of up to `batch` rows; returns how many.
 pub async fn run_once(
-    db: &DatabaseConnection,
+    session: &mut Session,
     producer: &FutureProducer,
     batch: u32,
 ) -> Result<usize, WorkerError> {
-    let tx = db.begin().await?;
+    let tx = session.begin().await?;
     let mut rows = all(&tx, TAKE_SQL, [i64::from(batch).into()]).await?;
     if rows.is_empty() {
         tx.commit().await?;
@@ -107,9 +108,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let pacer = wake::Pacer::new(cfg.pass_gap);
+    let mut session = Session::new(&db);
     while !shutdown.is_cancelled() {
         wakeups.outbox.borrow_and_update();
-        match run_once(&db, &producer, cfg.relay_batch).await {
+        match run_once(&mut session, &producer, cfg.relay_batch).await {
             Ok(n) if n >= usize::try_from(cfg.relay_batch).unwrap_or(usize::MAX) => continue,
             Ok(_) => {
                 wake::wait(&mut wakeups.outbox, cfg.poll_interval, &shutdown).await;

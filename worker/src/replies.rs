@@ -17,15 +17,13 @@ use rdkafka::producer::FutureProducer;
 use sagaflow_entity::saga_instance;
 use sagaflow_workflows::machine::Event;
 use sagaflow_workflows::messages::ReplyEnvelope;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::consumer::{self, Handled, Incoming};
 use crate::kafka::KafkaConfig;
+use crate::session::{Session, Tx};
 use crate::sql::{all, inbox_insert, stmt};
 use crate::{executor, WorkerConfig, WorkerError};
 
@@ -65,7 +63,7 @@ SELECT locked.*, ARRAY(SELECT message_id FROM recorded) AS fresh FROM locked";
 /// Runs [`LOCK_SQL`]: the locked sagas by id, and the message ids of
 /// `replies` (message id, saga id) that the inbox recorded as new.
 async fn lock_and_record(
-    tx: &DatabaseTransaction,
+    tx: &Tx<'_>,
     saga_ids: Vec<uuid::Uuid>,
     replies: Vec<(uuid::Uuid, uuid::Uuid)>,
 ) -> Result<
@@ -107,7 +105,7 @@ type Observed = Vec<(executor::Advanced, String, i32, Option<std::time::Duration
 
 /// Applies a batch of `saga.replies` messages in one transaction, in order.
 pub async fn handle_batch(
-    db: &DatabaseConnection,
+    session: &mut Session,
     cfg: &WorkerConfig,
     batch: Vec<Incoming>,
 ) -> Result<Vec<Handled>, WorkerError> {
@@ -125,7 +123,7 @@ pub async fn handle_batch(
         .iter()
         .filter_map(|p| p.as_ref().ok().map(|r| (r.message_id, r.saga_id)))
         .collect();
-    let tx = db.begin().await?;
+    let tx = session.begin().await?;
     let (mut locked, fresh) = lock_and_record(&tx, ids, replies).await?;
     // A reply to a saga that is not here (archived, unknown) is recorded,
     // if at all, on its own.
@@ -178,11 +176,7 @@ struct Pending {
 impl Pending {
     /// Writes what is queued if `saga_id` is among it, so that a second
     /// reply for a saga in one batch reads what the first one wrote.
-    async fn settle_for(
-        &mut self,
-        tx: &DatabaseTransaction,
-        saga_id: uuid::Uuid,
-    ) -> Result<(), WorkerError> {
+    async fn settle_for(&mut self, tx: &Tx<'_>, saga_id: uuid::Uuid) -> Result<(), WorkerError> {
         if self.sagas.contains(&saga_id) {
             self.writes.flush(tx).await?;
             self.sagas.clear();
@@ -201,11 +195,7 @@ struct Inbox {
 impl Inbox {
     /// Whether `message_id` is seen here for the first time (only the first
     /// of a batch's copies of a message is).
-    async fn first(
-        &mut self,
-        tx: &DatabaseTransaction,
-        message_id: uuid::Uuid,
-    ) -> Result<bool, WorkerError> {
+    async fn first(&mut self, tx: &Tx<'_>, message_id: uuid::Uuid) -> Result<bool, WorkerError> {
         if self.recorded.contains(&message_id) {
             return Ok(self.fresh.remove(&message_id));
         }
@@ -214,7 +204,7 @@ impl Inbox {
 }
 
 async fn apply(
-    tx: &DatabaseTransaction,
+    tx: &Tx<'_>,
     cfg: &WorkerConfig,
     reply: ReplyEnvelope,
     locked: &mut HashMap<uuid::Uuid, saga_instance::Model>,
@@ -297,11 +287,11 @@ pub async fn run(
     let consumer = kafka.consumer(GROUP)?;
     let topic = cfg.topics.saga_replies.clone();
     let dlq = cfg.topics.dead_letter.clone();
+    let session = tokio::sync::Mutex::new(Session::new(&db));
     consumer::run(consumer, topic, dlq, producer, shutdown, BATCH, |batch| {
-        let db = db.clone();
-        let cfg = cfg.clone();
+        let (session, cfg) = (&session, &cfg);
         async move {
-            let handled = handle_batch(&db, &cfg, batch).await?;
+            let handled = handle_batch(&mut *session.lock().await, cfg, batch).await?;
             crate::consumer::announce_outbox(&cfg.announcer, &handled);
             Ok(handled)
         }
