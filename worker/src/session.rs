@@ -17,25 +17,36 @@
 //!
 //! What does not end cleanly does not come back: a transaction dropped
 //! without a commit or rollback (an error on the way, its future dropped
-//! half-way), or whose commit or rollback fails, closes its connection. The server rolls it back the moment the connection goes, no
-//! lock or snapshot outlives it, and the next transaction opens a fresh
-//! connection. A kept connection that a server restart or a
-//! `pg_terminate_backend` ended is found by the next `BEGIN`, and replaced
-//! on the spot.
+//! half-way), or whose commit or rollback fails, closes its connection.
+//! The server rolls it back once it sees the connection gone (at once,
+//! unless it is still running a statement of it), no lock or snapshot
+//! outlives it, and the next transaction opens a fresh connection.
+//! A kept connection that a server restart or a `pg_terminate_backend`
+//! ended is found by the next `BEGIN`, and replaced on the spot.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sea_orm::sqlx::{self, Connection as _, Executor as _, PgConnection, Postgres};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
-    Statement,
+    ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult,
+    RuntimeErr, Statement,
 };
 use sea_query_binder::SqlxValues;
 use tokio::sync::Mutex;
+use tokio::time::{timeout, Instant};
 
 /// A loop's own connection, opened when first needed.
 #[derive(Debug)]
 pub struct Session {
     db: DatabaseConnection,
-    conn: Option<PgConnection>,
+    conn: Option<Kept>,
+}
+
+/// A connection between transactions, and when it was opened.
+#[derive(Debug)]
+struct Kept {
+    conn: PgConnection,
+    opened: Instant,
 }
 
 impl Session {
@@ -63,31 +74,63 @@ impl Session {
     /// the session has none. A kept connection that cannot begin (the
     /// server restarted, or ended it) is replaced once, at once: nothing
     /// has happened on it yet, so a loop does not fail a pass for it.
+    ///
+    /// The pool's settings bound what the pool would bound: beginning on
+    /// a kept connection, and opening one, each give up after its
+    /// acquire timeout (a server gone without a reset would otherwise hold
+    /// the loop for as long as TCP retries, and a consumer that long away
+    /// from its poll leaves its group); a connection older than its
+    /// maximum lifetime is closed and replaced, as the pool recycles its
+    /// own.
     pub async fn begin(&mut self) -> Result<Tx<'_>, DbErr> {
+        let options = self.db.get_postgres_connection_pool().options();
+        let (limit, lifetime) = (options.get_acquire_timeout(), options.get_max_lifetime());
         let kept = match self.conn.take() {
-            Some(mut conn) => match conn.execute("BEGIN").await {
-                Ok(_) => Some(conn),
-                Err(e) => {
+            Some(kept) if lifetime.is_some_and(|l| kept.opened.elapsed() >= l) => {
+                // A goodbye, so that the server does not log a lost client.
+                let _ = timeout(limit, kept.conn.close()).await;
+                None
+            }
+            Some(mut kept) => match timeout(limit, kept.conn.execute("BEGIN")).await {
+                Ok(Ok(_)) => Some(kept),
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "a kept connection could not begin; opening another");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        ?limit,
+                        "a kept connection did not begin in time; opening another"
+                    );
                     None
                 }
             },
             None => None,
         };
-        let conn = match kept {
-            Some(conn) => conn,
-            None => {
-                let options = self.db.get_postgres_connection_pool().connect_options();
-                let mut conn = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
-                conn.execute("BEGIN").await.map_err(exec_err)?;
-                conn
-            }
+        let kept = match kept {
+            Some(kept) => kept,
+            None => timeout(limit, self.open())
+                .await
+                .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??,
         };
         Ok(Tx {
-            conn: Mutex::new(Some(conn)),
+            conn: Mutex::new(kept.conn),
+            opened: kept.opened,
+            failed: AtomicBool::new(false),
             home: &mut self.conn,
+        })
+    }
+
+    /// A new connection with the pool's settings, in a transaction.
+    async fn open(&self) -> Result<Kept, DbErr> {
+        let options = self.db.get_postgres_connection_pool().connect_options();
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+        conn.execute("BEGIN").await.map_err(exec_err)?;
+        Ok(Kept {
+            conn,
+            opened: Instant::now(),
         })
     }
 }
@@ -98,15 +141,33 @@ impl Session {
 /// connection.
 #[derive(Debug)]
 pub struct Tx<'s> {
-    /// `None` only once ended.
-    conn: Mutex<Option<PgConnection>>,
+    /// A mutex only because [`ConnectionTrait`] runs statements through
+    /// `&self`; a transaction's statements never overlap.
+    conn: Mutex<PgConnection>,
+    opened: Instant,
+    /// A statement failed: Postgres has aborted the transaction.
+    failed: AtomicBool,
     /// Where the connection goes back once the transaction ended cleanly.
-    home: &'s mut Option<PgConnection>,
+    home: &'s mut Option<Kept>,
 }
 
 impl Tx<'_> {
     /// Commits; the session keeps the connection for its next transaction.
+    ///
+    /// # Errors
+    /// Besides the server's: if a statement of the transaction failed, it
+    /// rolls back and says so. Postgres answers `COMMIT` in an aborted
+    /// transaction by rolling back without an error, and a caller that
+    /// went on after a failed statement would otherwise take its work for
+    /// committed (and, say, store a Kafka offset for it).
     pub async fn commit(self) -> Result<(), DbErr> {
+        if self.failed.load(Ordering::Acquire) {
+            self.end("ROLLBACK").await?;
+            return Err(DbErr::Custom(
+                "a statement of the transaction failed; it was rolled back, not committed"
+                    .to_owned(),
+            ));
+        }
         self.end("COMMIT").await
     }
 
@@ -116,21 +177,24 @@ impl Tx<'_> {
         self.end("ROLLBACK").await
     }
 
-    async fn end(mut self, sql: &str) -> Result<(), DbErr> {
-        let Some(mut conn) = self.conn.get_mut().take() else {
-            return Ok(());
-        };
+    async fn end(self, sql: &str) -> Result<(), DbErr> {
+        let Tx {
+            conn, opened, home, ..
+        } = self;
+        let mut conn = conn.into_inner();
         // Dropped on an error, the connection closes.
         conn.execute(sql).await.map_err(exec_err)?;
-        *self.home = Some(conn);
+        *home = Some(Kept { conn, opened });
         Ok(())
     }
-}
 
-/// The connection of a transaction still open.
-fn live(conn: &mut Option<PgConnection>) -> Result<&mut PgConnection, sqlx::Error> {
-    conn.as_mut()
-        .ok_or_else(|| sqlx::Error::Protocol("the transaction has ended".into()))
+    /// `result`, noting a failure.
+    fn noted<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
 }
 
 fn query(stmt: &Statement) -> sqlx::query::Query<'_, Postgres, SqlxValues> {
@@ -156,31 +220,25 @@ impl ConnectionTrait for Tx<'_> {
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let mut conn = self.conn.lock().await;
-        let result = query(&stmt)
-            .execute(live(&mut conn).map_err(exec_err)?)
-            .await;
+        let result = self.noted(query(&stmt).execute(&mut *conn).await);
         result.map(Into::into).map_err(exec_err)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let mut conn = self.conn.lock().await;
-        let result = live(&mut conn).map_err(exec_err)?.execute(sql).await;
+        let result = self.noted(conn.execute(sql).await);
         result.map(Into::into).map_err(exec_err)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let mut conn = self.conn.lock().await;
-        let result = query(&stmt)
-            .fetch_optional(live(&mut conn).map_err(query_err)?)
-            .await;
+        let result = self.noted(query(&stmt).fetch_optional(&mut *conn).await);
         result.map(|row| row.map(Into::into)).map_err(query_err)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut conn = self.conn.lock().await;
-        let result = query(&stmt)
-            .fetch_all(live(&mut conn).map_err(query_err)?)
-            .await;
+        let result = self.noted(query(&stmt).fetch_all(&mut *conn).await);
         result
             .map(|rows| rows.into_iter().map(Into::into).collect())
             .map_err(query_err)
