@@ -39,13 +39,39 @@ async fn a_batch_the_broker_did_not_take_stays_in_the_outbox() {
     outbox_rows(&db.conn, "relay-test.nowhere", 3).await;
     // Nothing listens on this port: every delivery times out.
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let err = relay::run_once(&mut Session::new(&db.conn), &impatient_producer(&dead), 10).await;
+    let mut session = Session::new(&db.conn);
+    let before = backend_pid(&mut session).await;
+    let err = relay::run_once(&mut session, &impatient_producer(&dead), 10).await;
     assert!(err.is_err(), "a failed publish was reported as done");
     assert_eq!(
         common::scalar_i64(&db.conn, "SELECT count(*) FROM outbox").await,
         3,
         "rows the broker never acknowledged left the outbox"
     );
+    // Rolled back rather than dropped: a broker outage fails every pass,
+    // and should not cost each one a new connection.
+    assert_eq!(
+        backend_pid(&mut session).await,
+        before,
+        "a failed publish cost the relay its connection"
+    );
+}
+
+/// The server process behind `session`'s connection.
+async fn backend_pid(session: &mut Session) -> i64 {
+    let tx = session.begin().await.unwrap();
+    let pid = tx
+        .query_one(sea_orm::Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT pg_backend_pid()::bigint AS pid",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "pid")
+        .unwrap();
+    tx.commit().await.unwrap();
+    pid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

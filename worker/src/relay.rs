@@ -48,9 +48,32 @@ pub async fn run_once(
         keyed.push((r.try_get::<i64>("", "id")?, r));
     }
     keyed.sort_unstable_by_key(|(id, _)| *id);
+    match publish(producer, &keyed).await {
+        Ok(published) => {
+            tx.commit().await?;
+            Ok(published)
+        }
+        Err(e) => {
+            // Puts the rows back now rather than when the server notices a
+            // closed connection, and keeps the connection: during a broker
+            // outage every pass fails here.
+            if let Err(r) = tx.rollback().await {
+                tracing::debug!(error = %r, "rolling back an unpublished batch failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Publishes `keyed` (outbox rows by id, in order) and waits for the
+/// broker's acknowledgement of every one; returns how many.
+async fn publish(
+    producer: &FutureProducer,
+    keyed: &[(i64, sea_orm::QueryResult)],
+) -> Result<usize, WorkerError> {
     let mut published = 0;
     let mut deliveries = Vec::with_capacity(keyed.len());
-    for (id, r) in &keyed {
+    for (id, r) in keyed {
         let id = *id;
         let topic: String = r.try_get("", "topic")?;
         let key: String = r.try_get("", "key")?;
@@ -93,7 +116,6 @@ pub async fn run_once(
             }
         }
     }
-    tx.commit().await?;
     Ok(published)
 }
 
