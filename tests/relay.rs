@@ -60,16 +60,7 @@ async fn a_batch_the_broker_did_not_take_stays_in_the_outbox() {
 /// The server process behind `session`'s connection.
 async fn backend_pid(session: &mut Session) -> i64 {
     let tx = session.begin().await.unwrap();
-    let pid = tx
-        .query_one(sea_orm::Statement::from_string(
-            tx.get_database_backend(),
-            "SELECT pg_backend_pid()::bigint AS pid",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "pid")
-        .unwrap();
+    let pid = common::scalar_i64(&tx, "SELECT pg_backend_pid()::bigint").await;
     tx.commit().await.unwrap();
     pid
 }

@@ -14,15 +14,7 @@ use sea_orm::{
 };
 
 async fn pid(tx: &Tx<'_>) -> i64 {
-    tx.query_one(Statement::from_string(
-        tx.get_database_backend(),
-        "SELECT pg_backend_pid()::bigint AS pid",
-    ))
-    .await
-    .unwrap()
-    .unwrap()
-    .try_get("", "pid")
-    .unwrap()
+    common::scalar_i64(tx, "SELECT pg_backend_pid()::bigint").await
 }
 
 async fn run(db: &impl ConnectionTrait, sql: &str) {

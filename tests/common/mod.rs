@@ -360,8 +360,9 @@ impl TestApp {
     }
 }
 
-/// A single `bigint` from `sql` (cast your count or sum to bigint).
-pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
+/// A single `bigint` from `sql` (cast your count or sum to bigint), on a
+/// pool or inside a transaction.
+pub async fn scalar_i64(db: &impl ConnectionTrait, sql: &str) -> i64 {
     let row = db
         .query_one(Statement::from_string(
             db.get_database_backend(),
