@@ -114,8 +114,7 @@ impl Session {
                 .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??,
         };
         Ok(Tx {
-            conn: Mutex::new(kept.conn),
-            opened: kept.opened,
+            kept: Mutex::new(kept),
             failed: AtomicBool::new(false),
             home: &mut self.conn,
         })
@@ -141,10 +140,9 @@ impl Session {
 /// connection.
 #[derive(Debug)]
 pub struct Tx<'s> {
-    /// A mutex only because [`ConnectionTrait`] runs statements through
+    /// The connection, in a mutex only because [`ConnectionTrait`] runs statements through
     /// `&self`; a transaction's statements never overlap.
-    conn: Mutex<PgConnection>,
-    opened: Instant,
+    kept: Mutex<Kept>,
     /// A statement failed: Postgres has aborted the transaction.
     failed: AtomicBool,
     /// Where the connection goes back once the transaction ended cleanly.
@@ -178,13 +176,11 @@ impl Tx<'_> {
     }
 
     async fn end(self, sql: &str) -> Result<(), DbErr> {
-        let Tx {
-            conn, opened, home, ..
-        } = self;
-        let mut conn = conn.into_inner();
+        let Tx { kept, home, .. } = self;
+        let mut kept = kept.into_inner();
         // Dropped on an error, the connection closes.
-        conn.execute(sql).await.map_err(exec_err)?;
-        *home = Some(Kept { conn, opened });
+        kept.conn.execute(sql).await.map_err(exec_err)?;
+        *home = Some(kept);
         Ok(())
     }
 
@@ -219,26 +215,26 @@ impl ConnectionTrait for Tx<'_> {
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let result = self.noted(query(&stmt).execute(&mut *conn).await);
+        let mut kept = self.kept.lock().await;
+        let result = self.noted(query(&stmt).execute(&mut kept.conn).await);
         result.map(Into::into).map_err(exec_err)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let result = self.noted(conn.execute(sql).await);
+        let mut kept = self.kept.lock().await;
+        let result = self.noted(kept.conn.execute(sql).await);
         result.map(Into::into).map_err(exec_err)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let result = self.noted(query(&stmt).fetch_optional(&mut *conn).await);
+        let mut kept = self.kept.lock().await;
+        let result = self.noted(query(&stmt).fetch_optional(&mut kept.conn).await);
         result.map(|row| row.map(Into::into)).map_err(query_err)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let mut conn = self.conn.lock().await;
-        let result = self.noted(query(&stmt).fetch_all(&mut *conn).await);
+        let mut kept = self.kept.lock().await;
+        let result = self.noted(query(&stmt).fetch_all(&mut kept.conn).await);
         result
             .map(|rows| rows.into_iter().map(Into::into).collect())
             .map_err(query_err)
