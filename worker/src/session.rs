@@ -140,8 +140,9 @@ impl Session {
 /// connection.
 #[derive(Debug)]
 pub struct Tx<'s> {
-    /// The connection, in a mutex only because [`ConnectionTrait`] runs statements through
-    /// `&self`; a transaction's statements never overlap.
+    /// The connection, in a mutex only because [`ConnectionTrait`] runs
+    /// statements through `&self`; a transaction's statements never
+    /// overlap.
     kept: Mutex<Kept>,
     /// A statement failed: Postgres has aborted the transaction.
     failed: AtomicBool,
