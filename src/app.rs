@@ -447,6 +447,7 @@ pub async fn start_extended(
             registry: Some(Arc::clone(&worker_cfg.registry)),
             announcer: announcer.clone(),
             topics: topics.clone(),
+            health_thresholds: cfg.health_thresholds(),
         };
         let endpoint = sagaflow_api::app(db.clone(), probe, api_cfg);
         let stop = shutdown.clone();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use sagaflow_api::queue_health::Thresholds;
 use sagaflow_worker::maintenance::{MaintenanceConfig, RetentionMode};
 use sagaflow_worker::{Actions, KafkaConfig, Topics, WorkerConfig};
 use sagaflow_workflows::{Registry, Tuning};
@@ -231,6 +232,12 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_INBOX_RETENTION_SECS", default_value_t = 8 * 24 * 3600)]
     pub inbox_retention_secs: u64,
 
+    /// Warn when a transaction holding back vacuum has been open this many
+    /// seconds: in `sagaflow doctor`, `GET /queue-health`, `/metrics` and
+    /// the dashboard alike.
+    #[arg(long, env = "SAGAFLOW_XMIN_WARN_SECONDS", default_value_t = 60)]
+    pub xmin_warn_seconds: u64,
+
     /// Rows per maintenance transaction (retention, inbox trim).
     #[arg(long, env = "SAGAFLOW_MAINTENANCE_BATCH", default_value_t = 1000)]
     pub maintenance_batch: u32,
@@ -397,6 +404,9 @@ impl Config {
         if self.inbox_retention_secs < 3600 {
             return bad("SAGAFLOW_INBOX_RETENTION_SECS must be at least 3600 (an hour)");
         }
+        if self.xmin_warn_seconds == 0 {
+            return bad("SAGAFLOW_XMIN_WARN_SECONDS must be at least 1");
+        }
         if self.db_pool_size < 2 {
             return bad("SAGAFLOW_DB_POOL_SIZE must be at least 2");
         }
@@ -445,7 +455,17 @@ impl Config {
         }
     }
 
-    /// The maintenance jobs' settings.
+    /// When queue health warns: the xmin threshold as configured, and the
+    /// inbox-age warning at the trim job's retention plus a day, so that
+    /// `doctor` and a serving process's `/queue-health` agree.
+    pub fn health_thresholds(&self) -> Thresholds {
+        Thresholds {
+            xmin_warn_seconds: self.xmin_warn_seconds,
+            ..Thresholds::with_inbox_retention(Duration::from_secs(self.inbox_retention_secs))
+        }
+    }
+
+    /// The retention and inbox trim jobs' settings.
     pub fn maintenance(&self) -> MaintenanceConfig {
         MaintenanceConfig {
             mode: match self.retention {
@@ -506,5 +526,22 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{lanes}: {e}"));
         }
+    }
+
+    #[test]
+    fn health_thresholds_follow_the_inbox_retention_and_the_xmin_setting() {
+        let t = parsed(&["--inbox-retention-secs", "7200", "--xmin-warn-seconds", "5"])
+            .health_thresholds();
+        assert_eq!(t.inbox_age_warn_seconds, 7200 + 24 * 3600);
+        assert_eq!(t.xmin_warn_seconds, 5);
+        // Unset, they are the defaults every reader of queue health knows.
+        assert_eq!(parsed(&[]).health_thresholds(), Thresholds::default());
+        let err = parsed(&["--xmin-warn-seconds", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SAGAFLOW_XMIN_WARN_SECONDS"),
+            "{err}"
+        );
     }
 }

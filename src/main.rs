@@ -176,10 +176,6 @@ struct DoctorArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Warn when a transaction holding back vacuum has been open this many
-    /// seconds.
-    #[arg(long, env = "SAGAFLOW_XMIN_WARN_SECONDS", default_value_t = 60)]
-    xmin_warn_seconds: u64,
     #[command(flatten)]
     config: Config,
 }
@@ -192,13 +188,7 @@ const DOCTOR_UNREACHABLE: i32 = 2;
 
 /// Runs `sagaflow doctor` and returns its exit status.
 async fn doctor(args: &DoctorArgs) -> i32 {
-    // The inbox warning follows the trim job's configured retention.
-    let thresholds = sagaflow_api::queue_health::Thresholds {
-        xmin_warn_seconds: args.xmin_warn_seconds,
-        ..sagaflow_api::queue_health::Thresholds::with_inbox_retention(Duration::from_secs(
-            args.config.inbox_retention_secs,
-        ))
-    };
+    let thresholds = args.config.health_thresholds();
     let health = match app::connect(&args.config).await {
         Ok(db) => sagaflow_api::queue_health::queue_health(&db, &thresholds)
             .await

@@ -205,6 +205,78 @@ async fn the_queue_health_endpoint_is_for_operators() {
     assert!(spec["paths"]["/queue-health"]["get"]["responses"]["401"].is_object());
 }
 
+/// The inbox-age warning of `/queue-health` and `/metrics` follows the
+/// thresholds the process was given (`sagaflow` passes the inbox retention
+/// it trims at, as `doctor` uses), not the built-in 8 days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_warn_at_the_configured_thresholds() {
+    let db = common::fresh_database().await;
+    db.conn
+        .execute(Statement::from_string(
+            db.conn.get_database_backend(),
+            "INSERT INTO inbox (consumer, message_id, received_at) \
+             VALUES ('funds', gen_random_uuid(), now() - interval '2 days')",
+        ))
+        .await
+        .expect("an inbox row two days old");
+    let get = |thresholds: Thresholds| {
+        let api = TestClient::new(sagaflow_api::app(
+            db.conn.clone(),
+            common::kafka_readiness(true),
+            ApiConfig {
+                admin_token: Some(TOKEN.to_owned()),
+                health_thresholds: thresholds,
+                ..ApiConfig::default()
+            },
+        ));
+        async move {
+            let resp = api
+                .get("/queue-health")
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .send()
+                .await;
+            resp.assert_status_is_ok();
+            let body: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
+            let metrics = api.get("/metrics").send().await;
+            metrics.assert_status_is_ok();
+            let text = metrics.0.into_body().into_string().await.unwrap();
+            (body, text)
+        }
+    };
+    let codes = |body: &serde_json::Value| -> Vec<String> {
+        body["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .map(|w| w["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (body, _) = get(Thresholds::default()).await;
+    assert!(
+        !codes(&body).contains(&"inbox_not_trimmed".to_owned()),
+        "{body}"
+    );
+
+    // An hour's retention: the row is a day past it plus the day of slack.
+    let configured = Thresholds {
+        xmin_warn_seconds: 7,
+        ..Thresholds::with_inbox_retention(Duration::from_secs(3600))
+    };
+    let (body, metrics) = get(configured).await;
+    assert!(
+        codes(&body).contains(&"inbox_not_trimmed".to_owned()),
+        "{body}"
+    );
+    assert_eq!(
+        body["thresholds"]["inbox_age_warn_seconds"],
+        3600 + 24 * 3600,
+        "{body}"
+    );
+    assert_eq!(body["thresholds"]["xmin_warn_seconds"], 7, "{body}");
+    assert!(metrics.contains("warning threshold (7 s)"), "{metrics}");
+}
+
 /// Runs `sagaflow doctor` on `url` with `extra` arguments; returns its
 /// exit status, stdout and stderr.
 fn doctor(url: &str, extra: &[&str]) -> (i32, String, String) {

@@ -66,6 +66,9 @@ pub struct ApiConfig {
     /// from the transaction that places the order, so an API process must
     /// be given the workers' prefix (and `registry` their tuning).
     pub topics: sagaflow_workflows::messages::Topics,
+    /// When `/queue-health`, `/metrics` and the dashboard warn; `sagaflow`
+    /// passes the ones `sagaflow doctor` uses, from its configuration.
+    pub health_thresholds: queue_health::Thresholds,
 }
 
 impl Default for ApiConfig {
@@ -79,6 +82,7 @@ impl Default for ApiConfig {
             registry: None,
             announcer: sagaflow_entity::wake::Announcer::default(),
             topics: sagaflow_workflows::messages::Topics::with_prefix(""),
+            health_thresholds: queue_health::Thresholds::default(),
         }
     }
 }
@@ -142,8 +146,8 @@ pub fn app(
             sagas::SagasApi::new(db.clone(), operator.clone(), registry)
             .announcing(cfg.announcer.clone()),
             verify::VerifyApi::new(db.clone(), operator.clone()),
-            queue_health::QueueHealthApi::new(db.clone(), operator),
-            metrics::MetricsApi::new(db.clone(), cfg.metrics.clone()),
+            queue_health::QueueHealthApi::new(db.clone(), operator, cfg.health_thresholds.clone()),
+            metrics::MetricsApi::new(db.clone(), cfg.metrics.clone(), cfg.health_thresholds),
             health::HealthApi::new(db, probe),
         ),
         "sagaflow",

@@ -26,6 +26,7 @@ use crate::ApiTags;
 pub struct MetricsApi {
     db: DatabaseConnection,
     handle: Option<PrometheusHandle>,
+    thresholds: Thresholds,
 }
 
 impl std::fmt::Debug for MetricsApi {
@@ -52,9 +53,18 @@ pub enum MetricsResponse {
 
 impl MetricsApi {
     /// Reads gauges from `db` and renders `handle` (no recorder: only the
-    /// database gauges, written by hand).
-    pub fn new(db: DatabaseConnection, handle: Option<PrometheusHandle>) -> Self {
-        Self { db, handle }
+    /// database gauges, written by hand); queue-health warnings are
+    /// counted against `thresholds`.
+    pub fn new(
+        db: DatabaseConnection,
+        handle: Option<PrometheusHandle>,
+        thresholds: Thresholds,
+    ) -> Self {
+        Self {
+            db,
+            handle,
+            thresholds,
+        }
     }
 
     /// The gauges that describe the database, in the text format.
@@ -81,7 +91,7 @@ impl MetricsApi {
                 state.as_str()
             ));
         }
-        let health = queue_health(&self.db, &Thresholds::default()).await?;
+        let health = queue_health(&self.db, &self.thresholds).await?;
         text.push_str(&format!(
             "# HELP sagaflow_outbox_backlog Outbox rows not yet published.\n# TYPE sagaflow_outbox_backlog gauge\n\
              sagaflow_outbox_backlog {}\n\

@@ -563,14 +563,14 @@ pub struct QueueHealthApi {
 }
 
 impl QueueHealthApi {
-    /// Reads `db` with the default [`Thresholds`]; callers need the
-    /// operator token `operator` checks (the report names sessions and
-    /// shows their queries).
-    pub fn new(db: DatabaseConnection, operator: Operator) -> Self {
+    /// Reads `db` and warns past `thresholds`; callers need the operator
+    /// token `operator` checks (the report names sessions and shows their
+    /// queries).
+    pub fn new(db: DatabaseConnection, operator: Operator, thresholds: Thresholds) -> Self {
         Self {
             db,
             operator,
-            thresholds: Thresholds::default(),
+            thresholds,
         }
     }
 }
