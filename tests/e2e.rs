@@ -406,6 +406,77 @@ async fn malformed_messages_are_dead_lettered_and_consumers_keep_going() {
     app.stop().await;
 }
 
+/// A message the broker took but whose dead-letter copy (its own headers
+/// plus the parking ones) the service's producer cannot send whole is
+/// parked truncated, saying so, and the consumer goes on: retrying the
+/// whole copy would hold its partition up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_too_large_to_park_whole_is_parked_truncated() {
+    let app = TestApp::start().await;
+    let commands = app.topic("funds.commands");
+    let dead_letter = app.topic("sagaflow.dlq");
+    // Above the service producer's 1,000,000-byte `message.max.bytes`,
+    // below the broker's default limit (1,048,588).
+    let size = 1_040_000;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; size];
+    let delivery = producer
+        .send(
+            FutureRecord::to(&commands)
+                .key("huge")
+                .payload(&payload)
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("publish the huge message");
+    await_committed(
+        &app,
+        "sagaflow-funds",
+        &commands,
+        delivery.partition,
+        delivery.offset,
+    )
+    .await;
+
+    let parked = read_topic(&app, &dead_letter, 1, |_| true).await;
+    let m = &parked[0];
+    let headers = m.headers().expect("dead letter headers");
+    let header = |key: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header("x-dlq-original-topic").as_deref(),
+        Some(commands.as_str())
+    );
+    assert_eq!(
+        header("x-dlq-original-offset"),
+        Some(delivery.offset.to_string())
+    );
+    assert!(header("x-dlq-reason").is_some_and(|r| r.contains("not a funds command")));
+    let note = header("x-dlq-truncated").expect("x-dlq-truncated");
+    assert!(note.contains(&format!("payload of {size} bytes")), "{note}");
+    assert_eq!(
+        m.payload().unwrap(),
+        &payload[..sagaflow_worker::consumer::DEAD_LETTER_KEPT_BYTES]
+    );
+
+    // The participant still answers what comes behind it.
+    app.funded_account(7, "10.00").await;
+    let (_, order) = app.place_order(7, "4.00", None).await;
+    let order_no = order["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     let app = TestApp::start().await;

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -97,16 +99,23 @@ where
         let Some(outcomes) = apply(&handle, &topic, &batch, &shutdown).await? else {
             break;
         };
-        for (msg, outcome) in batch.iter().zip(&outcomes) {
-            if let Handled::DeadLetter(reason) = outcome {
-                dead_letter_publish(&producer, &dead_letter, msg, reason, &shutdown).await;
-            }
-        }
         // Store the next offset of each partition the batch touched;
         // librdkafka commits stored offsets every commit interval, on
-        // rebalance and on close.
+        // rebalance and on close. A message to park that shutdown kept
+        // from the dead-letter topic stops its partition's offset before
+        // it: it is delivered again after the restart, and parked then.
+        let mut unparked: Vec<i32> = Vec::new();
         let mut offsets = TopicPartitionList::new();
-        for msg in &batch {
+        for (msg, outcome) in batch.iter().zip(&outcomes) {
+            if unparked.contains(&msg.partition()) {
+                continue;
+            }
+            if let Handled::DeadLetter(reason) = outcome {
+                if !dead_letter_publish(&producer, &dead_letter, msg, reason, &shutdown).await {
+                    unparked.push(msg.partition());
+                    continue;
+                }
+            }
             let next = Offset::Offset(msg.offset() + 1);
             let added = offsets.set_partition_offset(msg.topic(), msg.partition(), next);
             if added.is_err() {
@@ -120,10 +129,17 @@ where
             // offset only means a harmless redelivery.
             tracing::warn!(%topic, error = %e, "storing offsets failed");
         }
+        if !unparked.is_empty() {
+            // Only shutdown stops parking; take nothing more (a later
+            // message of that partition must not be stored past it).
+            break;
+        }
     }
     // Commit what was stored (what was applied) before leaving the group.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(%topic, error = %e, "final offset commit");
+        // Harmless (the inbox dedupes what comes again), but worth seeing:
+        // the group's next owner redelivers everything since the last commit.
+        tracing::warn!(%topic, error = %e, "final offset commit failed");
     }
     Ok(())
 }
@@ -241,18 +257,29 @@ fn header(msg: &BorrowedMessage<'_>, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Most payload bytes a dead letter keeps of a message too large to be
+/// parked whole (its copy carries headers the original did not).
+pub const DEAD_LETTER_KEPT_BYTES: usize = 64 * 1024;
+
+/// Parks `msg` in `dead_letter` with `reason`, retrying until the broker
+/// takes it; `false` if shutdown came first (the message is not parked,
+/// so its offset must not be stored). A message too large for the
+/// producer once the dead-letter headers are added is parked truncated to
+/// [`DEAD_LETTER_KEPT_BYTES`], without its own headers, and says so in
+/// `x-dlq-truncated`: retrying the whole copy could never succeed and would
+/// hold up its partition for good.
 async fn dead_letter_publish(
     producer: &FutureProducer,
     dead_letter: &str,
     msg: &BorrowedMessage<'_>,
     reason: &str,
     shutdown: &CancellationToken,
-) {
+) -> bool {
     tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason,
         "message moved to the dead-letter topic");
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
-    let mut headers = OwnedHeaders::new()
+    let parking = OwnedHeaders::new()
         .insert(Header {
             key: "x-dlq-reason",
             value: Some(reason.as_bytes()),
@@ -269,6 +296,7 @@ async fn dead_letter_publish(
             key: "x-dlq-original-offset",
             value: Some(offset.as_bytes()),
         });
+    let mut headers = parking.clone();
     if let Some(h) = msg.headers() {
         for i in 0..h.count() {
             let header = h.get(i);
@@ -278,8 +306,9 @@ async fn dead_letter_publish(
             });
         }
     }
-    let payload = msg.payload().unwrap_or_default();
+    let mut payload = msg.payload().unwrap_or_default();
     let key = msg.key().unwrap_or_default();
+    let mut truncated = None;
     // Parking the message must not be skipped, or it would be lost once the
     // offset moves on: retry until the broker takes it.
     loop {
@@ -288,11 +317,32 @@ async fn dead_letter_publish(
             .key(key)
             .headers(headers.clone());
         match producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return,
+            Ok(_) => return true,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                if truncated.is_none() =>
+            {
+                let whole = payload.len();
+                payload = &payload[..whole.min(DEAD_LETTER_KEPT_BYTES)];
+                let note = truncated.insert(format!(
+                    "payload of {whole} bytes, first {} kept; the message's own headers dropped",
+                    payload.len()
+                ));
+                tracing::warn!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    bytes = whole,
+                    "too large to park whole; parking it truncated"
+                );
+                headers = parking.clone().insert(Header {
+                    key: "x-dlq-truncated",
+                    value: Some(note.as_bytes()),
+                });
+            }
             Err((e, _)) => {
                 tracing::warn!(error = %e, "publishing to the dead-letter topic failed; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
