@@ -147,8 +147,9 @@ pub async fn handle_batch(
         run.push(command);
     }
     apply_run(&tx, topics, run, &mut fresh, &mut handled).await?;
-    tx.commit().await?;
-    handled
+    // Checked before the commit: an unanswered command's inbox row would
+    // otherwise commit with no answer, and read as answered ever after.
+    let handled = handled
         .into_iter()
         .map(|h| {
             h.ok_or_else(|| WorkerError::Corrupt {
@@ -156,7 +157,9 @@ pub async fn handle_batch(
                 reason: "a funds command was left unanswered".to_owned(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().await?;
+    Ok(handled)
 }
 
 /// The command in `payload`, or the dead letter it makes.
