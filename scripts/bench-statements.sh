@@ -2,8 +2,9 @@
 # Statements per saga: runs scripts/bench.sh with its arguments under
 # pg_stat_statements and writes, for each scenario database of the run, the
 # statements it executed with their calls per saga (a consumer's or claim
-# loop's batch size is sagas ÷ calls of its batch statement), rows per call
-# and mean execution time. For the project's own cluster (scripts/services.sh).
+# loop's batch size is sagas ÷ calls of its batch statement), rows per call,
+# mean execution time and JIT compilation time per call. For the project's
+# own cluster (scripts/services.sh).
 #
 #   scripts/bench-statements.sh scale-out --rounds 1
 #   scripts/bench-statements.sh order-e2e --duration-s 30
@@ -83,7 +84,7 @@ collect_runs_dbs
 [ "${#runs_dbs[@]}" -gt 0 ] || die "the run left no scenario database"
 
 mkdir -p "$(dirname "$out")"
-printf 'database\tsagas\tcalls\tcalls_per_saga\trows_per_call\tmean_exec_ms\tstatement\n' >"$out"
+printf 'database\tsagas\tcalls\tcalls_per_saga\trows_per_call\tmean_exec_ms\tjit_ms_per_call\tstatement\n' >"$out"
 for db in "${runs_dbs[@]}"; do
   sagas="$(su_psql "$db" -Atc "SELECT count(*) FROM saga_instances")"
   # Statements called at least once per 1,000 sagas, most called first.
@@ -92,6 +93,8 @@ for db in "${runs_dbs[@]}"; do
            round(s.calls::numeric / greatest($sagas, 1), 4),
            round(s.rows::numeric / s.calls, 1),
            round((s.total_exec_time / s.calls)::numeric, 3),
+           round(((s.jit_generation_time + s.jit_inlining_time + s.jit_optimization_time
+                   + s.jit_emission_time) / s.calls)::numeric, 3),
            left(regexp_replace(s.query, '\s+', ' ', 'g'), 110)
       FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
      WHERE d.datname = '$db' AND s.calls * 1000 >= greatest($sagas, 1)
