@@ -143,14 +143,26 @@ async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     if let Some(addr) = running.http_addr {
         tracing::info!("sagaflow is serving on http://{addr} (API docs at http://{addr}/docs)");
     }
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down"),
-        _ = running.wait() => tracing::error!("a role stopped unexpectedly; shutting down"),
-    }
+    let unexpected = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            false
+        }
+        _ = running.wait() => {
+            tracing::error!("a role stopped unexpectedly; shutting down");
+            true
+        }
+    };
     running
         .stop(Duration::from_millis(config.shutdown_grace_ms))
         .await;
     tracing::info!("stopped");
+    // A non-zero exit, so that a supervisor restarting failed processes
+    // (systemd's Restart=on-failure, a container's restart policy) brings
+    // the missing role back.
+    if unexpected {
+        anyhow::bail!("a role stopped unexpectedly (its error is logged above)");
+    }
     Ok(())
 }
 
