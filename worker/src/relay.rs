@@ -131,23 +131,56 @@ pub async fn run(
 ) {
     let pacer = wake::Pacer::new(cfg.pass_gap);
     let mut session = Session::new(&db);
+    let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         wakeups.outbox.borrow_and_update();
         match run_once(&mut session, &producer, cfg.relay_batch).await {
-            Ok(n) if n >= usize::try_from(cfg.relay_batch).unwrap_or(usize::MAX) => continue,
+            Ok(n) if n >= usize::try_from(cfg.relay_batch).unwrap_or(usize::MAX) => failures = 0,
             Ok(_) => {
+                failures = 0;
                 wake::wait(&mut wakeups.outbox, cfg.poll_interval, &shutdown).await;
                 pacer.pace(&shutdown).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "outbox relay pass failed; retrying");
-                wake::wait(
-                    &mut wakeups.outbox,
-                    cfg.poll_interval.max(Duration::from_millis(500)),
-                    &shutdown,
-                )
-                .await;
+                failures = failures.saturating_add(1);
+                let pause = retry_pause(failures, cfg.poll_interval);
+                tracing::warn!(error = %e, retry_in = ?pause, "outbox relay pass failed; retrying");
+                // Not woken by new outbox rows: while Kafka or Postgres
+                // fails, every commit anywhere would otherwise start
+                // another pass that takes and rolls back the same batch.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
+    }
+}
+
+/// The pause after the `failures`-th failed pass in a row: half a second
+/// (or the poll interval, if longer), doubling up to 5 s (or the poll
+/// interval).
+fn retry_pause(failures: u32, poll_interval: Duration) -> Duration {
+    let first = poll_interval.max(Duration::from_millis(500));
+    let most = poll_interval.max(Duration::from_secs(5));
+    first
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(most)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_relay_backs_off_from_half_a_second_to_five() {
+        let poll = Duration::from_millis(100);
+        let pauses: Vec<u128> = (1..=6).map(|n| retry_pause(n, poll).as_millis()).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(retry_pause(u32::MAX, poll), Duration::from_secs(5));
+        // A poll interval longer than both bounds is the pause throughout.
+        let slow = Duration::from_secs(30);
+        assert_eq!(retry_pause(1, slow), slow);
+        assert_eq!(retry_pause(9, slow), slow);
     }
 }
