@@ -338,6 +338,16 @@ async fn duplicated_command_and_reply_change_nothing() {
     app.stop().await;
 }
 
+/// The value of `m`'s header `key`, as text.
+fn header_text(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    m.headers()
+        .expect("dead letter headers")
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_messages_are_dead_lettered_and_consumers_keep_going() {
     let app = TestApp::start().await;
@@ -371,14 +381,7 @@ async fn malformed_messages_are_dead_lettered_and_consumers_keep_going() {
     let mut origins: Vec<(String, Vec<u8>)> = parked
         .iter()
         .map(|m| {
-            let headers = m.headers().expect("dead letter headers");
-            let header = |key: &str| {
-                headers
-                    .iter()
-                    .find(|h| h.key == key)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+            let header = |key: &str| header_text(m, key);
             assert!(
                 header("x-dlq-reason").is_some_and(|r| !r.is_empty()),
                 "dead letter without a reason"
@@ -445,14 +448,7 @@ async fn a_message_too_large_to_park_whole_is_parked_truncated() {
 
     let parked = read_topic(&app, &dead_letter, 1, |_| true).await;
     let m = &parked[0];
-    let headers = m.headers().expect("dead letter headers");
-    let header = |key: &str| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
+    let header = |key: &str| header_text(m, key);
     assert_eq!(
         header("x-dlq-original-topic").as_deref(),
         Some(commands.as_str())

@@ -176,13 +176,7 @@ async fn the_queue_health_endpoint_is_for_operators() {
         .await;
     resp.assert_status(StatusCode::UNAUTHORIZED);
 
-    let resp = api
-        .get("/queue-health")
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .await;
-    resp.assert_status_is_ok();
-    let body: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
+    let body = report(&api).await;
     let tables: Vec<&str> = body["tables"]
         .as_array()
         .expect("tables")
@@ -230,13 +224,7 @@ async fn the_endpoints_warn_at_the_configured_thresholds() {
             },
         ));
         async move {
-            let resp = api
-                .get("/queue-health")
-                .header("Authorization", format!("Bearer {TOKEN}"))
-                .send()
-                .await;
-            resp.assert_status_is_ok();
-            let body: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
+            let body = report(&api).await;
             let metrics = api.get("/metrics").send().await;
             metrics.assert_status_is_ok();
             let text = metrics.0.into_body().into_string().await.unwrap();
@@ -275,6 +263,17 @@ async fn the_endpoints_warn_at_the_configured_thresholds() {
     );
     assert_eq!(body["thresholds"]["xmin_warn_seconds"], 7, "{body}");
     assert!(metrics.contains("warning threshold (7 s)"), "{metrics}");
+}
+
+/// `GET /queue-health` as the operator: the report, answered 200.
+async fn report(api: &TestClient<poem::endpoint::BoxEndpoint<'static>>) -> serde_json::Value {
+    let resp = api
+        .get("/queue-health")
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.0.into_body().into_json().await.unwrap()
 }
 
 /// Runs `sagaflow doctor` on `url` with `extra` arguments; returns its
