@@ -99,13 +99,8 @@ async fn happy_path_debits_once_and_publishes_order_paid() {
     assert_eq!(event["type"], "OrderPaid");
     assert_eq!(event["order_no"], order_no.as_str());
     assert_eq!(event["amount"], "19.99");
-    let headers = events[0].headers().expect("headers");
-    let traceparent = headers
-        .iter()
-        .find(|h| h.key == "traceparent")
-        .and_then(|h| h.value)
-        .expect("traceparent header");
-    assert!(std::str::from_utf8(traceparent).unwrap().starts_with("00-"));
+    let traceparent = header_text(&events[0], "traceparent").expect("traceparent header");
+    assert!(traceparent.starts_with("00-"));
 
     assert_eq!(money_anomalies(&app.db.conn).await, Vec::<String>::new());
     app.stop().await;
@@ -341,7 +336,7 @@ async fn duplicated_command_and_reply_change_nothing() {
 /// The value of `m`'s header `key`, as text.
 fn header_text(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
     m.headers()
-        .expect("dead letter headers")
+        .expect("message headers")
         .iter()
         .find(|h| h.key == key)
         .and_then(|h| h.value)

@@ -308,7 +308,7 @@ async fn dead_letter_publish(
     }
     let mut payload = msg.payload().unwrap_or_default();
     let key = msg.key().unwrap_or_default();
-    let mut truncated = None;
+    let mut truncated = false;
     // Parking the message must not be skipped, or it would be lost once the
     // offset moves on: retry until the broker takes it.
     loop {
@@ -319,14 +319,15 @@ async fn dead_letter_publish(
         match producer.send(record, Duration::from_secs(10)).await {
             Ok(_) => return true,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                if truncated.is_none() =>
+                if !truncated =>
             {
+                truncated = true;
                 let whole = payload.len();
                 payload = &payload[..whole.min(DEAD_LETTER_KEPT_BYTES)];
-                let note = truncated.insert(format!(
+                let note = format!(
                     "payload of {whole} bytes, first {} kept; the message's own headers dropped",
                     payload.len()
-                ));
+                );
                 tracing::warn!(
                     topic = msg.topic(),
                     partition = msg.partition(),
