@@ -44,6 +44,10 @@ enum Command {
     /// Look at and replay the dead-letter topic.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Look at and requeue outbox messages Kafka refused for good (too
+    /// large, say), which the relay set aside so that the rest is published.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Check the money and state invariants against the database; print
     /// the report and exit 1 if any is violated.
     Verify(VerifyArgs),
@@ -57,13 +61,36 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Print every parked message: where it came from, why, and what it is.
-    List(DlqListArgs),
+    List(ListArgs),
     /// Publish parked messages again to the topics they came from.
     Replay(DlqReplayArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Print every message set aside: its topic, key, Kafka's answer, size.
+    List(ListArgs),
+    /// Put set-aside messages back at the end of the outbox, once what made
+    /// Kafka refuse them is fixed; one Kafka still refuses is set aside
+    /// again.
+    Requeue(OutboxRequeueArgs),
+}
+
 #[derive(Debug, clap::Args)]
-struct DlqListArgs {
+struct OutboxRequeueArgs {
+    /// The outbox id of a message to requeue (as `outbox list` shows it);
+    /// repeat for several.
+    #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
+    id: Vec<i64>,
+    /// Requeue every message set aside.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -116,6 +143,47 @@ fn print_dead_letters(
             d.reason,
             d.key,
             payload
+        );
+    }
+    Ok(())
+}
+
+/// Prints the outbox rows the relay set aside (the command's output).
+#[allow(clippy::print_stdout)]
+fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> anyhow::Result<()> {
+    let shown: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "message_id": r.message_id,
+                "topic": r.topic,
+                "key": r.key,
+                "payload_bytes": r.payload.to_string().len(),
+                "created_at": r.created_at,
+                "failed_at": r.failed_at,
+                "error": r.error,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no outbox message is set aside");
+    }
+    for (r, s) in rows.iter().zip(&shown) {
+        println!(
+            "{}  {} to {} key {}\n    error:   {}\n    payload: {} bytes, written {}, set aside {}",
+            r.id,
+            r.message_id,
+            r.topic,
+            r.key,
+            r.error,
+            s["payload_bytes"],
+            r.created_at,
+            r.failed_at
         );
     }
     Ok(())
@@ -315,6 +383,37 @@ async fn main() -> anyhow::Result<()> {
             };
             let sent = sagaflow_worker::dlq::replay(&args.config.kafka(), &chosen).await?;
             tracing::info!(sent, "replayed dead letters to their original topics");
+        }
+        Command::Outbox(OutboxCommand::List(args)) => {
+            init_tracing(args.config.log_format);
+            let db = app::connect(&args.config).await?;
+            let rows = sagaflow_worker::relay::set_aside(&db)
+                .await
+                .context("reading outbox_dead")?;
+            print_set_aside(&rows, args.json)?;
+        }
+        Command::Outbox(OutboxCommand::Requeue(args)) => {
+            init_tracing(args.config.log_format);
+            let db = app::connect(&args.config).await?;
+            let ids = (!args.all).then(|| args.id.clone());
+            let moved = sagaflow_worker::relay::requeue(&db, ids)
+                .await
+                .context("requeueing set-aside outbox messages")?;
+            let missing: Vec<i64> = args
+                .id
+                .iter()
+                .filter(|i| !moved.contains(i))
+                .copied()
+                .collect();
+            tracing::info!(
+                requeued = moved.len(),
+                ?moved,
+                "requeued set-aside outbox messages"
+            );
+            anyhow::ensure!(
+                missing.is_empty(),
+                "not set aside (see `sagaflow outbox list`): {missing:?}"
+            );
         }
         Command::Verify(args) => {
             init_tracing(args.config.log_format);

@@ -12,6 +12,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sea_orm::ConnectionTrait;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -465,6 +466,118 @@ async fn a_message_too_large_to_park_whole_is_parked_truncated() {
     let (_, order) = app.place_order(7, "4.00", None).await;
     let order_no = order["order_no"].as_str().unwrap().to_owned();
     assert_eq!(app.settled_order(&order_no, SETTLE).await["status"], "PAID");
+    app.stop().await;
+}
+
+fn outbox_cli(app: &TestApp, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .arg("outbox")
+        .args(args)
+        .args(["--database-url", &app.db.url])
+        .output()
+        .expect("run sagaflow outbox");
+    assert!(
+        out.status.success(),
+        "outbox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An outbox row Kafka refuses for good (larger than the producer may
+/// send) leaves the outbox for `outbox_dead` with Kafka's answer, and the
+/// row written after it is published: before, it failed every pass and
+/// held up every message behind it. Queue health warns, and a requeued row
+/// Kafka still refuses is set aside again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
+    let app = TestApp::start().await;
+    let events = app.topic("orders.events");
+    let (huge, small) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // One statement, so the relay sees both rows in one pass, huge first.
+    app.db
+        .conn
+        .execute(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO outbox (message_id, topic, key, payload) VALUES \
+             ($1, $3, 'huge', jsonb_build_object('blob', repeat('x', 1100000))), \
+             ($2, $3, 'small', '{\"after\": \"huge\"}'::jsonb)",
+            [huge.into(), small.into(), events.clone().into()],
+        ))
+        .await
+        .unwrap();
+    app.db
+        .conn
+        .execute_unprepared(&format!(
+            "SELECT pg_notify('{}', '')",
+            sagaflow_entity::wake::OUTBOX_CHANNEL
+        ))
+        .await
+        .unwrap();
+
+    let published = read_topic(&app, &events, 1, |m| m.key() == Some(&b"small"[..])).await;
+    assert_eq!(published[0].payload(), Some(&br#"{"after":"huge"}"#[..]));
+    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
+        .await;
+    let listed: serde_json::Value =
+        serde_json::from_str(&outbox_cli(&app, &["list", "--json"])).unwrap();
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["message_id"], huge.to_string());
+    assert_eq!(rows[0]["topic"], events.as_str());
+    assert!(rows[0]["payload_bytes"].as_u64().unwrap() > 1_100_000);
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("MessageSizeTooLarge"),
+        "{listed}"
+    );
+    let health = sagaflow_api::queue_health::queue_health(
+        &app.db.conn,
+        &sagaflow_api::queue_health::Thresholds::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(health.outbox.set_aside, 1);
+    assert!(
+        health.warnings.iter().any(|w| w.code == "outbox_set_aside"),
+        "{:?}",
+        health.warnings
+    );
+
+    // Requeued, it goes to the end of the outbox under a new id, and the
+    // relay, which Kafka still refuses it to, sets it aside again.
+    let first_id = rows[0]["id"].as_i64().unwrap();
+    outbox_cli(&app, &["requeue", "--id", &first_id.to_string()]);
+    let again = app
+        .await_scalar(
+            &format!("SELECT COALESCE(max(id), 0) FROM outbox_dead WHERE message_id = '{huge}'"),
+            SETTLE,
+            |id| id > first_id,
+        )
+        .await;
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 1);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox").await, 0);
+    // An id that is not set aside is an error that names it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(["outbox", "requeue", "--id", &first_id.to_string()])
+        .args(["--database-url", &app.db.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("[{first_id}]")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM outbox_dead WHERE id = {again}"
+        ))
+        .await,
+        1
+    );
     app.stop().await;
 }
 

@@ -147,6 +147,7 @@ async fn metrics_carry_the_queue_health_gauges() {
         "sagaflow_db_oldest_xact_warning 0\n",
         "sagaflow_outbox_backlog 0\n",
         "sagaflow_outbox_oldest_age_seconds 0\n",
+        "sagaflow_outbox_set_aside 0\n",
         "sagaflow_inbox_rows 0\n",
         "sagaflow_inbox_oldest_age_seconds 0\n",
         "sagaflow_table_last_autovacuum_timestamp_seconds{table=\"inbox\"} 0\n",

@@ -97,8 +97,11 @@ impl MetricsApi {
              sagaflow_outbox_backlog {}\n\
              # HELP sagaflow_outbox_oldest_age_seconds Age of the oldest unpublished outbox row.\n\
              # TYPE sagaflow_outbox_oldest_age_seconds gauge\n\
-             sagaflow_outbox_oldest_age_seconds {}\n",
-            health.outbox.backlog, health.outbox.oldest_age_seconds
+             sagaflow_outbox_oldest_age_seconds {}\n\
+             # HELP sagaflow_outbox_set_aside Outbox rows Kafka refused for good, set aside in outbox_dead.\n\
+             # TYPE sagaflow_outbox_set_aside gauge\n\
+             sagaflow_outbox_set_aside {}\n",
+            health.outbox.backlog, health.outbox.oldest_age_seconds, health.outbox.set_aside
         ));
         text.push_str(&queue_gauges(&health));
         Ok(text)

@@ -137,6 +137,9 @@ pub struct OutboxHealth {
     pub backlog: i64,
     /// Seconds the oldest row has waited; 0 when empty.
     pub oldest_age_seconds: f64,
+    /// Rows Kafka refused for good, set aside in `outbox_dead` by the relay
+    /// (`sagaflow outbox list`); their messages were never published.
+    pub set_aside: i64,
 }
 
 /// The inbox: message ids kept to drop redeliveries, trimmed by age once
@@ -156,7 +159,7 @@ pub struct InboxHealth {
 #[derive(Debug, Clone, PartialEq, Eq, Object, serde::Serialize)]
 pub struct Warning {
     /// Stable identifier: `xmin_horizon`, `dead_tuples`, `outbox_backlog`,
-    /// `inbox_not_trimmed` or `inbox_unindexed`.
+    /// `outbox_set_aside`, `inbox_not_trimmed` or `inbox_unindexed`.
     pub code: String,
     /// What is wrong, with the figures.
     pub message: String,
@@ -226,6 +229,7 @@ LIMIT 1";
 const OUTBOX_SQL: &str = "\
 SELECT count(*)::bigint AS n,
        COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age,
+       (SELECT count(*) FROM outbox_dead)::bigint AS set_aside,
        now() AS checked_at
 FROM outbox";
 
@@ -287,6 +291,7 @@ pub async fn queue_health<C: ConnectionTrait>(
     let outbox = OutboxHealth {
         backlog: outbox_row.try_get("", "n")?,
         oldest_age_seconds: outbox_row.try_get("", "age")?,
+        set_aside: outbox_row.try_get("", "set_aside")?,
     };
     let checked_at = outbox_row
         .try_get::<DateTime<chrono::FixedOffset>>("", "checked_at")?
@@ -409,6 +414,19 @@ pub fn assess(health: &QueueHealth, t: &Thresholds) -> Vec<Warning> {
                 .to_owned(),
         );
     }
+    if health.outbox.set_aside > 0 {
+        warn(
+            "outbox_set_aside",
+            format!(
+                "{} outbox message(s) refused by Kafka for good and set aside, never published",
+                health.outbox.set_aside
+            ),
+            "`sagaflow outbox list` shows each one and Kafka's answer; fix the cause (e.g. raise \
+             the topic's max.message.bytes and the producer's message.max.bytes for a message \
+             too large), then `sagaflow outbox requeue`"
+                .to_owned(),
+        );
+    }
     if health.inbox.oldest_age_seconds >= t.inbox_age_warn_seconds as f64 {
         warn(
             "inbox_not_trimmed",
@@ -509,10 +527,11 @@ impl QueueHealth {
             )),
         }
         out.push_str(&format!(
-            "outbox: {} waiting, oldest {} (warn at {} s)\n",
+            "outbox: {} waiting, oldest {} (warn at {} s); {} set aside\n",
             self.outbox.backlog,
             human_age(self.outbox.oldest_age_seconds),
-            t.outbox_age_warn_seconds
+            t.outbox_age_warn_seconds,
+            self.outbox.set_aside
         ));
         out.push_str(&format!(
             "inbox: about {} rows, oldest {} (warn at {}), received_at index: {}\n\n",
@@ -625,6 +644,7 @@ mod tests {
             outbox: OutboxHealth {
                 backlog: 3,
                 oldest_age_seconds: 0.2,
+                set_aside: 0,
             },
             inbox: InboxHealth {
                 rows: 1_000,
@@ -669,8 +689,28 @@ mod tests {
         idle.outbox = OutboxHealth {
             backlog: 0,
             oldest_age_seconds: 0.0,
+            set_aside: 0,
         };
         assert!(assess(&idle, &Thresholds::default()).is_empty());
+    }
+
+    #[test]
+    fn any_row_set_aside_is_a_warning_that_says_how_to_requeue() {
+        let mut h = healthy();
+        h.outbox.set_aside = 2;
+        let w = assess(&h, &Thresholds::default());
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].code, "outbox_set_aside");
+        assert!(
+            w[0].message.starts_with("2 outbox message(s)"),
+            "{}",
+            w[0].message
+        );
+        assert!(
+            w[0].advice.contains("sagaflow outbox requeue"),
+            "{}",
+            w[0].advice
+        );
     }
 
     #[test]

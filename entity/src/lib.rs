@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod ledger_entry;
 pub mod order;
 pub mod outbox;
+pub mod outbox_dead;
 pub mod saga_event;
 pub mod saga_instance;
 pub mod wake;

@@ -52,6 +52,7 @@ mod m20261126_000006_resolve_and_retention;
 mod m20261126_000007_lighter_saga_writes;
 mod m20261126_000008_wake_ups_from_the_application;
 mod m20261130_000009_order_moves_in_one_call;
+mod m20261202_000010_outbox_quarantine;
 
 /// Runs sagaflow's migrations in order.
 #[derive(Debug)]
@@ -70,6 +71,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000007_lighter_saga_writes::Migration),
             Box::new(m20261126_000008_wake_ups_from_the_application::Migration),
             Box::new(m20261130_000009_order_moves_in_one_call::Migration),
+            Box::new(m20261202_000010_outbox_quarantine::Migration),
         ]
     }
 }
@@ -96,6 +98,7 @@ mod tests {
                 "m20261126_000007_lighter_saga_writes",
                 "m20261126_000008_wake_ups_from_the_application",
                 "m20261130_000009_order_moves_in_one_call",
+                "m20261202_000010_outbox_quarantine",
             ]
         );
     }

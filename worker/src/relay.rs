@@ -7,12 +7,22 @@
 //! them. A crash between the broker's ack and the commit publishes a batch
 //! again: every consumer dedupes by message id, so that costs a duplicate
 //! message, never a duplicate effect.
+//!
+//! A row the broker refuses for good (over the size limit, or a record it
+//! calls invalid) would otherwise fail every pass and hold up every row
+//! behind it. Such a row moves to `outbox_dead` in the pass's transaction,
+//! with the broker's answer, and the rest of the batch commits as
+//! published. Anything else that fails a row (the broker is away, the
+//! topic is unknown or not ours to write) fails the pass and puts the whole
+//! batch back: it concerns every row alike, and publishing resumes by
+//! itself once it is fixed.
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::session::Session;
@@ -28,7 +38,37 @@ use crate::{WorkerConfig, WorkerError};
 const TAKE_SQL: &str = "\
 DELETE FROM outbox WHERE id = ANY(ARRAY( \
     SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-RETURNING id, topic, key, payload, headers";
+RETURNING id, message_id, topic, key, payload, headers, created_at";
+
+/// Sets aside a row the broker refused for good, as it was in the outbox. A
+/// message id already set aside (a step's retry writes its command again
+/// under the same id) is the same message: the second copy is dropped
+/// rather than failing the pass.
+const QUARANTINE_SQL: &str = "\
+INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+
+/// Whether Kafka refused a message for what it is, so that sending it again
+/// is refused again. Errors about the topic (unknown, not authorised, an
+/// invalid name) are not: they concern every row for that topic, and are
+/// fixed by configuration without anyone touching the rows.
+fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+/// What a pass did with its rows.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Rows the broker acknowledged.
+    published: usize,
+    /// Rows it refused for good, by position in the batch, with its answer.
+    refused: Vec<(usize, String)>,
+}
 
 /// Publishes one batch of up to `batch` rows; returns how many.
 pub async fn run_once(
@@ -49,9 +89,13 @@ pub async fn run_once(
     }
     keyed.sort_unstable_by_key(|(id, _)| *id);
     match publish(producer, &keyed).await {
-        Ok(published) => {
+        Ok(outcome) => {
+            for (at, error) in &outcome.refused {
+                let (id, row) = &keyed[*at];
+                quarantine(&tx, *id, row, error).await?;
+            }
             tx.commit().await?;
-            Ok(published)
+            Ok(outcome.published + outcome.refused.len())
         }
         Err(e) => {
             // Puts the rows back now rather than when the server notices a
@@ -65,15 +109,53 @@ pub async fn run_once(
     }
 }
 
+/// Writes a row the broker refused to `outbox_dead` (it is already gone
+/// from `outbox`: the pass deleted it).
+async fn quarantine(
+    tx: &impl ConnectionTrait,
+    id: i64,
+    row: &QueryResult,
+    error: &str,
+) -> Result<(), WorkerError> {
+    let message_id: uuid::Uuid = row.try_get("", "message_id")?;
+    let topic: String = row.try_get("", "topic")?;
+    tracing::error!(
+        outbox_id = id,
+        %message_id,
+        topic,
+        error,
+        "Kafka refused an outbox message for good; set aside in outbox_dead \
+         (`sagaflow outbox list`, `sagaflow outbox requeue`)"
+    );
+    let values = [
+        id.into(),
+        message_id.into(),
+        topic.into(),
+        row.try_get::<String>("", "key")?.into(),
+        row.try_get::<serde_json::Value>("", "payload")?.into(),
+        row.try_get::<serde_json::Value>("", "headers")?.into(),
+        row.try_get::<chrono::DateTime<chrono::FixedOffset>>("", "created_at")?
+            .into(),
+        error.into(),
+    ];
+    tx.execute(Statement::from_sql_and_values(
+        tx.get_database_backend(),
+        QUARANTINE_SQL,
+        values,
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Publishes `keyed` (outbox rows by id, in order) and waits for the
-/// broker's acknowledgement of every one; returns how many.
+/// broker's answer to every one.
 async fn publish(
     producer: &FutureProducer,
-    keyed: &[(i64, sea_orm::QueryResult)],
-) -> Result<usize, WorkerError> {
-    let mut published = 0;
+    keyed: &[(i64, QueryResult)],
+) -> Result<Outcome, WorkerError> {
+    let mut outcome = Outcome::default();
     let mut deliveries = Vec::with_capacity(keyed.len());
-    for (id, r) in keyed {
+    for (at, (id, r)) in keyed.iter().enumerate() {
         let id = *id;
         let topic: String = r.try_get("", "topic")?;
         let key: String = r.try_get("", "key")?;
@@ -97,26 +179,86 @@ async fn publish(
             .key(&key)
             .payload(&body)
             .headers(kafka_headers);
-        let delivery = producer
-            .send_result(record)
-            .map_err(|(e, _)| WorkerError::kafka(format!("enqueue outbox row {id}"), e))?;
-        deliveries.push((id, delivery));
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push((at, id, delivery)),
+            // librdkafka checks the size before it queues a message.
+            Err((e, _)) if refused_for_good(&e) => outcome.refused.push((at, e.to_string())),
+            Err((e, _)) => return Err(WorkerError::kafka(format!("enqueue outbox row {id}"), e)),
+        }
     }
-    for (id, d) in deliveries {
+    for (at, id, d) in deliveries {
         match d.await {
-            Ok(Ok(_)) => published += 1,
+            Ok(Ok(_)) => outcome.published += 1,
+            Ok(Err((e, _))) if refused_for_good(&e) => outcome.refused.push((at, e.to_string())),
             Ok(Err((e, _))) => {
                 return Err(WorkerError::kafka(format!("publish outbox row {id}"), e))
             }
             Err(_) => {
                 return Err(WorkerError::kafka(
                     format!("publish outbox row {id}"),
-                    rdkafka::error::KafkaError::Canceled,
+                    KafkaError::Canceled,
                 ))
             }
         }
     }
-    Ok(published)
+    Ok(outcome)
+}
+
+/// Moves rows of `outbox_dead` back to the end of the outbox, in their
+/// old order, and wakes the relays: every row, or those with the given ids
+/// (their old outbox ids). Returns the ids moved; an id not set aside is
+/// not an error, and is missing from the answer. A message whose id is
+/// already back in the outbox (a step's retry wrote it again) is that
+/// same message, and is not written twice.
+const REQUEUE_SQL: &str = "\
+WITH moved AS ( \
+    DELETE FROM outbox_dead WHERE $1::bigint[] IS NULL OR id = ANY($1) \
+    RETURNING id, message_id, topic, key, payload, headers), \
+requeued AS ( \
+    INSERT INTO outbox (message_id, topic, key, payload, headers) \
+    SELECT message_id, topic, key, payload, headers FROM moved ORDER BY id \
+    ON CONFLICT (message_id) DO NOTHING) \
+SELECT id FROM moved ORDER BY id";
+
+/// The rows the relay set aside, oldest first.
+pub async fn set_aside(
+    db: &DatabaseConnection,
+) -> Result<Vec<sagaflow_entity::outbox_dead::Model>, WorkerError> {
+    use sagaflow_entity::outbox_dead;
+    use sea_orm::{EntityTrait, QueryOrder};
+    Ok(outbox_dead::Entity::find()
+        .order_by_asc(outbox_dead::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Puts set-aside rows back in the outbox (all of them when `ids` is
+/// `None`), once what made Kafka refuse them is fixed; returns the ids
+/// moved. A row Kafka still refuses is set aside again by the next pass.
+pub async fn requeue(
+    db: &DatabaseConnection,
+    ids: Option<Vec<i64>>,
+) -> Result<Vec<i64>, WorkerError> {
+    use sea_orm::TransactionTrait;
+    let tx = db.begin().await?;
+    let rows = all(&tx, REQUEUE_SQL, [ids.into()]).await?;
+    let moved = rows
+        .iter()
+        .map(|r| r.try_get::<i64>("", "id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().await?;
+    if !moved.is_empty() {
+        // Relays also poll; this only spares the wait.
+        db.execute(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT pg_notify('{}', '')",
+                sagaflow_entity::wake::OUTBOX_CHANNEL
+            ),
+        ))
+        .await?;
+    }
+    Ok(moved)
 }
 
 /// Relays until `shutdown`, woken by outbox notifications; a full batch
@@ -171,6 +313,28 @@ fn retry_pause(failures: u32, poll_interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_message_itself_sets_it_aside() {
+        let production = KafkaError::MessageProduction;
+        assert!(refused_for_good(&production(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(refused_for_good(&production(
+            RDKafkaErrorCode::InvalidRecord
+        )));
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(!refused_for_good(&production(code)), "{code:?}");
+        }
+        assert!(!refused_for_good(&KafkaError::Canceled));
+    }
 
     #[test]
     fn a_failing_relay_backs_off_from_half_a_second_to_five() {

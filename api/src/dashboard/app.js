@@ -1612,7 +1612,8 @@
       const x = q.oldest_xact;
       const xOver = !!x && t.xmin_warn_seconds !== undefined && Number(x.age_seconds) >= Number(t.xmin_warn_seconds);
       const ob = q.outbox || {};
-      const obOver = t.outbox_age_warn_seconds !== undefined && Number(ob.oldest_age_seconds || 0) >= Number(t.outbox_age_warn_seconds);
+      const obOver = (t.outbox_age_warn_seconds !== undefined && Number(ob.oldest_age_seconds || 0) >= Number(t.outbox_age_warn_seconds)) ||
+        Number(ob.set_aside || 0) > 0;
       const ib = q.inbox || {};
       const ibOver = t.inbox_age_warn_seconds !== undefined && Number(ib.oldest_age_seconds || 0) >= Number(t.inbox_age_warn_seconds);
       const fig = (k, id, cls, v) => [h("dt", null, k), h("dd", { id: id, class: cls }, v)];
@@ -1626,7 +1627,10 @@
         fig("outbox backlog", "qh-outbox", "qh-figure" + over(obOver),
           [h("b", null, plural(Number(ob.backlog || 0), "message")), " waiting",
             Number(ob.backlog || 0) ? ", the oldest for " + durationFine(ob.oldest_age_seconds) : "",
-            flag(obOver, durationFine(t.outbox_age_warn_seconds))]),
+            flag(obOver, durationFine(t.outbox_age_warn_seconds)),
+            Number(ob.set_aside || 0)
+              ? h("span", { class: "over-flag qh-set-aside" }, " ⚠ " + plural(Number(ob.set_aside), "message") + " refused by Kafka, set aside")
+              : null]),
         fig("inbox", "qh-inbox", "qh-figure" + over(ibOver),
           [h("b", null, "≈ " + plural(Number(ib.rows || 0), "row")),
             Number(ib.rows || 0) ? ", the oldest " + duration(ib.oldest_age_seconds) + " old" : "",
