@@ -469,21 +469,6 @@ async fn a_message_too_large_to_park_whole_is_parked_truncated() {
     app.stop().await;
 }
 
-fn outbox_cli(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .arg("outbox")
-        .args(args)
-        .args(["--database-url", &app.db.url])
-        .output()
-        .expect("run sagaflow outbox");
-    assert!(
-        out.status.success(),
-        "outbox {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An outbox row Kafka refuses for good (larger than the producer may
 /// send) leaves the outbox for `outbox_dead` with Kafka's answer, and the
 /// row written after it is published: before, it failed every pass and
@@ -520,7 +505,7 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
     app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
         .await;
     let listed: serde_json::Value =
-        serde_json::from_str(&outbox_cli(&app, &["list", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&app, &["outbox", "list", "--json"])).unwrap();
     let rows = listed.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{listed}");
     assert_eq!(rows[0]["message_id"], huge.to_string());
@@ -549,7 +534,7 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
     // Requeued, it goes to the end of the outbox under a new id, and the
     // relay, which Kafka still refuses it to, sets it aside again.
     let first_id = rows[0]["id"].as_i64().unwrap();
-    outbox_cli(&app, &["requeue", "--id", &first_id.to_string()]);
+    cli_ok(&app, &["outbox", "requeue", "--id", &first_id.to_string()]);
     let again = app
         .await_scalar(
             &format!("SELECT COALESCE(max(id), 0) FROM outbox_dead WHERE message_id = '{huge}'"),
@@ -560,11 +545,7 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
     assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 1);
     assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox").await, 0);
     // An id that is not set aside is an error that names it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args(["outbox", "requeue", "--id", &first_id.to_string()])
-        .args(["--database-url", &app.db.url])
-        .output()
-        .unwrap();
+    let out = cli(&app, &["outbox", "requeue", "--id", &first_id.to_string()]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("[{first_id}]")),
@@ -661,23 +642,24 @@ async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     app.stop().await;
 }
 
-fn dlq_cli(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .arg("dlq")
+/// Runs the `sagaflow` binary with `args` against the app's database,
+/// broker, topics and consumer groups.
+fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
         .args(args)
-        .args([
-            "--kafka-bootstrap-servers",
-            &common::kafka_bootstrap(),
-            "--topic-prefix",
-            &app.prefix,
-            "--group-prefix",
-            &app.prefix,
-        ])
+        .args(["--database-url", &app.db.url])
+        .args(["--kafka-bootstrap-servers", &common::kafka_bootstrap()])
+        .args(["--topic-prefix", &app.prefix, "--group-prefix", &app.prefix])
         .output()
-        .expect("run sagaflow dlq");
+        .expect("run sagaflow")
+}
+
+/// [`cli`], which must succeed: what it printed.
+fn cli_ok(app: &TestApp, args: &[&str]) -> String {
+    let out = cli(app, args);
     assert!(
         out.status.success(),
-        "dlq {args:?}: {}",
+        "sagaflow {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -710,7 +692,7 @@ async fn operators_list_and_replay_dead_letters() {
     .await;
 
     let listed: serde_json::Value =
-        serde_json::from_str(&dlq_cli(&app, &["list", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&app, &["dlq", "list", "--json"])).unwrap();
     let parked = listed.as_array().unwrap();
     assert_eq!(parked.len(), 1, "{listed}");
     assert_eq!(parked[0]["original_topic"], commands.as_str());
@@ -720,7 +702,7 @@ async fn operators_list_and_replay_dead_letters() {
         .unwrap()
         .contains("not a funds command"));
     let at = format!("{}@{}", parked[0]["partition"], parked[0]["offset"]);
-    let text = dlq_cli(&app, &["list"]);
+    let text = cli_ok(&app, &["dlq", "list"]);
     assert!(
         text.contains(&at) && text.contains("funds.teleport"),
         "{text}"
@@ -728,11 +710,11 @@ async fn operators_list_and_replay_dead_letters() {
 
     // Replayed, it goes back to funds.commands, is refused again, and is
     // parked a second time, marked as a replay.
-    dlq_cli(&app, &["replay", "--at", &at]);
+    cli_ok(&app, &["dlq", "replay", "--at", &at]);
     let until = tokio::time::Instant::now() + SETTLE;
     let again = loop {
         let listed: serde_json::Value =
-            serde_json::from_str(&dlq_cli(&app, &["list", "--json"])).unwrap();
+            serde_json::from_str(&cli_ok(&app, &["dlq", "list", "--json"])).unwrap();
         if listed.as_array().unwrap().len() == 2 {
             break listed;
         }
