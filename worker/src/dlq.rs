@@ -143,15 +143,17 @@ pub fn list(kafka: &KafkaConfig, topics: &Topics) -> Result<Vec<DeadLetter>, Wor
 
 /// Publishes `letters` again to the topics they came from, with their
 /// original key and headers and an `x-dlq-replayed-from` header naming
-/// their dead-letter position. Returns how many were sent.
+/// their dead-letter position. Returns how many were sent; one that fails
+/// stops the replay, and its error says how many went out before it.
 pub async fn replay(kafka: &KafkaConfig, letters: &[DeadLetter]) -> Result<usize, WorkerError> {
     let producer = kafka.producer()?;
     let mut sent = 0;
     for d in letters {
+        let from = format!("{}@{}", d.partition, d.offset);
         if d.original_topic.is_empty() {
+            tracing::warn!(at = %from, "a dead letter without x-dlq-original-topic; not replayed");
             continue;
         }
-        let from = format!("{}@{}", d.partition, d.offset);
         let mut headers = OwnedHeaders::new();
         for (k, v) in &d.headers {
             headers = headers.insert(Header {
@@ -172,7 +174,14 @@ pub async fn replay(kafka: &KafkaConfig, letters: &[DeadLetter]) -> Result<usize
                 Duration::from_secs(15),
             )
             .await
-            .map_err(|(e, _)| WorkerError::kafka(format!("replay {from}"), e))?;
+            .map_err(|(e, _)| {
+                // The ones before it went out: say so, or an operator who
+                // reruns the replay cannot tell what it would send twice.
+                WorkerError::kafka(
+                    format!("replay {from} (the {sent} before it in this replay were published)"),
+                    e,
+                )
+            })?;
         sent += 1;
     }
     Ok(sent)
