@@ -559,6 +559,15 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
         .await,
         1
     );
+    // `--all` takes every row set aside.
+    cli_ok(&app, &["outbox", "requeue", "--all"]);
+    app.await_scalar(
+        &format!("SELECT COALESCE(max(id), 0) FROM outbox_dead WHERE message_id = '{huge}'"),
+        SETTLE,
+        |id| id > again,
+    )
+    .await;
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 1);
     app.stop().await;
 }
 
