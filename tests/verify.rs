@@ -65,7 +65,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
     .await;
     let (code, out) = cli(&db.url);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("all 11 invariants hold"), "{out}");
+    assert!(out.contains("all 12 invariants hold"), "{out}");
 
     // Now break one of each kind.
     exec(
@@ -140,7 +140,7 @@ async fn verify_passes_a_consistent_database_and_names_every_violation() {
         .await;
     resp.assert_status_is_ok();
     let report: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
-    assert_eq!(report["checks"], 11);
+    assert_eq!(report["checks"], 12);
     let subjects: Vec<&str> = report["violations"]
         .as_array()
         .unwrap()

@@ -136,6 +136,11 @@ pub const CHECKS: &[(&str, &str)] = &[
         "SELECT 'outbox ' || message_id, 'topic ' || topic || ', waiting since ' || created_at \
          FROM outbox WHERE created_at < now() - make_interval(secs => $1)",
     ),
+    (
+        "no outbox message was set aside unpublished (Kafka refused it for good)",
+        "SELECT 'outbox ' || message_id, 'topic ' || topic || ', set aside at ' || failed_at || ': ' || error \
+         FROM outbox_dead",
+    ),
 ];
 
 /// Runs every check.

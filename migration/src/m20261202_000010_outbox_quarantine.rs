@@ -1,6 +1,6 @@
-//! `outbox_dead`: outbox rows the broker refused for good (a message over
-//! the topic's size limit, a topic name Kafka rejects, a record a broker
-//! policy refuses).
+//! `outbox_dead`: outbox rows Kafka refused for good (a message over the
+//! producer's or the topic's size limit, a record the broker calls
+//! invalid).
 //!
 //! Why: the relay publishes the outbox oldest first and commits a pass only
 //! once every row of it was acknowledged, so one row Kafka will never take

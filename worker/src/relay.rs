@@ -8,14 +8,20 @@
 //! again: every consumer dedupes by message id, so that costs a duplicate
 //! message, never a duplicate effect.
 //!
-//! A row the broker refuses for good (over the size limit, or a record it
-//! calls invalid) would otherwise fail every pass and hold up every row
-//! behind it. Such a row moves to `outbox_dead` in the pass's transaction,
-//! with the broker's answer, and the rest of the batch commits as
-//! published. Anything else that fails a row (the broker is away, the
-//! topic is unknown or not ours to write) fails the pass and puts the whole
-//! batch back: it concerns every row alike, and publishing resumes by
-//! itself once it is fixed.
+//! A row Kafka refuses for good (over the size limit, or a record the
+//! broker calls invalid) would otherwise fail every pass and hold up every
+//! row behind it. Such a row moves to `outbox_dead` in the pass's
+//! transaction, with Kafka's answer, and the rest of the batch commits as
+//! published. The broker answers a produce request for all the rows
+//! librdkafka put in it (one too large, or one invalid, fails its
+//! neighbours too), so a pass that gets such an answer is rolled back and
+//! run again one row at a time, each acknowledged before the next is sent:
+//! only a row refused on its own is set aside, and the others go out in
+//! outbox order (those the first try published go twice; consumers
+//! dedupe). Anything else that fails a row (the broker is away, the topic
+//! is unknown or not ours to write) fails the pass and puts the whole batch
+//! back: it concerns every row alike, and publishing resumes by itself once
+//! it is fixed.
 
 use std::time::Duration;
 
@@ -40,18 +46,18 @@ DELETE FROM outbox WHERE id = ANY(ARRAY( \
     SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
 RETURNING id, message_id, topic, key, payload, headers, created_at";
 
-/// Sets aside a row the broker refused for good, as it was in the outbox. A
+/// Sets aside a row Kafka refused for good, as it was in the outbox. A
 /// message id already set aside (a step's retry writes its command again
 /// under the same id) is the same message: the second copy is dropped
 /// rather than failing the pass.
 const QUARANTINE_SQL: &str = "\
 INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING";
 
-/// Whether Kafka refused a message for what it is, so that sending it again
-/// is refused again. Errors about the topic (unknown, not authorised, an
-/// invalid name) are not: they concern every row for that topic, and are
-/// fixed by configuration without anyone touching the rows.
+/// Whether Kafka refused this message, alone, for what it is, so that
+/// sending it again is refused again. Errors about the topic (unknown, not
+/// authorised, an invalid name) are not: they concern every row for that
+/// topic, and are fixed by configuration without anyone touching the rows.
 fn refused_for_good(e: &KafkaError) -> bool {
     matches!(
         e,
@@ -61,6 +67,30 @@ fn refused_for_good(e: &KafkaError) -> bool {
     )
 }
 
+/// Whether the broker's answer may be about another message of the same
+/// produce request: a batch over the topic's `max.message.bytes` fails as a
+/// whole, and the records beside an invalid one fail with
+/// `InvalidDifferentRecord`.
+fn refused_with_its_request(e: &KafkaError) -> bool {
+    refused_for_good(e)
+        || matches!(
+            e,
+            KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageBatchTooLarge | RDKafkaErrorCode::InvalidDifferentRecord
+            )
+        )
+}
+
+/// How a pass sends its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All at once; librdkafka batches them into produce requests.
+    Batched,
+    /// Each acknowledged before the next is sent, so that the broker's
+    /// answer is about that row alone.
+    OneByOne,
+}
+
 /// What a pass did with its rows.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -68,19 +98,45 @@ struct Outcome {
     published: usize,
     /// Rows it refused for good, by position in the batch, with its answer.
     refused: Vec<(usize, String)>,
+    /// A produce request was refused in a way that may concern rows Kafka
+    /// would take alone: the pass is to be run again one row at a time.
+    split: bool,
 }
 
-/// Publishes one batch of up to `batch` rows; returns how many.
+/// Publishes one batch of up to `batch` rows; returns how many left the
+/// outbox (published, or set aside).
 pub async fn run_once(
     session: &mut Session,
     producer: &FutureProducer,
     batch: u32,
 ) -> Result<usize, WorkerError> {
+    match pass(session, producer, batch, Mode::Batched).await? {
+        Some(n) => Ok(n),
+        None => {
+            tracing::warn!(
+                "Kafka refused a produce request that may hold rows it would take alone; \
+                 publishing the batch again one row at a time"
+            );
+            Ok(pass(session, producer, batch, Mode::OneByOne)
+                .await?
+                .unwrap_or(0))
+        }
+    }
+}
+
+/// One pass in `mode`; `None` when it was rolled back to be run again one
+/// row at a time.
+async fn pass(
+    session: &mut Session,
+    producer: &FutureProducer,
+    batch: u32,
+    mode: Mode,
+) -> Result<Option<usize>, WorkerError> {
     let tx = session.begin().await?;
     let mut rows = all(&tx, TAKE_SQL, [i64::from(batch).into()]).await?;
     if rows.is_empty() {
         tx.commit().await?;
-        return Ok(0);
+        return Ok(Some(0));
     }
     // RETURNING keeps no order; publish in the outbox's.
     let mut keyed = Vec::with_capacity(rows.len());
@@ -88,23 +144,24 @@ pub async fn run_once(
         keyed.push((r.try_get::<i64>("", "id")?, r));
     }
     keyed.sort_unstable_by_key(|(id, _)| *id);
-    match publish(producer, &keyed).await {
-        Ok(outcome) => {
+    let outcome = publish(producer, &keyed, mode).await;
+    match outcome {
+        Ok(outcome) if !outcome.split => {
             for (at, error) in &outcome.refused {
                 let (id, row) = &keyed[*at];
                 quarantine(&tx, *id, row, error).await?;
             }
             tx.commit().await?;
-            Ok(outcome.published + outcome.refused.len())
+            Ok(Some(outcome.published + outcome.refused.len()))
         }
-        Err(e) => {
+        result => {
             // Puts the rows back now rather than when the server notices a
             // closed connection, and keeps the connection: during a broker
             // outage every pass fails here.
             if let Err(r) = tx.rollback().await {
                 tracing::debug!(error = %r, "rolling back an unpublished batch failed");
             }
-            Err(e)
+            result.map(|_| None)
         }
     }
 }
@@ -119,18 +176,10 @@ async fn quarantine(
 ) -> Result<(), WorkerError> {
     let message_id: uuid::Uuid = row.try_get("", "message_id")?;
     let topic: String = row.try_get("", "topic")?;
-    tracing::error!(
-        outbox_id = id,
-        %message_id,
-        topic,
-        error,
-        "Kafka refused an outbox message for good; set aside in outbox_dead \
-         (`sagaflow outbox list`, `sagaflow outbox requeue`)"
-    );
     let values = [
         id.into(),
         message_id.into(),
-        topic.into(),
+        topic.clone().into(),
         row.try_get::<String>("", "key")?.into(),
         row.try_get::<serde_json::Value>("", "payload")?.into(),
         row.try_get::<serde_json::Value>("", "headers")?.into(),
@@ -138,20 +187,41 @@ async fn quarantine(
             .into(),
         error.into(),
     ];
-    tx.execute(Statement::from_sql_and_values(
-        tx.get_database_backend(),
-        QUARANTINE_SQL,
-        values,
-    ))
-    .await?;
+    let written = tx
+        .execute(Statement::from_sql_and_values(
+            tx.get_database_backend(),
+            QUARANTINE_SQL,
+            values,
+        ))
+        .await?
+        .rows_affected();
+    if written == 1 {
+        tracing::error!(
+            outbox_id = id,
+            %message_id,
+            topic,
+            error,
+            "Kafka refused an outbox message for good; set aside in outbox_dead \
+             (`sagaflow outbox list`, `sagaflow outbox requeue`)"
+        );
+    } else {
+        tracing::warn!(
+            outbox_id = id,
+            %message_id,
+            topic,
+            error,
+            "Kafka refused a copy of an outbox message already set aside; dropped it"
+        );
+    }
     Ok(())
 }
 
-/// Publishes `keyed` (outbox rows by id, in order) and waits for the
-/// broker's answer to every one.
+/// Publishes `keyed` (outbox rows by id, in order) in `mode` and waits
+/// for the broker's answer to every one.
 async fn publish(
     producer: &FutureProducer,
     keyed: &[(i64, QueryResult)],
+    mode: Mode,
 ) -> Result<Outcome, WorkerError> {
     let mut outcome = Outcome::default();
     let mut deliveries = Vec::with_capacity(keyed.len());
@@ -181,27 +251,48 @@ async fn publish(
             .headers(kafka_headers);
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push((at, id, delivery)),
-            // librdkafka checks the size before it queues a message.
+            // librdkafka checks each message's size before it queues it:
+            // this answer is about this row alone.
             Err((e, _)) if refused_for_good(&e) => outcome.refused.push((at, e.to_string())),
             Err((e, _)) => return Err(WorkerError::kafka(format!("enqueue outbox row {id}"), e)),
         }
-    }
-    for (at, id, d) in deliveries {
-        match d.await {
-            Ok(Ok(_)) => outcome.published += 1,
-            Ok(Err((e, _))) if refused_for_good(&e) => outcome.refused.push((at, e.to_string())),
-            Ok(Err((e, _))) => {
-                return Err(WorkerError::kafka(format!("publish outbox row {id}"), e))
-            }
-            Err(_) => {
-                return Err(WorkerError::kafka(
-                    format!("publish outbox row {id}"),
-                    KafkaError::Canceled,
-                ))
+        if mode == Mode::OneByOne {
+            if let Some(sent) = deliveries.pop() {
+                answered(&mut outcome, sent, mode).await?;
             }
         }
     }
+    for sent in deliveries {
+        answered(&mut outcome, sent, mode).await?;
+    }
     Ok(outcome)
+}
+
+/// Waits for the broker's answer to one sent row and records it.
+async fn answered(
+    outcome: &mut Outcome,
+    (at, id, delivery): (usize, i64, rdkafka::producer::DeliveryFuture),
+    mode: Mode,
+) -> Result<(), WorkerError> {
+    match delivery.await {
+        Ok(Ok(_)) => outcome.published += 1,
+        Ok(Err((e, _))) if mode == Mode::OneByOne && refused_for_good(&e) => {
+            outcome.refused.push((at, e.to_string()))
+        }
+        // Keep waiting for the others: the pass is rolled back and run
+        // again only once nothing of it is in flight.
+        Ok(Err((e, _))) if mode == Mode::Batched && refused_with_its_request(&e) => {
+            outcome.split = true
+        }
+        Ok(Err((e, _))) => return Err(WorkerError::kafka(format!("publish outbox row {id}"), e)),
+        Err(_) => {
+            return Err(WorkerError::kafka(
+                format!("publish outbox row {id}"),
+                KafkaError::Canceled,
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Moves rows of `outbox_dead` back to the end of the outbox, in their
@@ -334,6 +425,22 @@ mod tests {
             assert!(!refused_for_good(&production(code)), "{code:?}");
         }
         assert!(!refused_for_good(&KafkaError::Canceled));
+        // The broker's answers that may be about a neighbour in the same
+        // request split the pass; a topic's or the broker's trouble does not.
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidDifferentRecord,
+        ] {
+            assert!(refused_with_its_request(&production(code)), "{code:?}");
+        }
+        assert!(!refused_for_good(&production(
+            RDKafkaErrorCode::InvalidDifferentRecord
+        )));
+        assert!(!refused_with_its_request(&production(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
     }
 
     #[test]
