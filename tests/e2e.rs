@@ -469,25 +469,15 @@ async fn a_message_too_large_to_park_whole_is_parked_truncated() {
     app.stop().await;
 }
 
-/// An outbox row Kafka refuses for good (larger than the producer may
-/// send) leaves the outbox for `outbox_dead` with Kafka's answer, and the
-/// row written after it is published: before, it failed every pass and
-/// held up every message behind it. Queue health warns, and a requeued row
-/// Kafka still refuses is set aside again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
-    let app = TestApp::start().await;
-    let events = app.topic("orders.events");
-    let (huge, small) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    // One statement, so the relay sees both rows in one pass, huge first.
+/// Writes outbox rows with `sql` and wakes the relay, as a process that
+/// wrote them would.
+async fn write_outbox<const N: usize>(app: &TestApp, sql: &str, values: [sea_orm::Value; N]) {
     app.db
         .conn
         .execute(sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
-            "INSERT INTO outbox (message_id, topic, key, payload) VALUES \
-             ($1, $3, 'huge', jsonb_build_object('blob', repeat('x', 1100000))), \
-             ($2, $3, 'small', '{\"after\": \"huge\"}'::jsonb)",
-            [huge.into(), small.into(), events.clone().into()],
+            sql,
+            values,
         ))
         .await
         .unwrap();
@@ -499,6 +489,27 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
         ))
         .await
         .unwrap();
+}
+
+/// An outbox row Kafka refuses for good (larger than the producer may
+/// send) leaves the outbox for `outbox_dead` with Kafka's answer, and the
+/// row written after it is published: before, it failed every pass and
+/// held up every message behind it. Queue health warns, and a requeued row
+/// Kafka still refuses is set aside again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
+    let app = TestApp::start().await;
+    let events = app.topic("orders.events");
+    let (huge, small) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // One statement, so the relay sees both rows in one pass, huge first.
+    write_outbox(
+        &app,
+        "INSERT INTO outbox (message_id, topic, key, payload) VALUES \
+         ($1, $3, 'huge', jsonb_build_object('blob', repeat('x', 1100000))), \
+         ($2, $3, 'small', '{\"after\": \"huge\"}'::jsonb)",
+        [huge.into(), small.into(), events.clone().into()],
+    )
+    .await;
 
     let published = read_topic(&app, &events, 1, |m| m.key() == Some(&b"small"[..])).await;
     assert_eq!(published[0].payload(), Some(&br#"{"after":"huge"}"#[..]));
@@ -615,26 +626,15 @@ async fn only_the_row_the_broker_refuses_alone_is_set_aside() {
     let big = uuid::Uuid::new_v4();
     // One statement: the relay takes the three rows in one pass, and
     // librdkafka sends them to the one partition in one request.
-    app.db
-        .conn
-        .execute(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DbBackend::Postgres,
-            "INSERT INTO outbox (message_id, topic, key, payload) VALUES \
-             (gen_random_uuid(), $2, 'k', '{\"n\": 1}'::jsonb), \
-             ($1, $2, 'k', jsonb_build_object('blob', repeat('x', 20000))), \
-             (gen_random_uuid(), $2, 'k', '{\"n\": 3}'::jsonb)",
-            [big.into(), tiny.clone().into()],
-        ))
-        .await
-        .unwrap();
-    app.db
-        .conn
-        .execute_unprepared(&format!(
-            "SELECT pg_notify('{}', '')",
-            sagaflow_entity::wake::OUTBOX_CHANNEL
-        ))
-        .await
-        .unwrap();
+    write_outbox(
+        &app,
+        "INSERT INTO outbox (message_id, topic, key, payload) VALUES \
+         (gen_random_uuid(), $2, 'k', '{\"n\": 1}'::jsonb), \
+         ($1, $2, 'k', jsonb_build_object('blob', repeat('x', 20000))), \
+         (gen_random_uuid(), $2, 'k', '{\"n\": 3}'::jsonb)",
+        [big.into(), tiny.clone().into()],
+    )
+    .await;
 
     app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
         .await;
