@@ -274,6 +274,18 @@ pub struct Config {
     )]
     pub kafka_session_timeout_ms: u64,
 
+    /// Longest a Kafka consumer may go without polling before it is taken
+    /// out of its group, in milliseconds (librdkafka
+    /// `max.poll.interval.ms`; at least the session timeout). A consumer
+    /// retrying a batch while Postgres is away keeps polling its paused
+    /// partitions, so this bounds how long one batch's statement may run.
+    #[arg(
+        long,
+        env = "SAGAFLOW_KAFKA_MAX_POLL_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub kafka_max_poll_interval_ms: u64,
+
     /// How long the Kafka producer waits to fill a batch, in milliseconds
     /// (librdkafka `linger.ms`). Longer batches cost latency on every
     /// message; see bench/README.md for the measured trade-off.
@@ -390,6 +402,11 @@ impl Config {
         if self.relay_batch == 0 {
             return bad("SAGAFLOW_RELAY_BATCH must be at least 1");
         }
+        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms {
+            return bad(
+                "SAGAFLOW_KAFKA_MAX_POLL_INTERVAL_MS must be at least SAGAFLOW_KAFKA_SESSION_TIMEOUT_MS",
+            );
+        }
         if self.topic_partitions < 1 || self.topic_replication < 1 {
             return bad(
                 "SAGAFLOW_TOPIC_PARTITIONS and SAGAFLOW_TOPIC_REPLICATION must be at least 1",
@@ -494,6 +511,7 @@ impl Config {
             partitions: self.topic_partitions,
             replication: self.topic_replication,
             session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
+            max_poll_interval: Duration::from_millis(self.kafka_max_poll_interval_ms),
             linger: Duration::from_millis(self.kafka_linger_ms),
             commit_interval: Duration::from_millis(self.kafka_commit_interval_ms),
             fetch_wait: Duration::from_millis(self.kafka_fetch_wait_ms),
@@ -526,6 +544,30 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{lanes}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_max_poll_interval_under_the_session_timeout_is_refused_by_name() {
+        let err = parsed(&[
+            "--kafka-session-timeout-ms",
+            "10000",
+            "--kafka-max-poll-interval-ms",
+            "9999",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SAGAFLOW_KAFKA_MAX_POLL_INTERVAL_MS"),
+            "{err}"
+        );
+        let kafka = parsed(&["--kafka-max-poll-interval-ms", "10000"]);
+        kafka.validate().unwrap();
+        assert_eq!(kafka.kafka().max_poll_interval, Duration::from_secs(10));
+        assert_eq!(
+            parsed(&[]).kafka().max_poll_interval,
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

@@ -662,6 +662,73 @@ async fn only_the_row_the_broker_refuses_alone_is_set_aside() {
     app.stop().await;
 }
 
+/// The member ids of consumer group `group` (under the app's prefix).
+fn group_members(app: &TestApp, group: &str) -> Vec<String> {
+    let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_bootstrap())
+        .create()
+        .unwrap();
+    let name = format!("{}{group}", app.prefix);
+    let list = client
+        .fetch_group_list(Some(&name), Duration::from_secs(10))
+        .unwrap();
+    let mut ids: Vec<String> = list
+        .groups()
+        .iter()
+        .flat_map(|g| g.members().iter().map(|m| m.id().to_owned()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// While Postgres refuses a consumer's batch for a reason that may pass
+/// (here the inbox table is renamed away: `relation does not exist`), the
+/// consumer retries the batch in place and keeps polling its paused
+/// partitions. Refused for longer than `max.poll.interval.ms` (7 s here),
+/// it is still the same member of its group afterwards; a consumer that
+/// stopped polling was taken out and joined again under a new member id.
+/// Once the table is back, the order is paid, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
+    let max_poll = Duration::from_secs(7);
+    let app = TestApp::start_with(&[
+        "--kafka-max-poll-interval-ms",
+        &max_poll.as_millis().to_string(),
+    ])
+    .await;
+    app.funded_account(11, "10.00").await;
+    let (_, first) = app.place_order(11, "1.00", None).await;
+    let first = first["order_no"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled_order(&first, SETTLE).await["status"], "PAID");
+    let before = group_members(&app, "sagaflow-funds");
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    app.db
+        .conn
+        .execute_unprepared("ALTER TABLE inbox RENAME TO inbox_away")
+        .await
+        .unwrap();
+    let (_, second) = app.place_order(11, "2.00", None).await;
+    let second = second["order_no"].as_str().unwrap().to_owned();
+    // The command reaches the participant, which cannot record it: the
+    // outbox empties while the order waits.
+    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
+        .await;
+    // The outage itself: longer than the consumer may go without polling.
+    tokio::time::sleep(max_poll + Duration::from_secs(3)).await;
+    assert_eq!(app.order(&second).await["status"], "PENDING");
+    app.db
+        .conn
+        .execute_unprepared("ALTER TABLE inbox_away RENAME TO inbox")
+        .await
+        .unwrap();
+
+    assert_eq!(app.settled_order(&second, SETTLE).await["status"], "PAID");
+    assert_eq!(app.account(11).await["balance"], "7.00");
+    assert_eq!(group_members(&app, "sagaflow-funds"), before);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_report_sagas_steps_claims_lag_and_requests() {
     let app = TestApp::start().await;

@@ -75,6 +75,7 @@ async fn a_published_batch_leaves_the_outbox_in_order() {
         partitions: 1,
         replication: 1,
         session_timeout: Duration::from_secs(6),
+        max_poll_interval: std::time::Duration::from_secs(300),
         linger: Duration::from_millis(1),
         commit_interval: Duration::from_millis(100),
         fetch_wait: Duration::from_millis(20),

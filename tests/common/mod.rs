@@ -102,6 +102,7 @@ pub fn kafka_readiness(reachable: bool) -> std::sync::Arc<dyn sagaflow_api::Read
         partitions: 1,
         replication: 1,
         session_timeout: std::time::Duration::from_secs(6),
+        max_poll_interval: std::time::Duration::from_secs(300),
         linger: std::time::Duration::from_millis(1),
         commit_interval: std::time::Duration::from_millis(100),
         fetch_wait: std::time::Duration::from_millis(20),

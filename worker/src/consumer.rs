@@ -8,7 +8,9 @@
 //! a saga that refuses its reply, a value Postgres rejects), found by
 //! applying a refused batch again one message at a time. A batch whose
 //! transaction fails for a transient reason is retried in place, so nothing
-//! behind it is committed before it.
+//! behind it is committed before it; meanwhile the consumer pauses its
+//! partitions and keeps polling, so that an outage of Postgres longer than
+//! `max.poll.interval.ms` does not take it out of its group.
 
 use std::future::Future;
 use std::time::Duration;
@@ -74,29 +76,40 @@ where
     consumer
         .subscribe(&[&topic])
         .map_err(|e| WorkerError::kafka(format!("subscribe {topic}"), e))?;
+    let mut poller = Poller {
+        consumer: &consumer,
+        held: Vec::new(),
+        paused: false,
+    };
     loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = consumer.recv() => m,
-        };
-        let first = match first {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%topic, error = %e, "kafka receive failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+        let max = max_batch.max(1);
+        let mut batch: Vec<BorrowedMessage<'_>> =
+            poller.held.drain(..poller.held.len().min(max)).collect();
+        if batch.is_empty() {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            match first {
+                Ok(m) => batch.push(m),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "kafka receive failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
             }
-        };
-        let mut batch = vec![first];
-        while batch.len() < max_batch.max(1) {
+        }
+        while batch.len() < max && poller.held.is_empty() {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => batch.push(m),
                 _ => break,
             }
         }
-        let Some(outcomes) = apply(&handle, &topic, &batch, &shutdown).await? else {
+        let applied = apply(&handle, &topic, &batch, &shutdown, &mut poller).await;
+        poller.resume(&topic);
+        let Some(outcomes) = applied? else {
             break;
         };
         // Store the next offset of each partition the batch touched;
@@ -144,6 +157,77 @@ where
     Ok(())
 }
 
+/// Keeps a consumer polling while a batch is retried in place. librdkafka
+/// takes a consumer that has not polled for `max.poll.interval.ms` out of
+/// its group, and its partitions then move (and come back) for nothing;
+/// polling its paused partitions keeps it in. Paused, they fetch nothing
+/// more, and what they had fetched is discarded, to be fetched again after
+/// the last message the loop received. A message that arrives all the same
+/// (from a partition assigned meanwhile) is held for the next batch, never
+/// dropped: a later offset stored past it would lose it.
+struct Poller<'c> {
+    consumer: &'c StreamConsumer<LagContext>,
+    /// Received while a batch was retried; they start the next batch.
+    held: Vec<BorrowedMessage<'c>>,
+    paused: bool,
+}
+
+impl<'c> Poller<'c> {
+    /// Pauses every partition the consumer has now.
+    fn pause(&mut self, topic: &str) {
+        let paused = self
+            .consumer
+            .assignment()
+            .and_then(|a| self.consumer.pause(&a));
+        match paused {
+            Ok(()) => self.paused = true,
+            Err(e) => tracing::warn!(%topic, error = %e, "pausing partitions failed"),
+        }
+    }
+
+    /// Waits `pause`, polling meanwhile; `false` if shutdown came first.
+    async fn wait(&mut self, pause: Duration, shutdown: &CancellationToken, topic: &str) -> bool {
+        if !self.paused {
+            self.pause(topic);
+        }
+        let consumer = self.consumer;
+        let until = tokio::time::sleep(pause);
+        tokio::pin!(until);
+        // A waiting `recv` polls once and then sleeps until a message
+        // comes; a fresh one every second is a poll every second.
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = &mut until => return true,
+                _ = every_second.tick() => {}
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        self.held.push(m);
+                        // A partition assigned since the last pause.
+                        self.pause(topic);
+                    }
+                    Err(e) => tracing::debug!(%topic, error = %e, "kafka receive failed while paused"),
+                },
+            }
+        }
+    }
+
+    /// Resumes fetching, if a retry paused it.
+    fn resume(&mut self, topic: &str) {
+        if !std::mem::take(&mut self.paused) {
+            return;
+        }
+        let resumed = self
+            .consumer
+            .assignment()
+            .and_then(|a| self.consumer.resume(&a));
+        if let Err(e) = resumed {
+            tracing::warn!(%topic, error = %e, "resuming partitions failed");
+        }
+    }
+}
+
 /// How a handler's tries at some messages ended.
 enum Tried {
     /// Applied (or found duplicate, or to be parked), one answer each.
@@ -163,12 +247,13 @@ async fn apply<F, Fut>(
     topic: &str,
     batch: &[BorrowedMessage<'_>],
     shutdown: &CancellationToken,
+    poller: &mut Poller<'_>,
 ) -> Result<Option<Vec<Handled>>, WorkerError>
 where
     F: Fn(Vec<Incoming>) -> Fut,
     Fut: Future<Output = Result<Vec<Handled>, WorkerError>>,
 {
-    let refused = match tried(handle, topic, batch, shutdown).await? {
+    let refused = match tried(handle, topic, batch, shutdown, poller).await? {
         Tried::Answered(h) => return Ok(Some(h)),
         Tried::Stopped => return Ok(None),
         Tried::Refused(e) if batch.len() == 1 => return Ok(Some(vec![refusal(topic, &e)])),
@@ -178,7 +263,7 @@ where
         "a batch cannot be applied; applying its messages one by one");
     let mut answers = Vec::with_capacity(batch.len());
     for one in batch.chunks(1) {
-        match tried(handle, topic, one, shutdown).await? {
+        match tried(handle, topic, one, shutdown, poller).await? {
             Tried::Answered(h) => answers.extend(h),
             Tried::Refused(e) => answers.push(refusal(topic, &e)),
             Tried::Stopped => return Ok(None),
@@ -189,12 +274,14 @@ where
 
 /// Calls `handle` with `msgs` until it answers or fails for good, backing
 /// off between tries while it fails for a reason that may pass (the
-/// database unreachable): nothing behind them is committed meanwhile.
+/// database unreachable): nothing behind them is committed meanwhile, and
+/// `poller` keeps the consumer in its group.
 async fn tried<F, Fut>(
     handle: &F,
     topic: &str,
     msgs: &[BorrowedMessage<'_>],
     shutdown: &CancellationToken,
+    poller: &mut Poller<'_>,
 ) -> Result<Tried, WorkerError>
 where
     F: Fn(Vec<Incoming>) -> Fut,
@@ -220,9 +307,8 @@ where
                 tracing::warn!(%topic, partition = msgs[0].partition(), offset = msgs[0].offset(),
                     messages = msgs.len(), error = %e,
                     "applying messages failed; retrying them before anything behind them");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(Tried::Stopped),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !poller.wait(backoff, shutdown, topic).await {
+                    return Ok(Tried::Stopped);
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -29,6 +29,9 @@ pub struct KafkaConfig {
     /// Consumer `session.timeout.ms`: how fast a dead consumer's partitions
     /// move to a live one.
     pub session_timeout: Duration,
+    /// Consumer `max.poll.interval.ms`: how long a consumer may go without
+    /// polling before librdkafka leaves the group for it.
+    pub max_poll_interval: Duration,
     /// Producer `linger.ms`: how long the producer waits to fill a batch.
     pub linger: Duration,
     /// Consumer `auto.commit.interval.ms`: how often the offsets stored
@@ -90,6 +93,10 @@ impl KafkaConfig {
             .set(
                 "session.timeout.ms",
                 self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.max_poll_interval.as_millis().to_string(),
             )
             .set(
                 "heartbeat.interval.ms",
