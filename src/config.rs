@@ -278,7 +278,8 @@ pub struct Config {
     /// out of its group, in milliseconds (librdkafka
     /// `max.poll.interval.ms`; at least the session timeout). A consumer
     /// retrying a batch while Postgres is away keeps polling its paused
-    /// partitions, so this bounds how long one batch's statement may run.
+    /// partitions between tries, so this bounds one try (its statements,
+    /// or waiting for a connection), not an outage.
     #[arg(
         long,
         env = "SAGAFLOW_KAFKA_MAX_POLL_INTERVAL_MS",

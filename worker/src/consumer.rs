@@ -79,7 +79,7 @@ where
     let mut poller = Poller {
         consumer: &consumer,
         held: Vec::new(),
-        paused: false,
+        paused: Vec::new(),
     };
     loop {
         let max = max_batch.max(1);
@@ -169,27 +169,48 @@ struct Poller<'c> {
     consumer: &'c StreamConsumer<LagContext>,
     /// Received while a batch was retried; they start the next batch.
     held: Vec<BorrowedMessage<'c>>,
-    paused: bool,
+    /// Every partition paused since the last resume, assigned now or not.
+    paused: Vec<(String, i32)>,
 }
 
 impl<'c> Poller<'c> {
-    /// Pauses every partition the consumer has now.
+    /// Pauses the partitions the consumer has now that are not paused yet
+    /// (a rebalance may have assigned some since the last pause).
     fn pause(&mut self, topic: &str) {
-        let paused = self
-            .consumer
-            .assignment()
-            .and_then(|a| self.consumer.pause(&a));
-        match paused {
-            Ok(()) => self.paused = true,
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "reading the assignment to pause it failed");
+                return;
+            }
+        };
+        let mut fresh = TopicPartitionList::new();
+        for p in assignment.elements() {
+            if !self
+                .paused
+                .iter()
+                .any(|(t, n)| t == p.topic() && *n == p.partition())
+            {
+                fresh.add_partition(p.topic(), p.partition());
+            }
+        }
+        if fresh.count() == 0 {
+            return;
+        }
+        match self.consumer.pause(&fresh) {
+            Ok(()) => self.paused.extend(
+                fresh
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_owned(), p.partition())),
+            ),
             Err(e) => tracing::warn!(%topic, error = %e, "pausing partitions failed"),
         }
     }
 
     /// Waits `pause`, polling meanwhile; `false` if shutdown came first.
     async fn wait(&mut self, pause: Duration, shutdown: &CancellationToken, topic: &str) -> bool {
-        if !self.paused {
-            self.pause(topic);
-        }
+        self.pause(topic);
         let consumer = self.consumer;
         let until = tokio::time::sleep(pause);
         tokio::pin!(until);
@@ -204,7 +225,7 @@ impl<'c> Poller<'c> {
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         self.held.push(m);
-                        // A partition assigned since the last pause.
+                        // From a partition assigned since the last pause.
                         self.pause(topic);
                     }
                     Err(e) => tracing::debug!(%topic, error = %e, "kafka receive failed while paused"),
@@ -213,17 +234,22 @@ impl<'c> Poller<'c> {
         }
     }
 
-    /// Resumes fetching, if a retry paused it.
+    /// Resumes every partition a retry paused. All of them, not only those
+    /// assigned now: librdkafka keeps an application's pause on a partition
+    /// across a rebalance, so one revoked while paused would come back
+    /// paused for good.
     fn resume(&mut self, topic: &str) {
-        if !std::mem::take(&mut self.paused) {
+        if self.paused.is_empty() {
             return;
         }
-        let resumed = self
-            .consumer
-            .assignment()
-            .and_then(|a| self.consumer.resume(&a));
-        if let Err(e) = resumed {
-            tracing::warn!(%topic, error = %e, "resuming partitions failed");
+        let mut all = TopicPartitionList::new();
+        for (t, n) in &self.paused {
+            all.add_partition(t, *n);
+        }
+        match self.consumer.resume(&all) {
+            Ok(()) => self.paused.clear(),
+            // Kept, and tried again after the next batch.
+            Err(e) => tracing::error!(%topic, error = %e, "resuming partitions failed"),
         }
     }
 }

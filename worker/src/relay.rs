@@ -276,7 +276,9 @@ async fn answered(
 ) -> Result<(), WorkerError> {
     match delivery.await {
         Ok(Ok(_)) => outcome.published += 1,
-        Ok(Err((e, _))) if mode == Mode::OneByOne && refused_for_good(&e) => {
+        // Alone in its request, the answer is about this row: even a
+        // batch too large (a message over the topic's segment size).
+        Ok(Err((e, _))) if mode == Mode::OneByOne && refused_with_its_request(&e) => {
             outcome.refused.push((at, e.to_string()))
         }
         // Keep waiting for the others: the pass is rolled back and run
