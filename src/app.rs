@@ -142,7 +142,7 @@ pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> 
 
 /// [`connect`]'s pool, its connections called `name`.
 async fn query_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.query_pool_size(), &[], name).await
+    pool(cfg, cfg.query_pool_size(), &[], None, name).await
 }
 
 /// [`connect_engine`]'s pool, its connections called `name` and `engine`.
@@ -151,6 +151,8 @@ async fn engine_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnect
         cfg,
         cfg.db_pool_size,
         cfg.engine_plans.settings(),
+        (cfg.engine_statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(cfg.engine_statement_timeout_ms)),
         &format!("{name} engine"),
     )
     .await
@@ -176,6 +178,7 @@ async fn pool(
     cfg: &Config,
     size: u32,
     settings: &'static [(&'static str, &'static str)],
+    statement_timeout: Option<Duration>,
     application_name: &str,
 ) -> anyhow::Result<DatabaseConnection> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -192,7 +195,10 @@ async fn pool(
         // up in the queue tables, so the server ends it. See bench/README
         // "Held xmin horizon".
         .options([("idle_in_transaction_session_timeout", "60s")]);
-    let options = wake::named(options, application_name).options(settings.iter().copied());
+    let mut options = wake::named(options, application_name).options(settings.iter().copied());
+    if let Some(t) = statement_timeout {
+        options = options.options([("statement_timeout", format!("{}ms", t.as_millis()))]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(size)
         .min_connections(1)

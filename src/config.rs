@@ -133,6 +133,19 @@ pub struct Config {
     #[arg(long, env = "SAGAFLOW_ENGINE_PLANS", value_enum, default_value_t = EnginePlans::Generic)]
     pub engine_plans: EnginePlans,
 
+    /// Longest a statement of the engine pool (claims, relay, consumers,
+    /// order placement) may run, in milliseconds; 0 for no limit. Those
+    /// statements take milliseconds; one that waits (on a lock an operator
+    /// holds, say) fails after this, and its loop retries it, polling Kafka
+    /// in between, instead of hanging its consumer past
+    /// `max.poll.interval.ms`.
+    #[arg(
+        long,
+        env = "SAGAFLOW_ENGINE_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub engine_statement_timeout_ms: u64,
+
     /// Kafka bootstrap servers, comma-separated.
     #[arg(
         long,

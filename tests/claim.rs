@@ -222,6 +222,46 @@ async fn the_engine_pool_plans_generically_and_the_query_pool_as_postgres_does()
     assert_eq!(mode(engine).await, "auto");
 }
 
+/// The engine pool's statements (and so the loops' kept sessions, opened
+/// with its settings) are cut off at `SAGAFLOW_ENGINE_STATEMENT_TIMEOUT_MS`;
+/// the query pool's are not, and 0 lifts the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_statements_are_cut_off_at_the_configured_timeout() {
+    let db = fresh_database().await;
+    let config = |ms: &str| {
+        sagaflow::config::Config::parse_from([
+            "sagaflow",
+            "--database-url",
+            &db.url,
+            "--engine-statement-timeout-ms",
+            ms,
+        ])
+        .unwrap()
+    };
+    let sleep = |conn: DatabaseConnection| async move {
+        conn.execute(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT pg_sleep(0.5)",
+        ))
+        .await
+    };
+    let engine = sagaflow::app::connect_engine(&config("200")).await.unwrap();
+    let err = sleep(engine).await.unwrap_err();
+    assert_eq!(
+        sagaflow_entity::server_error(&err)
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("57014"),
+        "{err}"
+    );
+    sleep(sagaflow::app::connect(&config("200")).await.unwrap())
+        .await
+        .unwrap();
+    sleep(sagaflow::app::connect_engine(&config("0")).await.unwrap())
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_under_lock_skips_what_another_holds_and_a_dead_claimer_gives_back_at_once() {
     let db = fresh_database().await;

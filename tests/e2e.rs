@@ -681,19 +681,30 @@ fn group_members(app: &TestApp, group: &str) -> Vec<String> {
     ids
 }
 
-/// While Postgres refuses a consumer's batch for a reason that may pass
-/// (here the inbox table is renamed away: `relation does not exist`), the
-/// consumer retries the batch in place and keeps polling its paused
+/// How a test keeps the funds participant from applying its batch.
+enum Outage {
+    /// The inbox table renamed away: every try fails at once
+    /// (`relation does not exist`).
+    Renamed,
+    /// The inbox table locked by another session: every try waits until
+    /// the engine's statement timeout (1 s here) cancels it.
+    Locked,
+}
+
+/// While Postgres refuses a consumer's batch for a reason that may pass,
+/// the consumer retries the batch in place and keeps polling its paused
 /// partitions. Refused for longer than `max.poll.interval.ms` (7 s here),
 /// it is still the same member of its group afterwards; a consumer that
 /// stopped polling was taken out and joined again under a new member id.
-/// Once the table is back, the order is paid, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
+/// Once the outage ends the order is paid, once, and the partitions fetch
+/// again.
+async fn a_consumer_retries_through(outage: Outage) {
     let max_poll = Duration::from_secs(7);
     let app = TestApp::start_with(&[
         "--kafka-max-poll-interval-ms",
         &max_poll.as_millis().to_string(),
+        "--engine-statement-timeout-ms",
+        "1000",
     ])
     .await;
     app.funded_account(11, "10.00").await;
@@ -703,11 +714,24 @@ async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
     let before = group_members(&app, "sagaflow-funds");
     assert_eq!(before.len(), 1, "{before:?}");
 
-    app.db
-        .conn
-        .execute_unprepared("ALTER TABLE inbox RENAME TO inbox_away")
-        .await
-        .unwrap();
+    let lock = match outage {
+        Outage::Renamed => {
+            app.db
+                .conn
+                .execute_unprepared("ALTER TABLE inbox RENAME TO inbox_away")
+                .await
+                .unwrap();
+            None
+        }
+        Outage::Locked => {
+            use sea_orm::TransactionTrait;
+            let tx = app.db.conn.begin().await.unwrap();
+            tx.execute_unprepared("LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            Some(tx)
+        }
+    };
     let (_, second) = app.place_order(11, "2.00", None).await;
     let second = second["order_no"].as_str().unwrap().to_owned();
     // The command reaches the participant, which cannot record it: the
@@ -717,11 +741,16 @@ async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
     // The outage itself: longer than the consumer may go without polling.
     tokio::time::sleep(max_poll + Duration::from_secs(3)).await;
     assert_eq!(app.order(&second).await["status"], "PENDING");
-    app.db
-        .conn
-        .execute_unprepared("ALTER TABLE inbox_away RENAME TO inbox")
-        .await
-        .unwrap();
+    match lock {
+        Some(tx) => tx.commit().await.unwrap(),
+        None => app
+            .db
+            .conn
+            .execute_unprepared("ALTER TABLE inbox_away RENAME TO inbox")
+            .await
+            .map(|_| ())
+            .unwrap(),
+    }
 
     assert_eq!(app.settled_order(&second, SETTLE).await["status"], "PAID");
     // The partitions were resumed: an order placed after the outage, on
@@ -732,6 +761,19 @@ async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
     assert_eq!(app.account(11).await["balance"], "4.00");
     assert_eq!(group_members(&app, "sagaflow-funds"), before);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_retrying_through_an_outage_stays_in_its_group() {
+    a_consumer_retries_through(Outage::Renamed).await;
+}
+
+/// A statement that would wait for good (a lock an operator holds) is
+/// cancelled at the engine's statement timeout and retried, polling in
+/// between, instead of hanging its consumer out of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_waiting_on_a_held_lock_stays_in_its_group() {
+    a_consumer_retries_through(Outage::Locked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
