@@ -77,14 +77,19 @@ enum OutboxCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "topic"])))]
 struct OutboxRequeueArgs {
     /// The outbox id of a message to requeue (as `outbox list` shows it);
     /// repeat for several.
-    #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
+    #[arg(long = "id", value_name = "ID")]
     id: Vec<i64>,
     /// Requeue every message set aside.
-    #[arg(long, conflicts_with = "id")]
+    #[arg(long)]
     all: bool,
+    /// Requeue every message set aside for this topic (its full name, as
+    /// `outbox list` shows it).
+    #[arg(long, value_name = "TOPIC")]
+    topic: Option<String>,
     #[command(flatten)]
     config: Config,
 }
@@ -395,8 +400,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Requeue(args)) => {
             init_tracing(args.config.log_format);
             let db = app::connect(&args.config).await?;
-            let ids = (!args.all).then(|| args.id.clone());
-            let moved = sagaflow_worker::relay::requeue(&db, ids)
+            use sagaflow_worker::relay::Requeue;
+            let which = match (&args.topic, args.all) {
+                (Some(topic), _) => Requeue::Topic(topic.clone()),
+                (None, true) => Requeue::All,
+                (None, false) => Requeue::Ids(args.id.clone()),
+            };
+            let moved = sagaflow_worker::relay::requeue(&db, which)
                 .await
                 .context("requeueing set-aside outbox messages")?;
             let missing: Vec<i64> = args

@@ -570,14 +570,37 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
         .await,
         1
     );
-    // `--all` takes every row set aside.
-    cli_ok(&app, &["outbox", "requeue", "--all"]);
-    app.await_scalar(
-        &format!("SELECT COALESCE(max(id), 0) FROM outbox_dead WHERE message_id = '{huge}'"),
-        SETTLE,
-        |id| id > again,
-    )
-    .await;
+    // `--all` takes every row set aside, `--topic` those of one topic.
+    let mut last = again;
+    for which in [
+        vec!["--all"],
+        vec!["--topic", "elsewhere"],
+        vec!["--topic", &events],
+    ] {
+        let mut args = vec!["outbox", "requeue"];
+        args.extend(&which);
+        cli_ok(&app, &args);
+        if which == ["--topic", "elsewhere"] {
+            assert_eq!(
+                app.scalar_i64(&format!(
+                    "SELECT count(*) FROM outbox_dead WHERE id = {last}"
+                ))
+                .await,
+                1,
+                "another topic's requeue left it"
+            );
+            continue;
+        }
+        last = app
+            .await_scalar(
+                &format!(
+                    "SELECT COALESCE(max(id), 0) FROM outbox_dead WHERE message_id = '{huge}'"
+                ),
+                SETTLE,
+                |id| id > last,
+            )
+            .await;
+    }
     assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 1);
     assert_set_aside_fails_verify_then_clear(&app).await;
     app.stop().await;

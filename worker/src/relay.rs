@@ -298,14 +298,15 @@ async fn answered(
 }
 
 /// Moves rows of `outbox_dead` back to the end of the outbox, in their
-/// old order, and wakes the relays: every row, or those with the given ids
-/// (their old outbox ids). Returns the ids moved; an id not set aside is
+/// old order, and wakes the relays: every row, those with the given ids
+/// (their old outbox ids), or those for one topic. Returns the ids moved; an id not set aside is
 /// not an error, and is missing from the answer. A message whose id is
 /// already back in the outbox (a step's retry wrote it again) is that
 /// same message, and is not written twice.
 const REQUEUE_SQL: &str = "\
 WITH moved AS ( \
-    DELETE FROM outbox_dead WHERE $1::bigint[] IS NULL OR id = ANY($1) \
+    DELETE FROM outbox_dead \
+     WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2) \
     RETURNING id, message_id, topic, key, payload, headers), \
 requeued AS ( \
     INSERT INTO outbox (message_id, topic, key, payload, headers) \
@@ -325,16 +326,30 @@ pub async fn set_aside(
         .await?)
 }
 
-/// Puts set-aside rows back in the outbox (all of them when `ids` is
-/// `None`), once what made Kafka refuse them is fixed; returns the ids
-/// moved. A row Kafka still refuses is set aside again by the next pass.
-pub async fn requeue(
-    db: &DatabaseConnection,
-    ids: Option<Vec<i64>>,
-) -> Result<Vec<i64>, WorkerError> {
+/// Which set-aside rows [`requeue`] moves back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// Every one.
+    All,
+    /// Those with these (old outbox) ids.
+    Ids(Vec<i64>),
+    /// Those for this topic (its full name, prefix included): once its
+    /// `max.message.bytes` is raised, say.
+    Topic(String),
+}
+
+/// Puts set-aside rows back in the outbox, once what made Kafka refuse
+/// them is fixed; returns the ids moved. A row Kafka still refuses is set
+/// aside again by the next pass.
+pub async fn requeue(db: &DatabaseConnection, which: Requeue) -> Result<Vec<i64>, WorkerError> {
     use sea_orm::TransactionTrait;
+    let (ids, topic) = match which {
+        Requeue::All => (None, None),
+        Requeue::Ids(ids) => (Some(ids), None),
+        Requeue::Topic(topic) => (None, Some(topic)),
+    };
     let tx = db.begin().await?;
-    let rows = all(&tx, REQUEUE_SQL, [ids.into()]).await?;
+    let rows = all(&tx, REQUEUE_SQL, [ids.into(), topic.into()]).await?;
     let moved = rows
         .iter()
         .map(|r| r.try_get::<i64>("", "id"))
