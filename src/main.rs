@@ -156,29 +156,30 @@ fn print_dead_letters(
 /// Prints the outbox rows the relay set aside (the command's output).
 #[allow(clippy::print_stdout)]
 fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> anyhow::Result<()> {
-    let shown: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.id,
-                "message_id": r.message_id,
-                "topic": r.topic,
-                "key": r.key,
-                "payload_bytes": r.payload.to_string().len(),
-                "created_at": r.created_at,
-                "failed_at": r.failed_at,
-                "error": r.error,
-            })
-        })
-        .collect();
+    let payload_bytes = |r: &sagaflow_entity::outbox_dead::Model| r.payload.to_string().len();
     if json {
+        let shown: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "message_id": r.message_id,
+                    "topic": r.topic,
+                    "key": r.key,
+                    "payload_bytes": payload_bytes(r),
+                    "created_at": r.created_at,
+                    "failed_at": r.failed_at,
+                    "error": r.error,
+                })
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
     if rows.is_empty() {
         println!("no outbox message is set aside");
     }
-    for (r, s) in rows.iter().zip(&shown) {
+    for r in rows {
         println!(
             "{}  {} to {} key {}\n    error:   {}\n    payload: {} bytes, written {}, set aside {}",
             r.id,
@@ -186,7 +187,7 @@ fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> 
             r.topic,
             r.key,
             r.error,
-            s["payload_bytes"],
+            payload_bytes(r),
             r.created_at,
             r.failed_at
         );

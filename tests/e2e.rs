@@ -433,14 +433,8 @@ async fn a_message_too_large_to_park_whole_is_parked_truncated() {
         )
         .await
         .expect("publish the huge message");
-    await_committed(
-        &app,
-        "sagaflow-funds",
-        &commands,
-        delivery.partition,
-        delivery.offset,
-    )
-    .await;
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    await_committed(&app, "sagaflow-funds", &commands, partition, offset).await;
 
     let parked = read_topic(&app, &dead_letter, 1, |_| true).await;
     let m = &parked[0];
@@ -491,6 +485,14 @@ async fn write_outbox<const N: usize>(app: &TestApp, sql: &str, values: [sea_orm
         .unwrap();
 }
 
+/// Waits until the relay has emptied the outbox, then lists what it set
+/// aside with `sagaflow outbox list --json`.
+async fn set_aside_once_drained(app: &TestApp) -> Vec<serde_json::Value> {
+    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
+        .await;
+    serde_json::from_str(&cli_ok(app, &["outbox", "list", "--json"])).unwrap()
+}
+
 /// An outbox row Kafka refuses for good (larger than the producer may
 /// send) leaves the outbox for `outbox_dead` with Kafka's answer, and the
 /// row written after it is published: before, it failed every pass and
@@ -513,12 +515,8 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
 
     let published = read_topic(&app, &events, 1, |m| m.key() == Some(&b"small"[..])).await;
     assert_eq!(published[0].payload(), Some(&br#"{"after":"huge"}"#[..]));
-    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
-        .await;
-    let listed: serde_json::Value =
-        serde_json::from_str(&cli_ok(&app, &["outbox", "list", "--json"])).unwrap();
-    let rows = listed.as_array().unwrap();
-    assert_eq!(rows.len(), 1, "{listed}");
+    let rows = set_aside_once_drained(&app).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["message_id"], huge.to_string());
     assert_eq!(rows[0]["topic"], events.as_str());
     assert!(rows[0]["payload_bytes"].as_u64().unwrap() > 1_100_000);
@@ -527,7 +525,7 @@ async fn an_outbox_row_kafka_refuses_is_set_aside_and_the_rest_published() {
             .as_str()
             .unwrap()
             .contains("MessageSizeTooLarge"),
-        "{listed}"
+        "{rows:?}"
     );
     let health = sagaflow_api::queue_health::queue_health(
         &app.db.conn,
@@ -659,16 +657,12 @@ async fn only_the_row_the_broker_refuses_alone_is_set_aside() {
     )
     .await;
 
-    app.await_scalar("SELECT count(*) FROM outbox", SETTLE, |n| n == 0)
-        .await;
-    let listed: serde_json::Value =
-        serde_json::from_str(&cli_ok(&app, &["outbox", "list", "--json"])).unwrap();
-    let rows = listed.as_array().unwrap();
-    assert_eq!(rows.len(), 1, "only the big row: {listed}");
+    let rows = set_aside_once_drained(&app).await;
+    assert_eq!(rows.len(), 1, "only the big row: {rows:?}");
     assert_eq!(rows[0]["message_id"], big.to_string());
     assert!(
         rows[0]["error"].as_str().unwrap().contains("TooLarge"),
-        "{listed}"
+        "{rows:?}"
     );
     // Both small rows were published, first before third (a copy of one
     // the refused request's first try did publish may come too).
@@ -919,14 +913,8 @@ async fn operators_list_and_replay_dead_letters() {
         )
         .await
         .expect("publish");
-    await_committed(
-        &app,
-        "sagaflow-funds",
-        &commands,
-        delivery.partition,
-        delivery.offset,
-    )
-    .await;
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    await_committed(&app, "sagaflow-funds", &commands, partition, offset).await;
 
     let listed: serde_json::Value =
         serde_json::from_str(&cli_ok(&app, &["dlq", "list", "--json"])).unwrap();

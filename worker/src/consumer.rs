@@ -79,7 +79,7 @@ where
     let mut poller = Poller {
         consumer: &consumer,
         held: Vec::new(),
-        paused: Vec::new(),
+        paused: TopicPartitionList::new(),
     };
     loop {
         let max = max_batch.max(1);
@@ -170,7 +170,7 @@ struct Poller<'c> {
     /// Received while a batch was retried; they start the next batch.
     held: Vec<BorrowedMessage<'c>>,
     /// Every partition paused since the last resume, assigned now or not.
-    paused: Vec<(String, i32)>,
+    paused: TopicPartitionList,
 }
 
 impl<'c> Poller<'c> {
@@ -186,10 +186,10 @@ impl<'c> Poller<'c> {
         };
         let mut fresh = TopicPartitionList::new();
         for p in assignment.elements() {
-            if !self
+            if self
                 .paused
-                .iter()
-                .any(|(t, n)| t == p.topic() && *n == p.partition())
+                .find_partition(p.topic(), p.partition())
+                .is_none()
             {
                 fresh.add_partition(p.topic(), p.partition());
             }
@@ -198,12 +198,11 @@ impl<'c> Poller<'c> {
             return;
         }
         match self.consumer.pause(&fresh) {
-            Ok(()) => self.paused.extend(
-                fresh
-                    .elements()
-                    .iter()
-                    .map(|p| (p.topic().to_owned(), p.partition())),
-            ),
+            Ok(()) => {
+                for p in fresh.elements() {
+                    self.paused.add_partition(p.topic(), p.partition());
+                }
+            }
             Err(e) => tracing::warn!(%topic, error = %e, "pausing partitions failed"),
         }
     }
@@ -239,15 +238,11 @@ impl<'c> Poller<'c> {
     /// across a rebalance, so one revoked while paused would come back
     /// paused for good.
     fn resume(&mut self, topic: &str) {
-        if self.paused.is_empty() {
+        if self.paused.count() == 0 {
             return;
         }
-        let mut all = TopicPartitionList::new();
-        for (t, n) in &self.paused {
-            all.add_partition(t, *n);
-        }
-        match self.consumer.resume(&all) {
-            Ok(()) => self.paused.clear(),
+        match self.consumer.resume(&self.paused) {
+            Ok(()) => self.paused = TopicPartitionList::new(),
             // Kept, and tried again after the next batch.
             Err(e) => tracing::error!(%topic, error = %e, "resuming partitions failed"),
         }

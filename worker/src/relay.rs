@@ -250,16 +250,14 @@ async fn publish(
             .payload(&body)
             .headers(kafka_headers);
         match producer.send_result(record) {
+            Ok(delivery) if mode == Mode::OneByOne => {
+                answered(&mut outcome, (at, id, delivery), mode).await?
+            }
             Ok(delivery) => deliveries.push((at, id, delivery)),
             // librdkafka checks each message's size before it queues it:
             // this answer is about this row alone.
             Err((e, _)) if refused_for_good(&e) => outcome.refused.push((at, e.to_string())),
             Err((e, _)) => return Err(WorkerError::kafka(format!("enqueue outbox row {id}"), e)),
-        }
-        if mode == Mode::OneByOne {
-            if let Some(sent) = deliveries.pop() {
-                answered(&mut outcome, sent, mode).await?;
-            }
         }
     }
     for sent in deliveries {
@@ -276,16 +274,14 @@ async fn answered(
 ) -> Result<(), WorkerError> {
     match delivery.await {
         Ok(Ok(_)) => outcome.published += 1,
-        // Alone in its request, the answer is about this row: even a
-        // batch too large (a message over the topic's segment size).
-        Ok(Err((e, _))) if mode == Mode::OneByOne && refused_with_its_request(&e) => {
-            outcome.refused.push((at, e.to_string()))
-        }
-        // Keep waiting for the others: the pass is rolled back and run
-        // again only once nothing of it is in flight.
-        Ok(Err((e, _))) if mode == Mode::Batched && refused_with_its_request(&e) => {
-            outcome.split = true
-        }
+        Ok(Err((e, _))) if refused_with_its_request(&e) => match mode {
+            // Alone in its request, the answer is about this row: even a
+            // batch too large (a message over the topic's segment size).
+            Mode::OneByOne => outcome.refused.push((at, e.to_string())),
+            // Keep waiting for the others: the pass is rolled back and run
+            // again only once nothing of it is in flight.
+            Mode::Batched => outcome.split = true,
+        },
         Ok(Err((e, _))) => return Err(WorkerError::kafka(format!("publish outbox row {id}"), e)),
         Err(_) => {
             return Err(WorkerError::kafka(
