@@ -654,6 +654,9 @@ async fn plan_on(
         .await
         .unwrap()
         .unwrap();
+    // A prepared statement outlives the transaction that made it, and the
+    // pool may hand this connection to the next call.
+    tx.execute_unprepared("DEALLOCATE probe").await.unwrap();
     tx.rollback().await.unwrap();
     row.try_get_by_index(0).unwrap()
 }
