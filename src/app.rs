@@ -130,7 +130,15 @@ impl ReadinessProbe for KafkaReadiness {
 /// Postgres plans by default, since the saga list's optional filters need
 /// plans made for the values given.
 pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    query_pool(cfg, "sagaflow").await
+    query_pool(cfg, "sagaflow", None).await
+}
+
+/// [`connect`]'s pool as a running service has it: its statements are
+/// cut off after `SAGAFLOW_QUERY_STATEMENT_TIMEOUT_MS`, so that an API
+/// request the database cannot answer in time fails with a 503 rather
+/// than hanging.
+pub async fn connect_serving(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    query_pool(cfg, "sagaflow", millis(cfg.query_statement_timeout_ms)).await
 }
 
 /// The engine's pool (claim loops, relay, consumers, order placement):
@@ -141,8 +149,17 @@ pub async fn connect_engine(cfg: &Config) -> anyhow::Result<DatabaseConnection> 
 }
 
 /// [`connect`]'s pool, its connections called `name`.
-async fn query_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnection> {
-    pool(cfg, cfg.query_pool_size(), &[], None, name).await
+async fn query_pool(
+    cfg: &Config,
+    name: &str,
+    statement_timeout: Option<Duration>,
+) -> anyhow::Result<DatabaseConnection> {
+    pool(cfg, cfg.query_pool_size(), &[], statement_timeout, name).await
+}
+
+/// A timeout setting in milliseconds, 0 meaning none.
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// [`connect_engine`]'s pool, its connections called `name` and `engine`.
@@ -151,8 +168,7 @@ async fn engine_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnect
         cfg,
         cfg.db_pool_size,
         cfg.engine_plans.settings(),
-        (cfg.engine_statement_timeout_ms > 0)
-            .then(|| Duration::from_millis(cfg.engine_statement_timeout_ms)),
+        millis(cfg.engine_statement_timeout_ms),
         &format!("{name} engine"),
     )
     .await
@@ -336,8 +352,14 @@ pub async fn start_extended(
     };
     let (registry, actions) = engine(cfg, ext)?;
     let name = application_name(roles);
-    let db = query_pool(cfg, &name).await?;
-    migrate(&db).await?;
+    {
+        // Without the serving pool's statement timeout: a migration may
+        // rewrite or index a large table.
+        let db = query_pool(cfg, &name, None).await?;
+        migrate(&db).await?;
+        db.close().await.ok();
+    }
+    let db = query_pool(cfg, &name, millis(cfg.query_statement_timeout_ms)).await?;
     let engine_db = engine_pool(cfg, &name).await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();

@@ -146,6 +146,20 @@ pub struct Config {
     )]
     pub engine_statement_timeout_ms: u64,
 
+    /// Longest a statement of a running service's query pool (the API's
+    /// reads and operator writes, the retention job) may run, in
+    /// milliseconds; 0 for no limit. A request that waits longer (on a
+    /// lock, or on a server too busy to answer) gets a 503 with
+    /// `Retry-After` instead of holding its connection and its client.
+    /// Migrations and the CLI's commands (`verify`, `doctor`, `outbox`)
+    /// run without it.
+    #[arg(
+        long,
+        env = "SAGAFLOW_QUERY_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub query_statement_timeout_ms: u64,
+
     /// Kafka bootstrap servers, comma-separated.
     #[arg(
         long,

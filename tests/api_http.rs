@@ -12,7 +12,7 @@ use poem::http::{HeaderValue, StatusCode};
 use poem::test::{TestClient, TestRequestBuilder};
 use poem::Body;
 use sagaflow_api::ApiConfig;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use serde_json::{json, Value};
 
 type Client = TestClient<BoxEndpoint<'static>>;
@@ -45,6 +45,7 @@ async fn setup() -> (common::TestDb, Client) {
 #[derive(Debug)]
 struct Reply {
     status: StatusCode,
+    headers: poem::http::HeaderMap,
     content_type: String,
     body: Value,
     text: String,
@@ -53,11 +54,13 @@ struct Reply {
 async fn send(req: TestRequestBuilder<'_, BoxEndpoint<'static>>) -> Reply {
     let resp = req.send().await.0;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let content_type = resp.content_type().unwrap_or_default().to_owned();
     let text = resp.into_body().into_string().await.expect("read body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Reply {
         status,
+        headers,
         content_type,
         body,
         text,
@@ -487,6 +490,73 @@ async fn post_order_is_one_transaction_and_db_errors_are_opaque_500s() {
         "saga rolled back"
     );
     assert_eq!(count(&db.conn, "outbox").await, 0, "command rolled back");
+}
+
+/// The API's serving pool cuts a statement off after
+/// `SAGAFLOW_QUERY_STATEMENT_TIMEOUT_MS`: a request held up by a lock, or
+/// refused a connection, is answered 503 with `Retry-After` (a problem
+/// that leaks nothing and names a correlation id), writes nothing, and
+/// succeeds once the database answers again.
+#[tokio::test]
+async fn a_database_that_cannot_answer_is_a_503_with_retry_after_and_writes_nothing() {
+    let db = common::fresh_database().await;
+    let cfg = sagaflow::config::Config::parse_from([
+        "sagaflow",
+        "--database-url",
+        &db.url,
+        "--query-statement-timeout-ms",
+        "300",
+    ])
+    .unwrap();
+    let serving = sagaflow::app::connect_serving(&cfg).await.unwrap();
+    let cli = client(&serving, true);
+    create_account(&cli, 1).await;
+    let order = json!({ "user_id": 1, "amount": "5.00" });
+
+    // An operator's transaction holds the accounts table.
+    let lock = db.conn.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Bounded, so that a request that waits on the lock fails the test
+    // instead of hanging it.
+    let (read, placed) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        (
+            send(cli.get("/accounts/1")).await,
+            post_json(&cli, "/orders", order.clone()).await,
+        )
+    })
+    .await
+    .expect("the requests waited on the lock past the statement timeout");
+    lock.rollback().await.unwrap();
+    for (what, r) in [("GET /accounts/1", &read), ("POST /orders", &placed)] {
+        assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, None, what);
+        assert_eq!(r.body["type"], "urn:sagaflow:problem:unavailable", "{what}");
+        assert_eq!(
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "{what}: Retry-After"
+        );
+        let id = r.body["correlation_id"].as_str().unwrap_or_default();
+        assert!(r.text.contains(id) && !id.is_empty(), "{what}: {}", r.text);
+        let text = r.text.to_lowercase();
+        for leak in ["accounts", "statement", "timeout", "lock", "postgres"] {
+            assert!(!text.contains(leak), "{what} leaks {leak:?}: {}", r.text);
+        }
+    }
+    assert_eq!(counts(&db.conn).await[2..], [0, 0, 0], "nothing placed");
+    assert_eq!(count(&db.conn, "outbox").await, 0, "no command");
+
+    // The lock is gone: the same requests go through.
+    assert_eq!(send(cli.get("/accounts/1")).await.status, StatusCode::OK);
+    let r = post_json(&cli, "/orders", order).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    // No connection to be had at all.
+    serving.clone().close().await.unwrap();
+    let r = send(cli.get("/sagas")).await;
+    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, None, "closed pool");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
 }
 
 #[tokio::test]
@@ -1167,6 +1237,16 @@ async fn openapi_spec_docs_and_start_page() {
     }
     let create_order = &r.body["paths"]["/orders"]["post"];
     assert!(create_order["responses"]["422"]["content"]["application/problem+json"].is_object());
+    let unavailable = &create_order["responses"]["503"];
+    assert!(
+        unavailable["content"]["application/problem+json"].is_object()
+            && unavailable["headers"]["Retry-After"].is_object(),
+        "POST /orders documents its 503: {unavailable}"
+    );
+    assert!(
+        r.body["paths"]["/healthz"]["get"]["responses"]["503"].is_null(),
+        "liveness touches no database, so documents no 503"
+    );
     let params = create_order["parameters"].as_array().expect("parameters");
     assert!(params
         .iter()

@@ -80,11 +80,35 @@ pub enum ApiError {
     },
     /// A database call failed. Its text goes to the log only.
     #[error("database error: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(sea_orm::DbErr),
+    /// The database could not answer now (down, out of connections, too
+    /// slow, or a lock held too long), and the same request may succeed in
+    /// a moment. The request's transaction did not commit, unless the
+    /// connection broke during the commit itself, when its outcome is
+    /// unknown: a repeat is safe where the request is idempotent (orders
+    /// carry an `Idempotency-Key`). Its text goes to the log only.
+    #[error("database unavailable: {0}")]
+    Unavailable(sea_orm::DbErr),
     /// A bug or an impossible state. Its text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        if sagaflow_entity::is_unavailable(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) before it repeats a
+/// request the database could not answer: connection trouble and lock
+/// waits mostly clear within a second or two, and an earlier retry only
+/// adds load to a server that is struggling.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 fn join(errors: &[FieldError]) -> String {
     errors
@@ -109,6 +133,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Bind { .. } | Self::Database(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -137,6 +162,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 self.to_string(),
             ),
+            Self::Unavailable(_) => Problem::unavailable(self),
             Self::Bind { .. } | Self::Database(_) | Self::Internal(_) => Problem::internal(self),
         }
     }
@@ -149,11 +175,19 @@ impl poem::error::ResponseError for ApiError {
 
     fn as_response(&self) -> Response {
         let mut response = ProblemJson(self.to_problem()).into_response();
-        if matches!(self, Self::Unauthorized(_)) {
-            response.headers_mut().insert(
-                poem::http::header::WWW_AUTHENTICATE,
-                poem::http::HeaderValue::from_static("Bearer realm=\"sagaflow operator\""),
-            );
+        match self {
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    poem::http::HeaderValue::from_static("Bearer realm=\"sagaflow operator\""),
+                );
+            }
+            Self::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+            }
+            _ => {}
         }
         response
     }
@@ -218,6 +252,26 @@ impl Problem {
                 "internal",
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the server failed to handle the request; quote correlation id {correlation_id} when reporting it"),
+            )
+        }
+    }
+
+    /// A 503 for a request the database could not answer now, with a new
+    /// correlation id; `cause` is logged (as a warning: the fault is the
+    /// database's, and `/readyz` and the server log say more) under that
+    /// id and never sent.
+    pub fn unavailable(cause: &dyn fmt::Display) -> Self {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        tracing::warn!(correlation_id = %correlation_id, error = %cause, "database unavailable");
+        Self {
+            correlation_id: Some(correlation_id.clone()),
+            ..Self::new(
+                "unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the database is unavailable or too busy to answer; retry in \
+                     {RETRY_AFTER_SECS} s (correlation id {correlation_id})"
+                ),
             )
         }
     }

@@ -160,7 +160,8 @@ pub fn app(
          Money is always a decimal string with at most two decimal places (e.g. \"19.99\") and is \
          answered with exactly two. Every error is an RFC 9457 `application/problem+json` document.",
     );
-    let doc = spec::close_request_bodies(&service.spec());
+    let mut doc = spec::close_request_bodies(&service.spec());
+    spec::document_unavailable(&mut doc);
     let allowed = spec::AllowedMethods::from_spec(&doc);
     let spec_json = doc.to_string();
     let spec_endpoint = poem::endpoint::make_sync(move |_| {

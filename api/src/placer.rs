@@ -211,7 +211,9 @@ fn spawn_lanes(db: DatabaseConnection, start: SagaStart, lanes: usize) -> mpsc::
 /// order it did not insert is placed again on its own, which says why.
 /// Answers in the order of `requests`.
 ///
-/// Only a statement the server refused is retried order by order. When
+/// Only a statement the server refused for what it holds is retried order
+/// by order; one it gave up on for want of time, locks or resources
+/// (`sagaflow_entity::is_unavailable`) fails every order of the batch. When
 /// the outcome is unknown (the connection broke after the statement was
 /// sent, say), the statement may yet commit, and placing its orders again
 /// would place an order without an idempotency key twice: every order of
@@ -227,16 +229,31 @@ pub async fn place_all(
         .await
     {
         Ok(inserted) => inserted.into_iter().map(|o| (o.saga_id, o)).collect(),
-        Err(e) if refused_by_the_server(&e) => {
+        Err(e) if refused_by_the_server(&e) && !sagaflow_entity::is_unavailable(&e) => {
             tracing::debug!(error = %e, orders = rows.len(), "order batch refused; placing its orders one by one");
             Default::default()
         }
         Err(e) => {
-            tracing::warn!(error = %e, orders = rows.len(), "order batch failed with its outcome unknown");
+            // Placing the orders one by one would only wait out the same
+            // trouble once per order.
+            tracing::warn!(
+                error = %e,
+                orders = rows.len(),
+                outcome_known = refused_by_the_server(&e),
+                "order batch failed"
+            );
+            let unavailable = sagaflow_entity::is_unavailable(&e);
             let message = e.to_string();
             return requests
                 .iter()
-                .map(|_| Err(sea_orm::DbErr::Custom(message.clone()).into()))
+                .map(|_| {
+                    let e = sea_orm::DbErr::Custom(message.clone());
+                    Err(if unavailable {
+                        ApiError::Unavailable(e)
+                    } else {
+                        ApiError::Database(e)
+                    })
+                })
                 .collect();
         }
     };

@@ -1,7 +1,9 @@
 //! What the generated OpenAPI document does not say on its own, added
 //! once at start-up: request bodies refuse unknown members (the parser
 //! answers 422 for them, so the schema says `additionalProperties: false`),
-//! and a 405 names the methods the path does allow (`Allow`, RFC 9110).
+//! a 405 names the methods the path does allow (`Allow`, RFC 9110), and
+//! every operation that reads or writes the database documents the 503 it
+//! answers when the database cannot.
 
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
@@ -32,6 +34,43 @@ pub fn close_request_bodies(spec: &str) -> Value {
         }
     }
     doc
+}
+
+/// Adds to every operation that can fail on the server (it documents a
+/// 500) the 503 it answers when the database cannot answer now, with its
+/// `Retry-After` header (`ApiError::Unavailable`). Added here rather than
+/// to each response enum: it is one answer for the whole API.
+pub fn document_unavailable(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for ops in paths.values_mut() {
+        for op in ops.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            let Some(content) = responses.get("500").map(|r| r["content"].clone()) else {
+                continue;
+            };
+            responses.insert(
+                "503".to_owned(),
+                serde_json::json!({
+                    "description": "The database is unavailable or too busy to answer \
+                        (down, out of connections, a statement timed out or waited too \
+                        long for a lock). Retry after `Retry-After` seconds; the body \
+                        carries a correlation id.",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait before repeating the request.",
+                            "required": true,
+                            "schema": { "type": "integer", "minimum": 0 }
+                        }
+                    },
+                    "content": content,
+                }),
+            );
+        }
+    }
 }
 
 /// Each path template's segments (`None` for a `{parameter}`) and the

@@ -53,3 +53,37 @@ pub fn server_error(err: &sea_orm::DbErr) -> Option<&dyn sea_orm::sqlx::error::D
         _ => None,
     }
 }
+
+/// Whether `err` says the database cannot answer now rather than that the
+/// request is wrong: no connection could be had (the pool timed out, the
+/// server is down or refusing connections), the connection broke, or the
+/// server gave up on the statement for want of time or resources
+/// (SQLSTATE classes 08 connection exception, 53 insufficient resources,
+/// 57 operator intervention, which holds `statement_timeout`'s 57014,
+/// and 55P03 lock not available), or chose it as the loser of a conflict
+/// (40001 serialization failure, 40P01 deadlock). Nothing of the statement
+/// was kept and the same request may succeed a moment later, so an API
+/// answers 503 with `Retry-After` rather than 500.
+pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    if let Some(e) = server_error(err) {
+        return e.code().is_some_and(|c| {
+            ["08", "53", "57"].iter().any(|class| c.starts_with(class))
+                || ["55P03", "40001", "40P01"].contains(&c.as_ref())
+        });
+    }
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        }
+        _ => false,
+    }
+}
