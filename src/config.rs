@@ -552,6 +552,34 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The README's configuration table is where operators look: every
+    /// setting has its row there, with its variable and its flag.
+    #[test]
+    fn every_setting_has_a_row_in_the_readme_configuration_table() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a ## Configuration section")
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .collect();
+        let mut missing = Vec::new();
+        for arg in Standalone::command().get_arguments() {
+            let (Some(env), Some(flag)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let env = env.to_string_lossy();
+            let row = format!("| `{env}` | `--{flag}` |");
+            if !table.iter().any(|l| l.starts_with(&row)) {
+                missing.push(row);
+            }
+        }
+        assert!(missing.is_empty(), "README rows missing: {missing:#?}");
+    }
+
     fn parsed(extra: &[&str]) -> Config {
         let mut args = vec!["sagaflow"];
         args.extend_from_slice(extra);
