@@ -155,8 +155,10 @@ fn print_dead_letters(
 
 /// Prints the outbox rows the relay set aside (the command's output).
 #[allow(clippy::print_stdout)]
-fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> anyhow::Result<()> {
-    let payload_bytes = |r: &sagaflow_entity::outbox_dead::Model| r.payload.to_string().len();
+fn print_set_aside(
+    rows: &[sagaflow_entity::outbox_dead::Summary],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let shown: Vec<serde_json::Value> = rows
             .iter()
@@ -166,7 +168,7 @@ fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> 
                     "message_id": r.message_id,
                     "topic": r.topic,
                     "key": r.key,
-                    "payload_bytes": payload_bytes(r),
+                    "payload_bytes": r.payload_bytes,
                     "created_at": r.created_at,
                     "failed_at": r.failed_at,
                     "error": r.error,
@@ -182,14 +184,7 @@ fn print_set_aside(rows: &[sagaflow_entity::outbox_dead::Model], json: bool) -> 
     for r in rows {
         println!(
             "{}  {} to {} key {}\n    error:   {}\n    payload: {} bytes, written {}, set aside {}",
-            r.id,
-            r.message_id,
-            r.topic,
-            r.key,
-            r.error,
-            payload_bytes(r),
-            r.created_at,
-            r.failed_at
+            r.id, r.message_id, r.topic, r.key, r.error, r.payload_bytes, r.created_at, r.failed_at
         );
     }
     Ok(())
@@ -393,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::List(args)) => {
             init_tracing(args.config.log_format);
             let db = app::connect(&args.config).await?;
-            let rows = sagaflow_worker::relay::set_aside(&db)
+            let rows = sagaflow_entity::outbox_dead::list(&db)
                 .await
                 .context("reading outbox_dead")?;
             print_set_aside(&rows, args.json)?;
@@ -401,13 +396,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Requeue(args)) => {
             init_tracing(args.config.log_format);
             let db = app::connect(&args.config).await?;
-            use sagaflow_worker::relay::Requeue;
+            use sagaflow_entity::outbox_dead::Requeue;
             let which = match (&args.topic, args.all) {
                 (Some(topic), _) => Requeue::Topic(topic.clone()),
                 (None, true) => Requeue::All,
                 (None, false) => Requeue::Ids(args.id.clone()),
             };
-            let moved = sagaflow_worker::relay::requeue(&db, which)
+            let moved = sagaflow_entity::outbox_dead::requeue(&db, which)
                 .await
                 .context("requeueing set-aside outbox messages")?;
             let missing: Vec<i64> = args

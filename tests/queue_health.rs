@@ -353,3 +353,116 @@ async fn doctor_exits_2_when_it_cannot_reach_the_database() {
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("connecting to Postgres"), "{err}");
 }
+
+/// The outbox messages the relay set aside, behind the operator token: the
+/// listing shows each without its payload (only its size), a requeue puts
+/// it back at the end of the outbox and takes it off the list, and a
+/// second requeue of it, or an id that is no id, is a problem naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_requeue_set_aside_outbox_messages() {
+    let db = common::fresh_database().await;
+    let api = app(&db.conn);
+    let message_id = uuid::Uuid::new_v4();
+    db.conn
+        .execute(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
+             VALUES (7, $1, 'orders.events', 'k', jsonb_build_object('blob', repeat('x', 1000)), \
+                     '{}'::jsonb, now() - interval '1 minute', 'MessageSizeTooLarge (broker)')",
+            [message_id.into()],
+        ))
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, path) in [
+        ("GET", "/outbox/set-aside"),
+        ("POST", "/outbox/set-aside/7/requeue"),
+    ] {
+        let req = if method == "GET" {
+            api.get(path)
+        } else {
+            api.post(path)
+        };
+        let resp = req.send().await;
+        resp.assert_status(StatusCode::UNAUTHORIZED);
+        resp.assert_content_type("application/problem+json");
+    }
+    let count = |table: &'static str| {
+        let conn = db.conn.clone();
+        async move {
+            conn.query_one(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT count(*) FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap()
+        }
+    };
+
+    let resp = api
+        .get("/outbox/set-aside")
+        .header("Authorization", &bearer)
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    let body: serde_json::Value = resp.0.into_body().into_json().await.unwrap();
+    assert_eq!(body["total"], 1, "{body}");
+    let item = &body["items"][0];
+    assert_eq!(item["id"], 7, "{body}");
+    assert_eq!(item["message_id"], message_id.to_string(), "{body}");
+    assert_eq!(item["topic"], "orders.events", "{body}");
+    assert_eq!(item["error"], "MessageSizeTooLarge (broker)", "{body}");
+    assert!(item["payload_bytes"].as_i64().unwrap() > 1000, "{body}");
+    assert!(item["payload"].is_null(), "the payload is not sent: {body}");
+
+    let resp = api
+        .post("/outbox/set-aside/7/requeue")
+        .header("Authorization", &bearer)
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.assert_json(serde_json::json!({ "requeued": [7] }))
+        .await;
+    assert_eq!(count("outbox_dead").await, 0);
+    let back = db
+        .conn
+        .query_one(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT message_id FROM outbox",
+        ))
+        .await
+        .unwrap()
+        .expect("the message is back in the outbox");
+    assert_eq!(back.try_get_by_index::<uuid::Uuid>(0).unwrap(), message_id);
+
+    let resp = api
+        .get("/outbox/set-aside")
+        .header("Authorization", &bearer)
+        .send()
+        .await;
+    resp.assert_json(serde_json::json!({ "items": [], "total": 0 }))
+        .await;
+    for (path, status, names) in [
+        ("/outbox/set-aside/7/requeue", StatusCode::NOT_FOUND, "7"),
+        (
+            "/outbox/set-aside/x/requeue",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id",
+        ),
+        (
+            "/outbox/set-aside/0/requeue",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id",
+        ),
+    ] {
+        let resp = api.post(path).header("Authorization", &bearer).send().await;
+        resp.assert_status(status);
+        resp.assert_content_type("application/problem+json");
+        let text = resp.0.into_body().into_string().await.unwrap();
+        assert!(text.contains(names), "{path}: {text}");
+    }
+    assert_eq!(count("outbox").await, 1, "the 404 wrote nothing");
+}

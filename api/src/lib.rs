@@ -27,6 +27,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod orders;
+pub mod outbox;
 pub mod params;
 pub mod placer;
 pub mod queue_health;
@@ -117,6 +118,9 @@ pub enum ApiTags {
     Orders,
     /// Sagas: list, read, counts, and the operator's retry and cancel.
     Sagas,
+    /// Outbox messages Kafka refused for good and the relay set aside:
+    /// list and requeue.
+    Outbox,
     /// Liveness and readiness for orchestrators and load balancers.
     Health,
 }
@@ -146,6 +150,7 @@ pub fn app(
             sagas::SagasApi::new(db.clone(), operator.clone(), registry)
             .announcing(cfg.announcer.clone()),
             verify::VerifyApi::new(db.clone(), operator.clone()),
+            outbox::OutboxApi::new(db.clone(), operator.clone()),
             queue_health::QueueHealthApi::new(db.clone(), operator, cfg.health_thresholds.clone()),
             metrics::MetricsApi::new(db.clone(), cfg.metrics.clone(), cfg.health_thresholds),
             health::HealthApi::new(db, probe),

@@ -421,9 +421,10 @@ pub fn assess(health: &QueueHealth, t: &Thresholds) -> Vec<Warning> {
                 "{} outbox message(s) refused by Kafka for good and set aside, never published",
                 health.outbox.set_aside
             ),
-            "`sagaflow outbox list` shows each one and Kafka's answer; fix the cause (e.g. raise \
-             the topic's max.message.bytes and the producer's message.max.bytes for a message \
-             too large), then `sagaflow outbox requeue`"
+            "`sagaflow outbox list` (or `GET /outbox/set-aside`, or the dashboard's queue health) \
+             shows each one and Kafka's answer; fix the cause (e.g. raise the topic's \
+             max.message.bytes and the producer's message.max.bytes for a message too large), \
+             then `sagaflow outbox requeue` (or the dashboard's Requeue button)"
                 .to_owned(),
         );
     }

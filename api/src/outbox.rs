@@ -1,0 +1,188 @@
+//! The outbox messages Kafka refused for good and the relay set aside
+//! (`outbox_dead`), so that the messages behind them were published: list
+//! them, and put one back in the outbox once what made Kafka refuse it is
+//! fixed. Operator calls; `sagaflow outbox list|requeue` does the same
+//! from a shell, and can requeue a whole topic at once.
+
+use poem::Request;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sagaflow_entity::outbox_dead::{self, Requeue};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ProblemJson};
+use crate::params::IntParam;
+use crate::sagas::Operator;
+use crate::ApiTags;
+
+/// Most set-aside messages one listing shows, oldest first; `total` says
+/// how many there are.
+pub const MAX_LISTED: usize = 500;
+
+/// An outbox message the relay set aside. Its payload is not shown: it
+/// may be the very size Kafka refused.
+#[derive(Debug, Clone, Object)]
+pub struct SetAsideMessage {
+    /// The id the message had in the outbox; requeue it by this id.
+    pub id: i64,
+    /// The message's id, which consumers dedupe by.
+    pub message_id: Uuid,
+    /// Full topic name, prefix included.
+    pub topic: String,
+    /// The message key (a saga id, or an account for the funds topics).
+    pub key: String,
+    /// The payload's size as JSON text, in bytes.
+    pub payload_bytes: i64,
+    /// When the message was written to the outbox.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When the relay set it aside.
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    /// Kafka's (or librdkafka's) answer, e.g. `MessageSizeTooLarge`.
+    pub error: String,
+}
+
+impl From<outbox_dead::Summary> for SetAsideMessage {
+    fn from(s: outbox_dead::Summary) -> Self {
+        Self {
+            id: s.id,
+            message_id: s.message_id,
+            topic: s.topic,
+            key: s.key,
+            payload_bytes: s.payload_bytes,
+            created_at: s.created_at.into(),
+            failed_at: s.failed_at.into(),
+            error: s.error,
+        }
+    }
+}
+
+/// The set-aside messages.
+#[derive(Debug, Clone, Object)]
+pub struct SetAsideList {
+    /// Up to 500, oldest first.
+    pub items: Vec<SetAsideMessage>,
+    /// How many are set aside in all.
+    pub total: i64,
+}
+
+/// What a requeue moved.
+#[derive(Debug, Clone, Object)]
+pub struct Requeued {
+    /// The ids put back at the end of the outbox.
+    pub requeued: Vec<i64>,
+}
+
+/// Responses of `GET /outbox/set-aside`.
+#[derive(Debug, ApiResponse)]
+pub enum ListResponse {
+    /// The set-aside messages (none: `items` is empty).
+    #[oai(status = 200)]
+    Ok(Json<SetAsideList>),
+    /// No or a wrong `Authorization: Bearer` token.
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of `POST /outbox/set-aside/{id}/requeue`.
+#[derive(Debug, ApiResponse)]
+pub enum RequeueResponse {
+    /// The message is back in the outbox; the relay publishes it next.
+    #[oai(status = 200)]
+    Ok(Json<Requeued>),
+    /// No or a wrong `Authorization: Bearer` token.
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson),
+    /// No message with this id is set aside (never was, or already
+    /// requeued).
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The id is not a positive integer.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// The `/outbox/set-aside` operations.
+#[derive(Debug, Clone)]
+pub struct OutboxApi {
+    db: DatabaseConnection,
+    operator: Operator,
+}
+
+impl OutboxApi {
+    /// Reads and requeues in `db`; callers need the operator token
+    /// `operator` checks.
+    pub fn new(db: DatabaseConnection, operator: Operator) -> Self {
+        Self { db, operator }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Outbox")]
+impl OutboxApi {
+    /// List set-aside outbox messages
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). The
+    /// messages Kafka refused for what they are (too large, an invalid
+    /// record), which the relay moved out of the outbox so that the
+    /// messages behind them were published. Their sagas wait for replies
+    /// that cannot come until each is requeued (or the saga times out and
+    /// compensates). Oldest first, at most 500.
+    #[oai(
+        path = "/outbox/set-aside",
+        method = "get",
+        operation_id = "listSetAsideMessages"
+    )]
+    async fn list(&self, req: &Request) -> poem::Result<ListResponse> {
+        self.operator.authorize(req)?;
+        let rows = outbox_dead::list(&self.db).await.map_err(ApiError::from)?;
+        let total = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        Ok(ListResponse::Ok(Json(SetAsideList {
+            items: rows
+                .into_iter()
+                .take(MAX_LISTED)
+                .map(SetAsideMessage::from)
+                .collect(),
+            total,
+        })))
+    }
+
+    /// Requeue a set-aside outbox message
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). Puts
+    /// the message back at the end of the outbox, once what made Kafka
+    /// refuse it is fixed (the topic's `max.message.bytes` raised, say),
+    /// and wakes the relays. If Kafka refuses it again, the relay sets it
+    /// aside again. Its consumers dedupe by message id, so a message that
+    /// was published after all is not applied twice.
+    #[oai(
+        path = "/outbox/set-aside/:id/requeue",
+        method = "post",
+        operation_id = "requeueSetAsideMessage"
+    )]
+    async fn requeue(
+        &self,
+        req: &Request,
+        /// The message's id in the outbox (`id` of the listing).
+        id: Path<IntParam>,
+    ) -> poem::Result<RequeueResponse> {
+        self.operator.authorize(req)?;
+        let id = id.0.parse("id")?;
+        let requeued = outbox_dead::requeue(&self.db, Requeue::Ids(vec![id]))
+            .await
+            .map_err(ApiError::from)?;
+        if requeued.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no outbox message {id} is set aside (see GET /outbox/set-aside)"
+            ))
+            .into());
+        }
+        Ok(RequeueResponse::Ok(Json(Requeued { requeued })))
+    }
+}
