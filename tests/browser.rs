@@ -256,6 +256,56 @@ fn css(selector: &str) -> Locator<'_> {
     Locator::Css(selector)
 }
 
+/// An outbox message Kafka refused shows up under queue health with its
+/// size and Kafka's answer; its Requeue button puts it back in the outbox,
+/// the relay publishes it, and the list goes away.
+async fn requeue_a_set_aside_message(app: &TestApp, b: &Client) {
+    use sea_orm::ConnectionTrait;
+    let message_id = uuid::Uuid::new_v4();
+    app.db
+        .conn
+        .execute(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
+             VALUES (900001, $1, $2, 'drill', '{\"drill\": true}'::jsonb, '{}'::jsonb, now(), \
+                     'MessageSizeTooLarge (limit since raised)')",
+            [message_id.into(), app.topic("orders.events").into()],
+        ))
+        .await
+        .unwrap();
+    click(b, "#qh-refresh").await;
+    let row = displayed(b, "#qh-set-aside tr[data-id=\"900001\"]").await;
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("MessageSizeTooLarge") && text.contains("orders.events"),
+        "{text}"
+    );
+    screenshot(b, "dashboard-set-aside.png").await;
+    click(b, "[data-testid=\"qh-requeue-900001\"]").await;
+    text_contains(b, "#notice", "back in the outbox").await;
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 0);
+    app.await_scalar(
+        &format!("SELECT count(*) FROM outbox WHERE message_id = '{message_id}'"),
+        WITHIN,
+        |n| n == 0,
+    )
+    .await;
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM outbox_dead").await,
+        0,
+        "Kafka took the requeued message"
+    );
+    let until = tokio::time::Instant::now() + WITHIN;
+    while b.find(css("#qh-set-aside-list")).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the set-aside list is still shown; page error: {:?}",
+            page_error(b).await
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// The text of `selector`, if it is on the page.
 async fn text_of(b: &Client, selector: &str) -> Option<String> {
     b.find(css(selector)).await.ok()?.text().await.ok()
@@ -898,6 +948,7 @@ async fn work_off_the_queue(app: &TestApp, b: &Client) {
     }
     displayed(b, "#qh-outbox").await;
     displayed(b, "#qh-inbox").await;
+    requeue_a_set_aside_message(app, b).await;
 
     // e. The other two orders: one bulk resolve, counted first. The name
     //    given in the dialog is remembered.

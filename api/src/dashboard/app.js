@@ -1612,8 +1612,8 @@
       const x = q.oldest_xact;
       const xOver = !!x && t.xmin_warn_seconds !== undefined && Number(x.age_seconds) >= Number(t.xmin_warn_seconds);
       const ob = q.outbox || {};
-      const obOver = (t.outbox_age_warn_seconds !== undefined && Number(ob.oldest_age_seconds || 0) >= Number(t.outbox_age_warn_seconds)) ||
-        Number(ob.set_aside || 0) > 0;
+      const obOld = t.outbox_age_warn_seconds !== undefined && Number(ob.oldest_age_seconds || 0) >= Number(t.outbox_age_warn_seconds);
+      const obOver = obOld || Number(ob.set_aside || 0) > 0;
       const ib = q.inbox || {};
       const ibOver = t.inbox_age_warn_seconds !== undefined && Number(ib.oldest_age_seconds || 0) >= Number(t.inbox_age_warn_seconds);
       const fig = (k, id, cls, v) => [h("dt", null, k), h("dd", { id: id, class: cls }, v)];
@@ -1627,7 +1627,7 @@
         fig("outbox backlog", "qh-outbox", "qh-figure" + over(obOver),
           [h("b", null, plural(Number(ob.backlog || 0), "message")), " waiting",
             Number(ob.backlog || 0) ? ", the oldest for " + durationFine(ob.oldest_age_seconds) : "",
-            flag(obOver, durationFine(t.outbox_age_warn_seconds)),
+            flag(obOld, durationFine(t.outbox_age_warn_seconds)),
             Number(ob.set_aside || 0)
               ? h("span", { class: "over-flag qh-set-aside" }, " ⚠ " + plural(Number(ob.set_aside), "message") + " refused by Kafka, set aside")
               : null]),
@@ -1636,6 +1636,8 @@
             Number(ib.rows || 0) ? ", the oldest " + duration(ib.oldest_age_seconds) + " old" : "",
             ib.received_at_indexed === false ? h("span", { class: "muted" }, " (no index on received_at)") : null,
             flag(ibOver, duration(t.inbox_age_warn_seconds))])));
+
+      if (Number(ob.set_aside || 0) > 0) append(body, setAsideList());
 
       const ratioLimit = Number(t.dead_ratio_warn);
       const deadMin = Number(t.dead_tuples_min || 0);
@@ -1660,6 +1662,62 @@
         ", dead ratio " + (isNaN(ratioLimit) ? "?" : Math.round(ratioLimit * 100) + " %") + " with at least " + deadMin + " dead rows" +
         ", outbox " + durationFine(t.outbox_age_warn_seconds) +
         ", inbox " + duration(t.inbox_age_warn_seconds) + "."));
+    }
+
+    // The outbox messages Kafka refused and the relay set aside, each with
+    // a Requeue button: for once the cause (a topic's size limit, say) is
+    // fixed. Filled in when the listing arrives.
+    function setAsideList() {
+      const box = h("div", { id: "qh-set-aside-list", "data-testid": "qh-set-aside-list" },
+        h("h3", null, "Messages set aside"), h("p", { class: "muted" }, "loading…"));
+      api("GET", "/outbox/set-aside", undefined, getToken()).then(function (r) {
+        if (stopped) return;
+        box.lastChild.remove();
+        const items = (r && r.items) || [];
+        append(box,
+          h("p", { class: "muted" }, "Kafka refused these for good, so the relay moved them out of the outbox and published " +
+            "the messages behind them. Their sagas wait for replies until each is requeued (or they time out and " +
+            "compensate). Fix the cause first (a topic's max.message.bytes, say): a message Kafka refuses again is set " +
+            "aside again." + (Number(r.total) > items.length ? " Showing the oldest " + items.length + " of " + r.total + "." : "")),
+          h("div", { class: "table-wrap" }, h("table", { class: "grid", id: "qh-set-aside", "data-testid": "qh-set-aside" },
+            h("caption", { class: "sr-only" }, "Outbox messages set aside"),
+            h("thead", null, h("tr", null, ["id", "topic", "key", "size", "Kafka's answer", "set aside", ""]
+              .map((c, i) => h("th", { scope: "col", class: i === 0 || i === 3 ? "num" : null }, c)))),
+            h("tbody", null, items.map(setAsideRow)))));
+      }, function (e) {
+        if (stopped) return;
+        box.lastChild.textContent = "Could not list them: " + e.message;
+      });
+      return box;
+    }
+    function setAsideRow(m) {
+      const button = h("button", { type: "button", class: "qh-requeue", "data-testid": "qh-requeue-" + m.id }, "Requeue");
+      button.onclick = async function () {
+        button.disabled = true;
+        try {
+          const r = await operatorCall("POST", "/outbox/set-aside/" + encodeURIComponent(m.id) + "/requeue", undefined, {
+            title: "Requeue an outbox message",
+            message: "Requeueing is an operator call: enter the admin token.",
+            ok: "Requeue",
+          });
+          if (r.dismissed) {
+            button.disabled = false;
+            return;
+          }
+          showNotice("Outbox message " + m.id + " is back in the outbox; the relay publishes it next.");
+        } catch (e) {
+          showError("Requeueing outbox message " + m.id + " failed: " + e.message);
+        }
+        load(false);
+      };
+      return h("tr", { "data-id": String(m.id) },
+        h("td", { class: "num mono" }, String(m.id)),
+        h("td", { class: "mono" }, m.topic),
+        h("td", { class: "mono" }, truncate(m.key, 40)),
+        h("td", { class: "num" }, Number(m.payload_bytes).toLocaleString("en") + " B"),
+        h("td", { class: "mono qh-query" }, m.error),
+        h("td", null, timeEl(m.failed_at)),
+        h("td", null, button));
     }
 
     return {
