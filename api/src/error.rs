@@ -246,14 +246,12 @@ impl Problem {
     pub fn internal(cause: &dyn fmt::Display) -> Self {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         tracing::error!(correlation_id = %correlation_id, error = %cause, "request failed");
-        Self {
-            correlation_id: Some(correlation_id.clone()),
-            ..Self::new(
-                "internal",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the server failed to handle the request; quote correlation id {correlation_id} when reporting it"),
-            )
-        }
+        Self::correlated(
+            "internal",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the server failed to handle the request; quote correlation id {correlation_id} when reporting it"),
+            correlation_id,
+        )
     }
 
     /// A 503 for a request the database could not answer now, with a new
@@ -263,16 +261,21 @@ impl Problem {
     pub fn unavailable(cause: &dyn fmt::Display) -> Self {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         tracing::warn!(correlation_id = %correlation_id, error = %cause, "database unavailable");
+        Self::correlated(
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the database is unavailable or too busy to answer; retry in \
+                 {RETRY_AFTER_SECS} s (correlation id {correlation_id})"
+            ),
+            correlation_id,
+        )
+    }
+
+    fn correlated(slug: &str, status: StatusCode, detail: String, correlation_id: String) -> Self {
         Self {
-            correlation_id: Some(correlation_id.clone()),
-            ..Self::new(
-                "unavailable",
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the database is unavailable or too busy to answer; retry in \
-                     {RETRY_AFTER_SECS} s (correlation id {correlation_id})"
-                ),
-            )
+            correlation_id: Some(correlation_id),
+            ..Self::new(slug, status, detail)
         }
     }
 }
