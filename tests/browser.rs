@@ -256,20 +256,22 @@ fn css(selector: &str) -> Locator<'_> {
     Locator::Css(selector)
 }
 
-/// An outbox message Kafka refused shows up under queue health with its
-/// size and Kafka's answer; its Requeue button puts it back in the outbox,
-/// the relay publishes it, and the list goes away.
-async fn requeue_a_set_aside_message(app: &TestApp, b: &Client) {
+/// Outbox messages Kafka refused show up under queue health with their
+/// size and Kafka's answer; one's Requeue button puts it back in the
+/// outbox, the topic's button the rest, the relay publishes them, and the
+/// list goes away.
+async fn requeue_set_aside_messages(app: &TestApp, b: &Client) {
     use sea_orm::ConnectionTrait;
-    let message_id = uuid::Uuid::new_v4();
+    let events = app.topic("orders.events");
     app.db
         .conn
         .execute(sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
             "INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
-             VALUES (900001, $1, $2, 'drill', '{\"drill\": true}'::jsonb, '{}'::jsonb, now(), \
-                     'MessageSizeTooLarge (limit since raised)')",
-            [message_id.into(), app.topic("orders.events").into()],
+             SELECT id, gen_random_uuid(), $1, 'drill', '{\"drill\": true}'::jsonb, '{}'::jsonb, now(), \
+                    'MessageSizeTooLarge (limit since raised)' \
+               FROM unnest(ARRAY[900001, 900002, 900003]::bigint[]) id",
+            [events.clone().into()],
         ))
         .await
         .unwrap();
@@ -281,11 +283,25 @@ async fn requeue_a_set_aside_message(app: &TestApp, b: &Client) {
         "{text}"
     );
     screenshot(b, "dashboard-set-aside.png").await;
+
     click(b, "[data-testid=\"qh-requeue-900001\"]").await;
-    text_contains(b, "#notice", "back in the outbox").await;
+    text_contains(b, "#notice", "message 900001) back in the outbox").await;
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM outbox_dead WHERE id = 900001")
+            .await,
+        0
+    );
+    gone(b, "#qh-set-aside tr[data-id=\"900001\"]").await;
+    let topic = displayed(b, "[data-testid=\"qh-requeue-topic\"]").await;
+    assert_eq!(
+        topic.attr("data-topic").await.unwrap().as_deref(),
+        Some(events.as_str())
+    );
+    topic.click().await.unwrap();
+    text_contains(b, "#notice", "2 outbox messages").await;
     assert_eq!(app.scalar_i64("SELECT count(*) FROM outbox_dead").await, 0);
     app.await_scalar(
-        &format!("SELECT count(*) FROM outbox WHERE message_id = '{message_id}'"),
+        &format!("SELECT count(*) FROM outbox WHERE topic = '{events}'"),
         WITHIN,
         |n| n == 0,
     )
@@ -293,13 +309,18 @@ async fn requeue_a_set_aside_message(app: &TestApp, b: &Client) {
     assert_eq!(
         app.scalar_i64("SELECT count(*) FROM outbox_dead").await,
         0,
-        "Kafka took the requeued message"
+        "Kafka took the requeued messages"
     );
+    gone(b, "#qh-set-aside-list").await;
+}
+
+/// Waits until `selector` is no longer on the page.
+async fn gone(b: &Client, selector: &str) {
     let until = tokio::time::Instant::now() + WITHIN;
-    while b.find(css("#qh-set-aside-list")).await.is_ok() {
+    while b.find(css(selector)).await.is_ok() {
         assert!(
             tokio::time::Instant::now() < until,
-            "the set-aside list is still shown; page error: {:?}",
+            "`{selector}` is still on the page; page error: {:?}",
             page_error(b).await
         );
         tokio::time::sleep(POLL).await;
@@ -948,7 +969,7 @@ async fn work_off_the_queue(app: &TestApp, b: &Client) {
     }
     displayed(b, "#qh-outbox").await;
     displayed(b, "#qh-inbox").await;
-    requeue_a_set_aside_message(app, b).await;
+    requeue_set_aside_messages(app, b).await;
 
     // e. The other two orders: one bulk resolve, counted first. The name
     //    given in the dialog is remembered.

@@ -465,4 +465,48 @@ async fn operators_list_and_requeue_set_aside_outbox_messages() {
         assert!(text.contains(names), "{path}: {text}");
     }
     assert_eq!(count("outbox").await, 1, "the 404 wrote nothing");
+
+    // A whole topic at once, in the old order; another topic's stays.
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO outbox_dead (id, message_id, topic, key, payload, headers, created_at, error) \
+             SELECT id, gen_random_uuid(), topic, 'k', '{}'::jsonb, '{}'::jsonb, now(), 'InvalidRecord' \
+               FROM (VALUES (9, 'orders.events'), (8, 'orders.events'), (10, 'funds.commands')) v(id, topic)",
+        )
+        .await
+        .unwrap();
+    let requeue_topic = |body: serde_json::Value| {
+        api.post("/outbox/set-aside/requeue")
+            .header("Authorization", &bearer)
+            .body_json(&body)
+            .send()
+    };
+    let resp = requeue_topic(serde_json::json!({ "topic": "orders.events" })).await;
+    resp.assert_status_is_ok();
+    resp.assert_json(serde_json::json!({ "requeued": [8, 9] }))
+        .await;
+    assert_eq!(count("outbox_dead").await, 1, "funds.commands' stays");
+    assert_eq!(count("outbox").await, 3);
+    for (body, status, names) in [
+        (
+            serde_json::json!({ "topic": "orders.events" }),
+            StatusCode::NOT_FOUND,
+            "orders.events",
+        ),
+        (
+            serde_json::json!({ "topic": "no spaces" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "topic",
+        ),
+        (
+            serde_json::json!({}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "topic",
+        ),
+    ] {
+        let resp = requeue_topic(body.clone()).await;
+        resp.assert_status(status);
+        let text = resp.0.into_body().into_string().await.unwrap();
+        assert!(text.contains(names), "{body}: {text}");
+    }
 }

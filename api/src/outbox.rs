@@ -12,6 +12,7 @@ use sagaflow_entity::outbox_dead::{self, Requeue};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+use crate::body::{Fields, FromJsonObject, JsonBody};
 use crate::error::{ApiError, ProblemJson};
 use crate::params::IntParam;
 use crate::sagas::Operator;
@@ -74,6 +75,41 @@ pub struct Requeued {
     pub requeued: Vec<i64>,
 }
 
+/// Body of `POST /outbox/set-aside/requeue`.
+#[derive(Debug, Clone, Object)]
+pub struct RequeueTopicRequest {
+    /// The full topic name (prefix included, as the listing shows it):
+    /// every message set aside for it is requeued.
+    #[oai(validator(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+}
+
+/// A validated [`RequeueTopicRequest`].
+#[derive(Debug, Clone)]
+pub struct RequeueTopic {
+    /// A valid Kafka topic name.
+    pub topic: String,
+}
+
+impl FromJsonObject for RequeueTopic {
+    type Schema = RequeueTopicRequest;
+
+    fn from_object(fields: &mut Fields<'_>) -> Option<Self> {
+        let topic = fields.text("topic", 249)?;
+        if !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            fields.refuse(
+                "topic",
+                "must be a Kafka topic name: letters, digits, `.`, `_` and `-`",
+            );
+            return None;
+        }
+        Some(Self { topic })
+    }
+}
+
 /// Responses of `GET /outbox/set-aside`.
 #[derive(Debug, ApiResponse)]
 pub enum ListResponse {
@@ -102,6 +138,35 @@ pub enum RequeueResponse {
     #[oai(status = 404)]
     NotFound(ProblemJson),
     /// The id is not a positive integer.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The server failed; the body carries a correlation id.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+/// Responses of `POST /outbox/set-aside/requeue`.
+#[derive(Debug, ApiResponse)]
+pub enum RequeueTopicResponse {
+    /// The topic's messages are back in the outbox, in their old order.
+    #[oai(status = 200)]
+    Ok(Json<Requeued>),
+    /// The body is not a JSON object.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// No or a wrong `Authorization: Bearer` token.
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson),
+    /// No message for this topic is set aside.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The body is larger than the server's limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// `topic` is missing or not a topic name; `errors` says why.
     #[oai(status = 422)]
     Unprocessable(ProblemJson),
     /// The server failed; the body carries a correlation id.
@@ -184,5 +249,36 @@ impl OutboxApi {
             .into());
         }
         Ok(RequeueResponse::Ok(Json(Requeued { requeued })))
+    }
+
+    /// Requeue every set-aside message of a topic
+    ///
+    /// Operator call (`Authorization: Bearer <SAGAFLOW_ADMIN_TOKEN>`). For
+    /// when one cause refused many messages (the topic's
+    /// `max.message.bytes`, now raised): every message set aside for
+    /// `topic` goes back to the end of the outbox, in its old order, and
+    /// the relays are woken. Same as `sagaflow outbox requeue --topic`.
+    #[oai(
+        path = "/outbox/set-aside/requeue",
+        method = "post",
+        operation_id = "requeueSetAsideTopic"
+    )]
+    async fn requeue_topic(
+        &self,
+        req: &Request,
+        body: JsonBody<RequeueTopic>,
+    ) -> poem::Result<RequeueTopicResponse> {
+        self.operator.authorize(req)?;
+        let topic = body.0.topic;
+        let requeued = outbox_dead::requeue(&self.db, Requeue::Topic(topic.clone()))
+            .await
+            .map_err(ApiError::from)?;
+        if requeued.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no outbox message for topic {topic} is set aside (see GET /outbox/set-aside)"
+            ))
+            .into());
+        }
+        Ok(RequeueTopicResponse::Ok(Json(Requeued { requeued })))
     }
 }

@@ -1683,20 +1683,22 @@
             h("caption", { class: "sr-only" }, "Outbox messages set aside"),
             h("thead", null, h("tr", null, ["id", "topic", "key", "size", "Kafka's answer", "set aside", ""]
               .map((c, i) => h("th", { scope: "col", class: i === 0 || i === 3 ? "num" : null }, c)))),
-            h("tbody", null, items.map(setAsideRow)))));
+            h("tbody", null, items.map(setAsideRow)))),
+          topicButtons(items));
       }, function (e) {
         if (stopped) return;
         box.lastChild.textContent = "Could not list them: " + e.message;
       });
       return box;
     }
-    function setAsideRow(m) {
-      const button = h("button", { type: "button", class: "qh-requeue", "data-testid": "qh-requeue-" + m.id }, "Requeue");
+    // A button that makes one requeue call, then reports and refreshes.
+    function requeueButton(label, attrs, path, body, what) {
+      const button = h("button", Object.assign({ type: "button" }, attrs), label);
       button.onclick = async function () {
         button.disabled = true;
         try {
-          const r = await operatorCall("POST", "/outbox/set-aside/" + encodeURIComponent(m.id) + "/requeue", undefined, {
-            title: "Requeue an outbox message",
+          const r = await operatorCall("POST", path, body, {
+            title: "Requeue " + what,
             message: "Requeueing is an operator call: enter the admin token.",
             ok: "Requeue",
           });
@@ -1704,12 +1706,30 @@
             button.disabled = false;
             return;
           }
-          showNotice("Outbox message " + m.id + " is back in the outbox; the relay publishes it next.");
+          const n = ((r.data && r.data.requeued) || []).length;
+          showNotice(plural(n, "outbox message") + " (" + what + ") back in the outbox; the relay publishes them next.");
         } catch (e) {
-          showError("Requeueing outbox message " + m.id + " failed: " + e.message);
+          showError("Requeueing " + what + " failed: " + e.message);
         }
         load(false);
       };
+      return button;
+    }
+    // One button per topic with more than one message listed: one cause
+    // (the topic's size limit) usually refused them all.
+    function topicButtons(items) {
+      const byTopic = new Map();
+      for (const m of items) byTopic.set(m.topic, (byTopic.get(m.topic) || 0) + 1);
+      const topics = [...byTopic].filter(([, n]) => n > 1).map(([t]) => t);
+      if (!topics.length) return null;
+      return h("p", { class: "qh-requeue-topics" }, topics.map((t) => requeueButton(
+        "Requeue every message for " + t,
+        { class: "qh-requeue-topic", "data-testid": "qh-requeue-topic", "data-topic": t },
+        "/outbox/set-aside/requeue", { topic: t }, "every message for " + t)));
+    }
+    function setAsideRow(m) {
+      const button = requeueButton("Requeue", { class: "qh-requeue", "data-testid": "qh-requeue-" + m.id },
+        "/outbox/set-aside/" + encodeURIComponent(m.id) + "/requeue", undefined, "message " + m.id);
       return h("tr", { "data-id": String(m.id) },
         h("td", { class: "num mono" }, String(m.id)),
         h("td", { class: "mono" }, m.topic),
