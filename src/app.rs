@@ -138,7 +138,12 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
 /// request the database cannot answer in time fails with a 503 rather
 /// than hanging.
 pub async fn connect_serving(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    query_pool(cfg, "sagaflow", millis(cfg.query_statement_timeout_ms)).await
+    serving_pool(cfg, "sagaflow").await
+}
+
+/// [`connect_serving`]'s pool, its connections called `name`.
+async fn serving_pool(cfg: &Config, name: &str) -> anyhow::Result<DatabaseConnection> {
+    query_pool(cfg, name, millis(cfg.query_statement_timeout_ms)).await
 }
 
 /// The engine's pool (claim loops, relay, consumers, order placement):
@@ -359,7 +364,7 @@ pub async fn start_extended(
         migrate(&db).await?;
         db.close().await.ok();
     }
-    let db = query_pool(cfg, &name, millis(cfg.query_statement_timeout_ms)).await?;
+    let db = serving_pool(cfg, &name).await?;
     let engine_db = engine_pool(cfg, &name).await?;
     let kafka = cfg.kafka();
     let topics = cfg.topics();

@@ -80,7 +80,8 @@ const PG_FAULT_AFTER_KAFKA: Duration = Duration::from_secs(3);
 /// How long each service stays down between its stop and its start (the
 /// broker's own shutdown and start-up add a few seconds). PostgreSQL stays
 /// down longer than a process waits for a pool connection (10 s), so that
-/// POSTs fail with 500 and clients retry them.
+/// POSTs fail with 503 (500 when a connection is cut mid-request) and
+/// clients retry them.
 const KAFKA_DOWN_FOR: Duration = Duration::from_secs(3);
 const PG_DOWN_FOR: Duration = Duration::from_secs(12);
 /// The bound: after the last fault, every saga is finished (and the outbox

@@ -82,11 +82,11 @@ pub enum ApiError {
     #[error("database error: {0}")]
     Database(sea_orm::DbErr),
     /// The database could not answer now (down, out of connections, too
-    /// slow, or a lock held too long), and the same request may succeed in
-    /// a moment. The request's transaction did not commit, unless the
-    /// connection broke during the commit itself, when its outcome is
-    /// unknown: a repeat is safe where the request is idempotent (orders
-    /// carry an `Idempotency-Key`). Its text goes to the log only.
+    /// slow, or a lock held too long) and did nothing of the request
+    /// (`sagaflow_entity::is_unavailable`): the same request may succeed
+    /// in a moment. A connection lost mid-request, whose outcome is
+    /// unknown, is a [`ApiError::Database`] instead. Its text goes to the
+    /// log only.
     #[error("database unavailable: {0}")]
     Unavailable(sea_orm::DbErr),
     /// A bug or an impossible state. Its text goes to the log only.

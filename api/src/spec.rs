@@ -41,15 +41,17 @@ pub fn close_request_bodies(spec: &str) -> Value {
 /// `Retry-After` header (`ApiError::Unavailable`). Added here rather than
 /// to each response enum: it is one answer for the whole API.
 pub fn document_unavailable(doc: &mut Value) {
-    let Some(paths) = doc["paths"].as_object_mut() else {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
     for ops in paths.values_mut() {
+        // A path item also holds members that are no operation (a path's
+        // `parameters` array, say): only objects with `responses` are.
         for op in ops.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-            let Some(responses) = op["responses"].as_object_mut() else {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                 continue;
             };
-            let Some(content) = responses.get("500").map(|r| r["content"].clone()) else {
+            let Some(content) = responses.get("500").and_then(|r| r.get("content")).cloned() else {
                 continue;
             };
             responses.insert(

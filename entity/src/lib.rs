@@ -54,36 +54,72 @@ pub fn server_error(err: &sea_orm::DbErr) -> Option<&dyn sea_orm::sqlx::error::D
     }
 }
 
-/// Whether `err` says the database cannot answer now rather than that the
-/// request is wrong: no connection could be had (the pool timed out, the
-/// server is down or refusing connections), the connection broke, or the
-/// server gave up on the statement for want of time or resources
-/// (SQLSTATE classes 08 connection exception, 53 insufficient resources,
-/// 57 operator intervention, which holds `statement_timeout`'s 57014,
-/// and 55P03 lock not available), or chose it as the loser of a conflict
-/// (40001 serialization failure, 40P01 deadlock). Nothing of the statement
-/// was kept and the same request may succeed a moment later, so an API
-/// answers 503 with `Retry-After` rather than 500.
+/// Whether `err` says the database cannot answer now, and that nothing of
+/// the request was done: no connection could be had (the pool timed out
+/// or is closed, the server is down or refusing connections: sea-orm's
+/// `ConnectionAcquire` and `Conn`, which it returns only while acquiring),
+/// or the server answered that it gave up on the statement for want of
+/// time, locks or resources, or to let another go first, which rolls the
+/// statement back (SQLSTATE classes 08 connection exception but 08P01
+/// protocol violation, 53 insufficient resources but 53400 configuration
+/// limit exceeded, 57 operator intervention, which holds
+/// `statement_timeout`'s 57014, and 55P03 lock not available, 40001
+/// serialization failure, 40P01 deadlock, 25006 read-only transaction: a
+/// standby after a failover). The same request may succeed a moment
+/// later, so an API answers 503 with `Retry-After` rather than 500.
+///
+/// A connection lost mid-statement is not one of these: the statement,
+/// or the commit, may have taken effect, and a client told to retry would
+/// repeat it.
 pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
-    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    use sea_orm::DbErr;
     if let Some(e) = server_error(err) {
         return e.code().is_some_and(|c| {
-            ["08", "53", "57"].iter().any(|class| c.starts_with(class))
-                || ["55P03", "40001", "40P01"].contains(&c.as_ref())
+            let c = c.as_ref();
+            (["08", "53", "57"].iter().any(|class| c.starts_with(class))
+                && !["08P01", "53400"].contains(&c))
+                || ["55P03", "40001", "40P01", "25006"].contains(&c)
         });
     }
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            )
+    matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unavailable;
+    use sea_orm::{sqlx, ConnAcquireErr, DbErr, RuntimeErr};
+
+    /// No connection to be had means nothing was sent; a connection lost
+    /// mid-statement may have committed, and is not "unavailable". (The
+    /// SQLSTATE cases need a server's answer: `tests/api_http.rs`.)
+    #[test]
+    fn only_errors_after_which_nothing_was_done_count_as_unavailable() {
+        for (err, want) in [
+            (DbErr::ConnectionAcquire(ConnAcquireErr::Timeout), true),
+            (
+                DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+                true,
+            ),
+            (
+                DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Io(
+                    std::io::ErrorKind::ConnectionRefused.into(),
+                ))),
+                true,
+            ),
+            (
+                DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Io(
+                    std::io::ErrorKind::ConnectionReset.into(),
+                ))),
+                false,
+            ),
+            (
+                DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::WorkerCrashed)),
+                false,
+            ),
+            (DbErr::Custom("anything else".into()), false),
+            (DbErr::RecordNotFound("x".into()), false),
+        ] {
+            assert_eq!(is_unavailable(&err), want, "{err:?}");
         }
-        _ => false,
     }
 }

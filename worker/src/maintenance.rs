@@ -132,9 +132,14 @@ async fn batch(
     size: u32,
 ) -> Result<Option<u64>, DbErr> {
     let tx = db.begin().await?;
+    // No statement timeout for the batch (`set_config(…, true)` is `SET
+    // LOCAL`): a running service's pool cuts statements off after
+    // SAGAFLOW_QUERY_STATEMENT_TIMEOUT_MS, meant for API requests, and a
+    // large SAGAFLOW_MAINTENANCE_BATCH would fail every pass against it.
+    // The batch waits on no lock (SKIP LOCKED); only its size bounds it.
     let locked = one(
         &tx,
-        "SELECT pg_try_advisory_xact_lock($1) AS l",
+        "SELECT pg_try_advisory_xact_lock($1) AS l, set_config('statement_timeout', '0', true)",
         [LOCK_KEY.into()],
     )
     .await?
