@@ -388,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::List(args)) => {
             init_tracing(args.config.log_format);
             let db = app::connect(&args.config).await?;
-            let rows = sagaflow_entity::outbox_dead::list(&db)
+            let rows = sagaflow_entity::outbox_dead::list(&db, None)
                 .await
                 .context("reading outbox_dead")?;
             print_set_aside(&rows, args.json)?;

@@ -214,6 +214,8 @@ fn route_of(path: &str) -> &'static str {
         "sagas" => "/sagas",
         "metrics" => "/metrics",
         "queue-health" => "/queue-health",
+        "verify" => "/verify",
+        "outbox" => "/outbox",
         "healthz" => "/healthz",
         "readyz" => "/readyz",
         "docs" | "openapi.json" => "/docs",

@@ -1,8 +1,8 @@
 //! The outbox messages Kafka refused for good and the relay set aside
 //! (`outbox_dead`), so that the messages behind them were published: list
-//! them, and put one back in the outbox once what made Kafka refuse it is
-//! fixed. Operator calls; `sagaflow outbox list|requeue` does the same
-//! from a shell, and can requeue a whole topic at once.
+//! them, and put one, or a topic's, back in the outbox once what made
+//! Kafka refuse them is fixed. Operator calls; `sagaflow outbox
+//! list|requeue` does the same from a shell.
 
 use poem::Request;
 use poem_openapi::param::Path;
@@ -20,7 +20,7 @@ use crate::ApiTags;
 
 /// Most set-aside messages one listing shows, oldest first; `total` says
 /// how many there are.
-pub const MAX_LISTED: usize = 500;
+pub const MAX_LISTED: u64 = 500;
 
 /// An outbox message the relay set aside. Its payload is not shown: it
 /// may be the very size Kafka refused.
@@ -34,7 +34,8 @@ pub struct SetAsideMessage {
     pub topic: String,
     /// The message key (a saga id, or an account for the funds topics).
     pub key: String,
-    /// The payload's size as JSON text, in bytes.
+    /// The payload's size as Postgres writes its JSON out, in bytes: a few
+    /// percent more than the compact JSON the relay sent.
     pub payload_bytes: i64,
     /// When the message was written to the outbox.
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -206,15 +207,13 @@ impl OutboxApi {
     )]
     async fn list(&self, req: &Request) -> poem::Result<ListResponse> {
         self.operator.authorize(req)?;
-        let rows = outbox_dead::list(&self.db).await.map_err(ApiError::from)?;
-        let total = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let rows = outbox_dead::list(&self.db, Some(MAX_LISTED))
+            .await
+            .map_err(ApiError::from)?;
+        let total = outbox_dead::count(&self.db).await.map_err(ApiError::from)?;
         Ok(ListResponse::Ok(Json(SetAsideList {
-            items: rows
-                .into_iter()
-                .take(MAX_LISTED)
-                .map(SetAsideMessage::from)
-                .collect(),
-            total,
+            items: rows.into_iter().map(SetAsideMessage::from).collect(),
+            total: i64::try_from(total).unwrap_or(i64::MAX),
         })))
     }
 

@@ -47,7 +47,9 @@ pub struct Summary {
     pub topic: String,
     /// The message key.
     pub key: String,
-    /// The payload's size as JSON text, in bytes.
+    /// The payload's size as Postgres writes its JSON out, in bytes: a few
+    /// percent more than the compact JSON the relay sent (a space after
+    /// each `:` and `,`), measured without reading the payload out.
     pub payload_bytes: i64,
     /// When the row was written to the outbox.
     pub created_at: DateTimeWithTimeZone,
@@ -57,16 +59,23 @@ pub struct Summary {
     pub error: String,
 }
 
-/// The set-aside rows, oldest first.
-pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<Summary>, DbErr> {
-    Summary::find_by_statement(Statement::from_string(
+/// The oldest `limit` set-aside rows (all of them for `None`), oldest
+/// first.
+pub async fn list<C: ConnectionTrait>(db: &C, limit: Option<u64>) -> Result<Vec<Summary>, DbErr> {
+    Summary::find_by_statement(Statement::from_sql_and_values(
         db.get_database_backend(),
         "SELECT id, message_id, topic, key, octet_length(payload::text)::bigint AS payload_bytes, \
                 created_at, failed_at, error \
-           FROM outbox_dead ORDER BY id",
+           FROM outbox_dead ORDER BY id LIMIT $1",
+        [limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX)).into()],
     ))
     .all(db)
     .await
+}
+
+/// How many rows are set aside.
+pub async fn count<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
+    Entity::find().count(db).await
 }
 
 /// Which set-aside rows [`requeue`] moves back.
@@ -117,14 +126,16 @@ pub async fn requeue(db: &DatabaseConnection, which: Requeue) -> Result<Vec<i64>
         .iter()
         .map(|r| r.try_get::<i64>("", "id"))
         .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().await?;
     if !moved.is_empty() {
-        // Relays also poll; this only spares the wait.
-        db.execute(Statement::from_string(
-            db.get_database_backend(),
+        // Delivered at commit. In the transaction, not after it, so that
+        // a failed wake-up cannot report a requeue that happened as
+        // failed (relays also poll; the wake-up only spares the wait).
+        tx.execute(Statement::from_string(
+            tx.get_database_backend(),
             format!("SELECT pg_notify('{}', '')", crate::wake::OUTBOX_CHANNEL),
         ))
         .await?;
     }
+    tx.commit().await?;
     Ok(moved)
 }

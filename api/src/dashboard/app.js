@@ -1667,15 +1667,28 @@
     // The outbox messages Kafka refused and the relay set aside, each with
     // a Requeue button: for once the cause (a topic's size limit, say) is
     // fixed. Filled in when the listing arrives.
+    // The last listing, shown again while the report's refresh fetches the
+    // next, so that the list does not flash "loading…" every time.
+    let lastSetAside = null;
     function setAsideList() {
-      const box = h("div", { id: "qh-set-aside-list", "data-testid": "qh-set-aside-list" },
-        h("h3", null, "Messages set aside"), h("p", { class: "muted" }, "loading…"));
+      const content = h("div", null, lastSetAside ? setAsideContent(lastSetAside) : h("p", { class: "muted" }, "loading…"));
       api("GET", "/outbox/set-aside", undefined, getToken()).then(function (r) {
         if (stopped) return;
-        box.lastChild.remove();
-        const items = (r && r.items) || [];
-        append(box,
-          h("p", { class: "muted" }, "Kafka refused these for good, so the relay moved them out of the outbox and published " +
+        lastSetAside = r || {};
+        content.textContent = "";
+        append(content, setAsideContent(lastSetAside));
+      }, function (e) {
+        if (stopped) return;
+        content.textContent = "";
+        append(content, h("p", { class: "error-text" }, "Could not list them: " + e.message));
+      });
+      return h("div", { id: "qh-set-aside-list", "data-testid": "qh-set-aside-list" },
+        h("h3", null, "Messages set aside"), content);
+    }
+    function setAsideContent(r) {
+      const items = r.items || [];
+      return [
+        h("p", { class: "muted" }, "Kafka refused these for good, so the relay moved them out of the outbox and published " +
             "the messages behind them. Their sagas wait for replies until each is requeued (or they time out and " +
             "compensate). Fix the cause first (a topic's max.message.bytes, say): a message Kafka refuses again is set " +
             "aside again." + (Number(r.total) > items.length ? " Showing the oldest " + items.length + " of " + r.total + "." : "")),
@@ -1684,12 +1697,7 @@
             h("thead", null, h("tr", null, ["id", "topic", "key", "size", "Kafka's answer", "set aside", ""]
               .map((c, i) => h("th", { scope: "col", class: i === 0 || i === 3 ? "num" : null }, c)))),
             h("tbody", null, items.map(setAsideRow)))),
-          topicButtons(items));
-      }, function (e) {
-        if (stopped) return;
-        box.lastChild.textContent = "Could not list them: " + e.message;
-      });
-      return box;
+          topicButtons(items)];
     }
     // A button that makes one requeue call, then reports and refreshes.
     function requeueButton(label, attrs, path, body, what) {
