@@ -549,6 +549,9 @@ fn plan_orders(rng: &mut Rng, run_id: &str) -> Vec<Planned> {
 struct ClientStats {
     /// POSTs sent again (after a 5xx or no answer).
     retries: AtomicU64,
+    /// 503s: the database could not answer and nothing was done.
+    unavailable: AtomicU64,
+    /// Other 5xx: the outcome is unknown (a connection cut mid-request).
     server_errors: AtomicU64,
     transport_errors: AtomicU64,
     /// Retries answered 200: an earlier attempt had placed the order.
@@ -590,7 +593,12 @@ async fn place(
                 return Ok(order_no.to_owned());
             }
             Ok(r) if r.status().is_server_error() => {
-                stats.server_errors.fetch_add(1, Ordering::Relaxed);
+                let counter = if r.status() == 503 {
+                    &stats.unavailable
+                } else {
+                    &stats.server_errors
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 format!("{}", r.status())
             }
             Ok(r) => bail!(
@@ -1127,9 +1135,10 @@ async fn run(seed: u64, t0: Instant, out: &mut Outcome) -> anyhow::Result<()> {
     out.figure(
         "POST /orders retried",
         format!(
-            "{} times (5xx {}, no answer {}), same Idempotency-Key; {} answered 200 \
-             (an earlier attempt had placed the order)",
+            "{} times (503 {}, other 5xx {}, no answer {}), same Idempotency-Key; {} \
+             answered 200 (an earlier attempt had placed the order)",
             stat(&placing.stats.retries),
+            stat(&placing.stats.unavailable),
             stat(&placing.stats.server_errors),
             stat(&placing.stats.transport_errors),
             stat(&placing.stats.answered_existing),
