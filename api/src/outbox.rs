@@ -190,6 +190,19 @@ impl OutboxApi {
     }
 }
 
+impl OutboxApi {
+    /// Requeues `which`; a 404 naming `what` when it matched nothing.
+    async fn requeue_some(&self, which: Requeue, what: &str) -> Result<Json<Requeued>, ApiError> {
+        let requeued = outbox_dead::requeue(&self.db, which).await?;
+        if requeued.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no outbox {what} is set aside (see GET /outbox/set-aside)"
+            )));
+        }
+        Ok(Json(Requeued { requeued }))
+    }
+}
+
 #[OpenApi(tag = "ApiTags::Outbox")]
 impl OutboxApi {
     /// List set-aside outbox messages
@@ -238,16 +251,10 @@ impl OutboxApi {
     ) -> poem::Result<RequeueResponse> {
         self.operator.authorize(req)?;
         let id = id.0.parse("id")?;
-        let requeued = outbox_dead::requeue(&self.db, Requeue::Ids(vec![id]))
-            .await
-            .map_err(ApiError::from)?;
-        if requeued.is_empty() {
-            return Err(ApiError::NotFound(format!(
-                "no outbox message {id} is set aside (see GET /outbox/set-aside)"
-            ))
-            .into());
-        }
-        Ok(RequeueResponse::Ok(Json(Requeued { requeued })))
+        let requeued = self
+            .requeue_some(Requeue::Ids(vec![id]), &format!("message {id}"))
+            .await?;
+        Ok(RequeueResponse::Ok(requeued))
     }
 
     /// Requeue every set-aside message of a topic
@@ -269,15 +276,12 @@ impl OutboxApi {
     ) -> poem::Result<RequeueTopicResponse> {
         self.operator.authorize(req)?;
         let topic = body.0.topic;
-        let requeued = outbox_dead::requeue(&self.db, Requeue::Topic(topic.clone()))
-            .await
-            .map_err(ApiError::from)?;
-        if requeued.is_empty() {
-            return Err(ApiError::NotFound(format!(
-                "no outbox message for topic {topic} is set aside (see GET /outbox/set-aside)"
-            ))
-            .into());
-        }
-        Ok(RequeueTopicResponse::Ok(Json(Requeued { requeued })))
+        let requeued = self
+            .requeue_some(
+                Requeue::Topic(topic.clone()),
+                &format!("message for topic {topic}"),
+            )
+            .await?;
+        Ok(RequeueTopicResponse::Ok(requeued))
     }
 }
