@@ -389,19 +389,10 @@ async fn operators_list_and_requeue_set_aside_outbox_messages() {
         resp.assert_status(StatusCode::UNAUTHORIZED);
         resp.assert_content_type("application/problem+json");
     }
-    let count = |table: &'static str| {
+    let count = |table: &str| {
+        let sql = format!("SELECT count(*) FROM {table}");
         let conn = db.conn.clone();
-        async move {
-            conn.query_one(Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT count(*) FROM {table}"),
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
-            .unwrap()
-        }
+        async move { common::scalar_i64(&conn, &sql).await }
     };
 
     let resp = api

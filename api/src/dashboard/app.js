@@ -1664,12 +1664,12 @@
         ", inbox " + duration(t.inbox_age_warn_seconds) + "."));
     }
 
-    // The outbox messages Kafka refused and the relay set aside, each with
-    // a Requeue button: for once the cause (a topic's size limit, say) is
-    // fixed. Filled in when the listing arrives.
     // The last listing, shown again while the report's refresh fetches the
     // next, so that the list does not flash "loading…" every time.
     let lastSetAside = null;
+    // The outbox messages Kafka refused and the relay set aside, each with
+    // a Requeue button: for once the cause (a topic's size limit, say) is
+    // fixed. Filled in when the listing arrives.
     function setAsideList() {
       const content = h("div", null, lastSetAside ? setAsideContent(lastSetAside) : h("p", { class: "muted" }, "loading…"));
       api("GET", "/outbox/set-aside", undefined, getToken()).then(function (r) {
@@ -1689,15 +1689,15 @@
       const items = r.items || [];
       return [
         h("p", { class: "muted" }, "Kafka refused these for good, so the relay moved them out of the outbox and published " +
-            "the messages behind them. Their sagas wait for replies until each is requeued (or they time out and " +
-            "compensate). Fix the cause first (a topic's max.message.bytes, say): a message Kafka refuses again is set " +
-            "aside again." + (Number(r.total) > items.length ? " Showing the oldest " + items.length + " of " + r.total + "." : "")),
-          h("div", { class: "table-wrap" }, h("table", { class: "grid", id: "qh-set-aside", "data-testid": "qh-set-aside" },
-            h("caption", { class: "sr-only" }, "Outbox messages set aside"),
-            h("thead", null, h("tr", null, ["id", "topic", "key", "size", "Kafka's answer", "set aside", ""]
-              .map((c, i) => h("th", { scope: "col", class: i === 0 || i === 3 ? "num" : null }, c)))),
-            h("tbody", null, items.map(setAsideRow)))),
-          topicButtons(items)];
+          "the messages behind them. Their sagas wait for replies until each is requeued (or they time out and " +
+          "compensate). Fix the cause first (a topic's max.message.bytes, say): a message Kafka refuses again is set " +
+          "aside again." + (Number(r.total) > items.length ? " Showing the oldest " + items.length + " of " + r.total + "." : "")),
+        h("div", { class: "table-wrap" }, h("table", { class: "grid", id: "qh-set-aside", "data-testid": "qh-set-aside" },
+          h("caption", { class: "sr-only" }, "Outbox messages set aside"),
+          h("thead", null, h("tr", null, ["id", "topic", "key", "size", "Kafka's answer", "set aside", ""]
+            .map((c, i) => h("th", { scope: "col", class: i === 0 || i === 3 ? "num" : null }, c)))),
+          h("tbody", null, items.map(setAsideRow)))),
+        topicButtons(items)];
     }
     // A button that makes one requeue call, then reports and refreshes.
     function requeueButton(label, attrs, path, body, what) {
